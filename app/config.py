@@ -1,0 +1,48 @@
+"""One settings object for the whole app, read from the environment (``CSH_*``) so the
+server, the scheduler, the CLI and the tests agree on where data lives and how it is released."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Runtime settings; every field maps to an environment variable ``CSH_<NAME>``.
+
+    >>> Settings(data_dir=Path("/tmp/csh")).snapshots_dir
+    PosixPath('/tmp/csh/snapshots')
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CSH_", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Where the working store and snapshots live.")
+    port: int = Field(5006, validation_alias="PORT", description="HTTP port of the single server process.")
+    host: str = Field("127.0.0.1", description="Interface the server binds to.")
+    demo_seed: int = Field(20261121, description="Seed of the simulated demo city.")
+    demo_size: int = Field(1_200_000, ge=1_000, description="Target number of demo events.")
+    demo_days: int = Field(60, ge=14, description="Days of demo history before the end time.")
+    poll_seconds: float = Field(300.0, gt=0, description="Interval of the scheduler's poll-and-publish job.")
+    scheduler_enabled: bool = Field(True, description="Start the in-process scheduler with the app.")
+    keep_snapshots: int = Field(3, ge=2, description="Snapshots kept on disk; older ones are pruned.")
+    privacy_mode: Literal["none", "suppress"] = Field(
+        "suppress", description="How counts are released: 'none' (internal) or 'suppress' (hide 1..k-1)."
+    )
+    privacy_k: int = Field(11, ge=1, description="Smallest count published in 'suppress' mode.")
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """Directory holding the immutable snapshot files."""
+        return self.data_dir / "snapshots"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests build their own ``Settings``)."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Data layer: sources, geography, the DuckDB store and its immutable snapshots."""

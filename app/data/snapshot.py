@@ -1,0 +1,119 @@
+"""Read-only access to one published snapshot: the only place the read side runs SQL.
+
+A snapshot never changes once published, so whole frames (events, geography) are loaded once and
+memoised on the object; everything above the data layer works on those polars frames.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import polars as pl
+
+__all__ = ["Snapshot", "EVENT_SCHEMA", "connect", "query", "read_events", "read_units"]
+
+T = TypeVar("T")
+
+#: Columns of the unified event frame the engine consumes (one row per current event).
+EVENT_SCHEMA = {"kind": pl.String, "category": pl.String, "tract_id": pl.String, "ts": pl.Datetime("us", "UTC"), "lon": pl.Float64, "lat": pl.Float64}
+
+_EVENTS_SQL = """
+SELECT 'request' AS kind, category, tract_id, ts, lon, lat FROM request WHERE city = $city AND valid_to IS NULL
+UNION ALL
+SELECT 'incident', type, tract_id, ts, lon, lat FROM incident WHERE city = $city AND valid_to IS NULL
+UNION ALL
+SELECT 'closure', kind, tract_id, start_ts, lon, lat FROM closure WHERE city = $city AND valid_to IS NULL
+"""
+
+
+def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file with the session time zone pinned to UTC (ICU is built in)."""
+    con = duckdb.connect(str(path), read_only=read_only)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:
+    """Run ``sql`` on a fresh cursor of ``con`` (DuckDB connections are not thread-safe)."""
+    cur = con.cursor()
+    try:
+        return cur.sql(sql, params=params or None).pl()
+    finally:
+        cur.close()
+
+
+def read_events(con: duckdb.DuckDBPyConnection, city: str) -> pl.DataFrame:
+    """All current events of ``city`` as one frame with :data:`EVENT_SCHEMA`, sorted by time."""
+    return query(con, _EVENTS_SQL, {"city": city}).cast(EVENT_SCHEMA).sort("ts")  # type: ignore[arg-type]  # polars accepts a name->dtype mapping
+
+
+def read_units(con: duckdb.DuckDBPyConnection, city: str) -> pl.DataFrame:
+    """Units of ``city`` at every level, without polygons."""
+    return query(con, "SELECT level, unit_id, name, parent_id, lon, lat FROM geo_unit WHERE city = $city ORDER BY level, unit_id", {"city": city})
+
+
+class Snapshot:
+    """One immutable DuckDB snapshot opened read-only; safe to share between threads.
+
+    >>> snap = Store(Path("data")).current()      # doctest: +SKIP
+    >>> snap.events("nyc").height                 # doctest: +SKIP
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._con = connect(path, read_only=True)
+        self._memo: dict[tuple[Any, ...], Any] = {}
+        self._lock = threading.Lock()
+        meta = dict(self._query("SELECT key, value FROM snapshot_meta").iter_rows())
+        self.meta: dict[str, str] = meta
+        self.id: str = meta.get("snapshot_id", path.stem)
+        self.created_at = datetime.fromisoformat(meta["created_at"]) if "created_at" in meta else datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+    def _query(self, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:
+        return query(self._con, sql, params)
+
+    def _memoised(self, key: tuple[Any, ...], build: Callable[[], T]) -> T:
+        with self._lock:
+            if key not in self._memo:
+                self._memo[key] = build()
+            return self._memo[key]  # type: ignore[no-any-return]  # memo values are typed by their key's builder
+
+    # ---- what the engine and the API read -----------------------------------------------------
+    def row_counts(self) -> dict[str, int]:
+        """Current rows per table (events count only rows not soft-deleted)."""
+        sql = """SELECT 'request' t, count(*) n FROM request WHERE valid_to IS NULL
+                 UNION ALL SELECT 'incident', count(*) FROM incident WHERE valid_to IS NULL
+                 UNION ALL SELECT 'closure', count(*) FROM closure WHERE valid_to IS NULL
+                 UNION ALL SELECT 'geo_unit', count(*) FROM geo_unit
+                 UNION ALL SELECT 'anomaly', count(*) FROM anomaly"""
+        return {t: int(n) for t, n in self._query(sql).iter_rows()}
+
+    def cities(self) -> list[str]:
+        """Cities that have geography in this snapshot."""
+        return self._memoised(("cities",), lambda: self._query("SELECT DISTINCT city FROM geo_unit ORDER BY city")["city"].to_list())
+
+    def units(self, city: str, level: str | None = None) -> pl.DataFrame:
+        """Units of ``city`` (one level or all): unit_id, level, name, parent_id, lon, lat (no polygons)."""
+        units = self._memoised(("units", city), lambda: read_units(self._con, city))
+        return units if level is None else units.filter(pl.col("level") == level)
+
+    def unit_geometries(self, city: str, level: str) -> pl.DataFrame:
+        """Units of one level with their polygons as WKB (``geom_wkb``)."""
+        return self._memoised(("geoms", city, level), lambda: self._query("SELECT unit_id, name, parent_id, lon, lat, geom_wkb FROM geo_unit WHERE city = $city AND level = $level ORDER BY unit_id", {"city": city, "level": level}))
+
+    def events(self, city: str) -> pl.DataFrame:
+        """All current events of ``city`` as one frame with :data:`EVENT_SCHEMA`, loaded once."""
+        return self._memoised(("events", city), lambda: read_events(self._con, city))
+
+    def anomalies(self, city: str) -> pl.DataFrame:
+        """Anomalies stored with this snapshot (computed by the pipeline at publish time)."""
+        return self._memoised(("anomalies", city), lambda: self._query("SELECT level, unit_id, category, window_start, window_end, zscore, evidence FROM anomaly WHERE city = $city ORDER BY zscore DESC", {"city": city}))
+
+    def ingest_state(self) -> pl.DataFrame:
+        """Per-source ingest state (cursor, last success, failures, drift)."""
+        return self._query('SELECT source, "cursor", etag, last_modified, last_success, consecutive_failures, drift FROM ingest_state ORDER BY source')

@@ -1,0 +1,1 @@
+"""The anomaly lens: pure functions over polars frames, and a param lens that only holds state."""

@@ -1,0 +1,119 @@
+"""The lens: all state of one screen (or one API request) as ``param`` parameters.
+
+The lens only holds state; each method reads the snapshot's frames and calls the pure functions
+in :mod:`app.engine.bins`, :mod:`app.engine.scores` and :mod:`app.engine.privacy`. Counts leave it
+only through the privacy gate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+import param
+import polars as pl
+
+from app.data.geography import LEVELS, tract_parents
+from app.data.snapshot import Snapshot
+from app.engine.bins import TIME_BINS, bin_counts, filter_events, unit_counts
+from app.engine.privacy import Policy, release_anomalies, release_counts
+from app.engine.scores import score_window
+
+__all__ = ["Lens", "ALL", "KINDS"]
+
+ALL = "All"
+KINDS = ("request", "incident", "closure")
+
+
+class Lens(param.Parameterized):
+    """What the user is looking at: city, admin level, time window, category, bins and threshold.
+
+    >>> lens = Lens(snapshot=store.current(), level="borough")   # doctest: +SKIP
+    >>> lens.unit_counts().head()                                  # doctest: +SKIP
+    """
+
+    snapshot = param.ClassSelector(class_=Snapshot, allow_None=True, doc="The published snapshot the lens reads.")
+    city = param.Selector(default="nyc", objects=["nyc"], doc="City whose events and geography are shown.")
+    level = param.Selector(default="neighborhood", objects=list(LEVELS), doc="Admin level counts and anomalies are computed at.")
+    since = param.Date(default=None, allow_None=True, doc="Start of the window (inclusive, UTC); default: 7 days before the newest event.")
+    until = param.Date(default=None, allow_None=True, doc="End of the window (exclusive, UTC); default: the end of the newest event's day.")
+    category = param.Selector(default=ALL, objects=[ALL], check_on_set=False, doc="One category, or 'All'.")
+    kinds = param.ListSelector(default=list(KINDS), objects=list(KINDS), doc="Event kinds included: 311 requests, incidents, closures.")
+    time_bin = param.Selector(default="day", objects=list(TIME_BINS), doc="Width of the time bins that are counted and scored.")
+    min_z = param.Number(default=3.0, bounds=(0.0, 100.0), doc="Smallest z-score listed as an anomaly.")
+    privacy_mode = param.Selector(default="suppress", objects=["none", "suppress"], doc="Release rule for counts ('suppress' hides 1..k-1).")
+    privacy_k = param.Integer(default=11, bounds=(1, None), doc="Smallest count published in 'suppress' mode.")
+
+    def __init__(self, **params: object) -> None:
+        super().__init__(**params)
+        self._sync_choices()
+
+    @param.depends("snapshot", "city", watch=True)
+    def _sync_choices(self) -> None:
+        """Offer the snapshot's cities and categories, and default the window to its newest week."""
+        if self.snapshot is None:
+            return
+        self.param.city.objects = self.snapshot.cities() or [self.city]
+        events = self.snapshot.events(self.city)
+        cats = sorted(events["category"].unique().drop_nulls().to_list())
+        self.param.category.objects = [ALL, *cats]
+        if self.until is None and events.height:
+            last = events["ts"].max()
+            assert isinstance(last, datetime)
+            self.until = last.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        if self.since is None and self.until is not None:
+            self.since = self.until - timedelta(days=7)
+
+    # ---- derived frames ----------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return Policy(self.privacy_mode, self.privacy_k)
+
+    def categories(self) -> list[str]:
+        """Categories in the current snapshot and city (without 'All')."""
+        return [c for c in self.param.category.objects if c != ALL]
+
+    def parents(self) -> pl.DataFrame:
+        """Tract -> neighborhood -> borough -> city ids."""
+        assert self.snapshot is not None
+        return tract_parents(self.snapshot.units(self.city))
+
+    def events(self, since: datetime | None = None) -> pl.DataFrame:
+        """Current events in the window (or from ``since``), kinds and category of the lens."""
+        if self.snapshot is None:
+            return pl.DataFrame()
+        cats = None if self.category == ALL else [self.category]
+        return filter_events(self.snapshot.events(self.city), since or self.since, self.until, cats, self.kinds)
+
+    def points(self) -> pl.DataFrame:
+        """Located event points (lon, lat) in the window: input of the heat raster, no counts."""
+        return self.events().filter(pl.col("lon").is_not_null()).select("lon", "lat")
+
+    def unit_counts(self) -> pl.DataFrame:
+        """Released window totals per unit at the lens level, with unit names and centroids."""
+        assert self.snapshot is not None
+        units = self.snapshot.units(self.city, self.level).select("unit_id", "name", "lon", "lat")
+        counts = units.join(unit_counts(self.events(), self.parents(), self.level), on="unit_id", how="left").with_columns(pl.col("count").fill_null(0))
+        return release_counts(counts, self.policy)
+
+    def series(self) -> pl.DataFrame:
+        """Released counts per unit and time bin (all categories of the lens summed)."""
+        binned = bin_counts(self.events(), self.parents(), self.level, self.time_bin, by_category=False)
+        return release_counts(binned, self.policy)
+
+    def anomalies(self) -> tuple[pl.DataFrame, int]:
+        """Released anomalies in the window (highest z first) and the number withheld by privacy."""
+        if self.snapshot is None or self.since is None or self.until is None:
+            return pl.DataFrame(), 0
+        cats = None if self.category == ALL else (self.category,)
+        scored = _scored(self.snapshot, self.city, self.level, self.time_bin, self.since, self.until, cats, tuple(self.kinds))
+        hits = scored.filter(pl.col("zscore") >= self.min_z)
+        released, withheld = release_anomalies(hits, self.policy)
+        units = self.snapshot.units(self.city, self.level).select("unit_id", "name")
+        return released.join(units, on="unit_id", how="left").sort(["zscore", "unit_id"], descending=[True, False]), withheld
+
+
+@lru_cache(maxsize=64)
+def _scored(snapshot: Snapshot, city: str, level: str, time_bin: str, since: datetime, until: datetime, categories: tuple[str, ...] | None, kinds: tuple[str, ...]) -> pl.DataFrame:
+    """:func:`score_window` memoised per snapshot and arguments (snapshots never change)."""
+    return score_window(snapshot.events(city), tract_parents(snapshot.units(city)), level, time_bin, since, until, categories, kinds)

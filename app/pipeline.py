@@ -1,0 +1,165 @@
+"""Orchestration, the one place that runs data -> engine -> store: build the demo city, poll the
+registered sources, recompute anomalies and publish a snapshot. Used by the CLI and the scheduler.
+
+    python -m app.pipeline demo [--size N] [--seed S] [--end ISO] [--days D] [--force]
+    python -m app.pipeline refresh
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import polars as pl
+import structlog
+
+from app.config import Settings, get_settings
+from app.data.demo import DemoCity, DemoSpec, floor_hour
+from app.data.geography import load_geography, tract_parents
+from app.data.snapshot import Snapshot, query, read_events, read_units
+from app.data.sources import DemoSource, Source
+from app.data.store import Store
+from app.engine.scores import score_window
+
+__all__ = ["build_demo", "refresh", "recompute_anomalies", "registered_sources", "PLANTED_FILE"]
+
+log = structlog.get_logger(__name__)
+PLANTED_FILE = "planted_anomalies.csv"
+_ANOMALY_LEVELS = ("tract", "neighborhood")
+_ANOMALY_DAYS = 14
+_ANOMALY_MIN_Z = 3.0
+
+
+def build_demo(store: Store, spec: DemoSpec, force: bool = False) -> Snapshot:
+    """Build the demo city into ``store`` and publish it (unless a snapshot exists and not ``force``)."""
+    current = store.current()
+    if current is not None and not force:
+        log.info("demo.exists", snapshot=current.id)
+        return current
+    t0 = time.perf_counter()
+    geo = load_geography("nyc")
+    city = DemoCity(spec, geo)
+    frames = city.generate(spec.start, spec.end)
+    source = DemoSource(spec)
+    with store.writer() as con:
+        for table in ("request", "incident", "closure", "anomaly", "geo_unit", "ingest_state", "snapshot_meta"):
+            con.execute(f"DELETE FROM {table}")
+        store.upsert(con, "geo_unit", geo.units)
+        for kind, frame in frames.items():
+            store.upsert(con, kind, frame.drop("planted"))
+        _set_state(con, source.name, cursor=spec.end, ok=True)
+        con.executemany("INSERT OR REPLACE INTO snapshot_meta VALUES (?, ?)", list(source.to_meta().items()))
+        recompute_anomalies(con, "nyc")
+    truth = _ground_truth(city, frames)
+    store.data_dir.mkdir(parents=True, exist_ok=True)
+    truth.write_csv(store.data_dir / PLANTED_FILE)
+    snap = store.publish({"built_by": "demo"})
+    log.info("demo.built", snapshot=snap.id, events=sum(f.height for f in frames.values()), planted=truth.height, seconds=round(time.perf_counter() - t0, 2))
+    return snap
+
+
+def _ground_truth(city: DemoCity, frames: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """The plan with the number of events each planted anomaly really added or relabelled."""
+    realised = pl.concat([f.select("planted") for f in frames.values()]).drop_nulls().group_by("planted").len()
+    plan = city.planted.join(realised.rename({"planted": "anomaly_id", "len": "events"}), on="anomaly_id", how="left")
+    return plan.with_columns(pl.col("events").fill_null(0)).drop("start_day", "end_day", "start_hour", "end_hour")
+
+
+def registered_sources(store: Store) -> list[Source]:
+    """Sources recorded in the store (today: the demo feed, when the store was built from it)."""
+    snap = store.current()
+    demo = DemoSource.from_meta(snap.meta) if snap is not None else None
+    return [demo] if demo is not None else []
+
+
+def refresh(store: Store, now: datetime | None = None) -> Snapshot | None:
+    """Pull what is new from every source since its cursor, recompute anomalies, publish."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    sources = registered_sources(store)
+    if not sources:
+        return store.current()
+    with store.writer() as con:
+        for source in sources:
+            state = query(con, 'SELECT "cursor" FROM ingest_state WHERE source = $s', {"s": source.name})
+            since = datetime.fromisoformat(state["cursor"][0]) if state.height and state["cursor"][0] else now - timedelta(days=1)
+            if since >= now:
+                continue
+            try:
+                frames = source.pull(since, now)
+                for table, frame in frames.items():
+                    store.upsert(con, table, frame)
+                _set_state(con, source.name, cursor=now, ok=True)
+                log.info("source.polled", source=source.name, since=since.isoformat(), until=now.isoformat(), rows=sum(f.height for f in frames.values()))
+            except Exception:
+                log.exception("source.failed", source=source.name)
+                _set_state(con, source.name, cursor=None, ok=False)
+        for city in {s.city for s in sources}:
+            recompute_anomalies(con, city)
+    return store.publish({"built_by": "refresh"})
+
+
+def recompute_anomalies(con: duckdb.DuckDBPyConnection, city: str, days: int = _ANOMALY_DAYS) -> int:
+    """Replace ``city``'s stored anomalies with those of the last ``days`` days (daily bins)."""
+    events = read_events(con, city)
+    con.execute("DELETE FROM anomaly WHERE city = $city", {"city": city})
+    if events.height == 0:
+        return 0
+    last = events["ts"].max()
+    assert isinstance(last, datetime)
+    until = last.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    parents = tract_parents(read_units(con, city))
+    frames = []
+    for level in _ANOMALY_LEVELS:
+        scored = score_window(events, parents, level, "day", until - timedelta(days=days), until).filter(pl.col("zscore") >= _ANOMALY_MIN_Z)
+        frames.append(
+            scored.select(
+                pl.lit(city).alias("city"), pl.lit(level).alias("level"), "unit_id", "category",
+                pl.col("bin_start").alias("window_start"), (pl.col("bin_start") + pl.duration(days=1)).alias("window_end"), "zscore",
+                pl.struct(observed="count", expected=pl.col("expected").round(3), std=pl.col("std").round(3), bin=pl.lit("day")).struct.json_encode().alias("evidence"),
+            )
+        )
+    rows = pl.concat(frames)
+    con.register("_anomalies", rows.to_arrow())
+    con.execute("INSERT INTO anomaly BY NAME SELECT * FROM _anomalies")
+    con.unregister("_anomalies")
+    return rows.height
+
+
+def _set_state(con: duckdb.DuckDBPyConnection, source: str, cursor: datetime | None, ok: bool) -> None:
+    con.execute("INSERT INTO ingest_state (source) VALUES ($s) ON CONFLICT DO NOTHING", {"s": source})
+    if ok:
+        con.execute(
+            'UPDATE ingest_state SET "cursor" = $c, last_success = now(), consecutive_failures = 0 WHERE source = $s',
+            {"s": source, "c": cursor.isoformat() if cursor else None},
+        )
+    else:
+        con.execute("UPDATE ingest_state SET consecutive_failures = consecutive_failures + 1 WHERE source = $s", {"s": source})
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:
+    """CLI entry point (see the module docstring)."""
+    settings = settings or get_settings()
+    parser = argparse.ArgumentParser(prog="python -m app.pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="build the demo city snapshot if missing")
+    demo.add_argument("--size", type=int, default=settings.demo_size, help="target number of events")
+    demo.add_argument("--seed", type=int, default=settings.demo_seed)
+    demo.add_argument("--days", type=int, default=settings.demo_days)
+    demo.add_argument("--end", type=datetime.fromisoformat, default=None, help="end time (UTC ISO); default: now, floored to the hour")
+    demo.add_argument("--force", action="store_true", help="rebuild even if a snapshot exists")
+    sub.add_parser("refresh", help="poll sources, recompute anomalies, publish")
+    args = parser.parse_args(argv)
+    store = Store(settings.data_dir, keep=settings.keep_snapshots)
+    if args.command == "demo":
+        end = floor_hour(args.end.replace(tzinfo=args.end.tzinfo or UTC) if args.end else datetime.now(UTC))
+        snap = build_demo(store, DemoSpec(args.seed, end, args.days, args.size), force=args.force)
+    else:
+        snap = refresh(store)
+    print(json.dumps({"snapshot": snap.id if snap else None, "rows": snap.row_counts() if snap else {}}))
+
+
+if __name__ == "__main__":
+    main()
