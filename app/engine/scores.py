@@ -30,14 +30,14 @@ def trailing_zscores(counts: pl.DataFrame, time_bin: str, baseline: timedelta = 
     """
     n_bins = baseline / _BIN_LENGTH[time_bin]
     period = f"{int(baseline.total_seconds())}s"
+    keys = [*group, "bin_start"]
     rolled = (
-        counts.sort([*group, "bin_start"])
+        counts.sort(keys)
         .with_columns(x2=pl.col("count").pow(2))
         .rolling(index_column="bin_start", period=period, closed="left", group_by=list(group))
         .agg(s1=pl.col("count").sum(), s2=pl.col("x2").sum())
     )
-    # rolling() returns one row per input row in order, aligned with the sorted input.
-    base = counts.sort([*group, "bin_start"]).with_columns(s1=rolled["s1"].fill_null(0), s2=rolled["s2"].fill_null(0))
+    base = counts.join(rolled, on=keys, how="left").with_columns(pl.col("s1").fill_null(0), pl.col("s2").fill_null(0)).sort(keys)
     mean = pl.col("s1") / n_bins
     var = (pl.col("s2") / n_bins - mean.pow(2)).clip(lower_bound=0.0)
     scored = base.with_columns(expected=mean, std=var.sqrt())

@@ -1,0 +1,64 @@
+"""The one server process: FastAPI routes, the Panel dashboard at ``/dashboard`` and the scheduler
+in the lifespan. ``uvicorn --factory app.api.main:create_app`` serves it (see ``panel_serve.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, RedirectResponse
+from panel.io.fastapi import add_applications
+
+from app.api.errors import install_error_handlers
+from app.api.routes import api_router
+from app.config import Settings, get_settings
+from app.data.store import Store
+from app.scheduler import create_scheduler
+
+__all__ = ["create_app"]
+
+_FAVICON = Path(__file__).with_name("favicon.ico")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app over ``settings.data_dir``; the scheduler starts with the lifespan."""
+    settings = settings or get_settings()
+    store = Store(settings.data_dir, keep=settings.keep_snapshots)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler = create_scheduler(store, settings) if settings.scheduler_enabled else None
+        if scheduler is not None:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
+
+    app = FastAPI(
+        title="City Service Heat",
+        version="0.1.0",
+        summary="Where, in which category and why city activity departs from its normal rhythm.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    install_error_handlers(app)
+    app.include_router(api_router)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/dashboard")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(_FAVICON, media_type="image/x-icon")
+
+    from app.views.page import build_dashboard  # Panel/Bokeh import cost only where the page is served
+
+    add_applications({"/dashboard": lambda: build_dashboard(store, settings)}, app=app, title="City Service Heat")
+    return app
+

@@ -1,0 +1,13 @@
+"""One router per resource, gathered here."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.routes import anomalies, health, heat, tracts
+
+__all__ = ["api_router"]
+
+api_router = APIRouter()
+for _module in (health, tracts, heat, anomalies):
+    api_router.include_router(_module.router)

@@ -1,0 +1,17 @@
+"""Pieces every lens-backed response echoes."""
+
+from __future__ import annotations
+
+from app.api.schemas import PrivacyOut, WindowOut
+from app.engine.lens import ALL, Lens
+
+
+def lens_out(lens: Lens) -> WindowOut:
+    """The lens parameters a response was computed with."""
+    assert lens.snapshot is not None and lens.since is not None and lens.until is not None
+    return WindowOut(city=lens.city, level=lens.level, since=lens.since, until=lens.until, category=None if lens.category == ALL else lens.category, snapshot_id=lens.snapshot.id)
+
+
+def privacy_out(lens: Lens) -> PrivacyOut:
+    """The release rule applied."""
+    return PrivacyOut(mode=lens.privacy_mode, k=lens.privacy_k)

@@ -1,0 +1,43 @@
+"""``/tracts``: unit polygons of one admin level as GeoJSON."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Annotated
+
+import numpy as np
+import shapely
+from fastapi import APIRouter, Query, Response
+
+from app.api.deps import Level, SnapshotDep
+from app.api.errors import unprocessable
+from app.api.schemas import FeatureCollection
+from app.data.snapshot import Snapshot
+
+router = APIRouter(tags=["geography"])
+
+
+@router.get("/tracts", response_model=None, responses={200: {"model": FeatureCollection, "description": "GeoJSON FeatureCollection (WGS84)."}})
+def tracts(
+    snapshot: SnapshotDep,
+    city: Annotated[str, Query(description="City id, e.g. 'nyc'.")] = "nyc",
+    level: Annotated[Level, Query(description="Admin level: tract, neighborhood, borough or city.")] = "tract",
+) -> Response:
+    """Polygons of every unit at ``level`` with id, name, parent id and representative point."""
+    if city not in snapshot.cities():
+        raise unprocessable("city", f"unknown city {city!r}; known: {', '.join(snapshot.cities())}", city)
+    return Response(_geojson(snapshot, city, level), media_type="application/json")
+
+
+@lru_cache(maxsize=16)
+def _geojson(snapshot: Snapshot, city: str, level: str) -> bytes:
+    """Serialised once per snapshot, city and level (snapshots are immutable)."""
+    units = snapshot.unit_geometries(city, level)
+    geoms = shapely.from_wkb(np.asarray(units["geom_wkb"].to_list(), dtype=object))
+    geometries = shapely.to_geojson(geoms)
+    features = []
+    for row, geometry in zip(units.drop("geom_wkb").iter_rows(named=True), geometries, strict=True):
+        props = json.dumps({"unit_id": row["unit_id"], "name": row["name"], "level": level, "parent_id": row["parent_id"], "lon": row["lon"], "lat": row["lat"]})
+        features.append(f'{{"type":"Feature","id":{json.dumps(row["unit_id"])},"geometry":{geometry},"properties":{props}}}')
+    return ('{"type":"FeatureCollection","features":[' + ",".join(features) + "]}").encode()

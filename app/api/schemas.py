@@ -1,0 +1,127 @@
+"""Response models at the API edge; their field descriptions become the OpenAPI text."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "PrivacyOut", "WindowOut", "HeatCell", "HeatOut", "AnomalyOut", "AnomaliesOut",
+    "SnapshotOut", "SourceOut", "HealthOut", "Feature", "FeatureCollection",
+]
+
+
+class PrivacyOut(BaseModel):
+    """How the numbers in a response were released."""
+
+    mode: Literal["none", "suppress"] = Field(description="'suppress' hides counts 1..k-1; 'none' is internal use.")
+    k: int = Field(description="Smallest count published in 'suppress' mode.")
+
+
+class WindowOut(BaseModel):
+    """The lens a response was computed with (echoed so a result is self-describing)."""
+
+    city: str
+    level: str
+    since: datetime
+    until: datetime
+    category: str | None = Field(description="The one category counted, or null for all.")
+    snapshot_id: str
+
+
+class HeatCell(BaseModel):
+    """One released count: a unit (and a time bin when one was asked for)."""
+
+    unit_id: str
+    name: str | None = None
+    bin_start: datetime | None = Field(None, description="Start of the time bin (UTC), when time_bin was given.")
+    count: int | None = Field(description="Released count; null when withheld by the privacy rule.")
+    suppressed: bool = Field(description="True when the count was withheld.")
+
+
+class HeatOut(BaseModel):
+    """Binned counts of a window, one page."""
+
+    lens: WindowOut
+    privacy: PrivacyOut
+    time_bin: str | None
+    total: int = Field(description="Cells in the whole result (all pages).")
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="Offset of the next page, or null on the last page.")
+    cells: list[HeatCell]
+
+
+class AnomalyOut(BaseModel):
+    """One anomalous (unit, category, time bin) with its evidence."""
+
+    level: str
+    unit_id: str
+    name: str | None
+    category: str
+    window_start: datetime
+    window_end: datetime
+    observed: int
+    expected: float = Field(description="Trailing 28-day baseline mean for this bin width.")
+    std: float = Field(description="Trailing baseline standard deviation.")
+    zscore: float
+
+
+class AnomaliesOut(BaseModel):
+    """Anomalies of a window, highest z first, one page."""
+
+    lens: WindowOut
+    privacy: PrivacyOut
+    time_bin: str
+    min_z: float
+    withheld: int = Field(description="Anomalies not published because their count is withheld by the privacy rule.")
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+    items: list[AnomalyOut]
+
+
+class SnapshotOut(BaseModel):
+    """The snapshot being served."""
+
+    id: str
+    created_at: datetime
+    age_s: float
+    rows: dict[str, int]
+
+
+class SourceOut(BaseModel):
+    """Freshness of one source."""
+
+    source: str
+    cursor: str | None
+    last_success: datetime | None
+    age_s: float | None = Field(description="Seconds since the last successful poll.")
+    consecutive_failures: int
+
+
+class HealthOut(BaseModel):
+    """Liveness and freshness."""
+
+    status: Literal["ok", "starting"]
+    snapshot: SnapshotOut | None
+    sources: list[SourceOut]
+
+
+class Feature(BaseModel):
+    """A GeoJSON feature (RFC 7946) of one unit."""
+
+    type: Literal["Feature"]
+    id: str
+    geometry: dict[str, Any]
+    properties: dict[str, Any]
+
+
+class FeatureCollection(BaseModel):
+    """A GeoJSON feature collection (RFC 7946, WGS84 lon/lat)."""
+
+    type: Literal["FeatureCollection"]
+    features: list[Feature]

@@ -1,0 +1,82 @@
+"""Shared fixtures: one tiny demo snapshot per test session, and a live server over it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import Settings
+from app.data.demo import DemoSpec
+from app.data.store import Store
+from app.pipeline import build_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The fixed demo used by tests: small, but with 35 days so a 28-day baseline exists.
+TINY_SPEC = DemoSpec(seed=7, end=datetime(2026, 11, 1, tzinfo=UTC), days=35, size=60_000)
+#: Real public data beside the project (read-only); tests that need it skip when absent.
+SHARED_DATA = Path(os.environ.get("CSH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir holding the tiny demo snapshot (built once per session)."""
+    data_dir = tmp_path_factory.mktemp("tiny")
+    build_demo(Store(data_dir), TINY_SPEC)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_dir: Path) -> Store:
+    """A read side over the tiny snapshot. Tests must not write to it (use their own tmp dirs)."""
+    return Store(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_dir: Path) -> Settings:
+    """Settings for an app over the tiny snapshot, with the scheduler off (tests drive refreshes)."""
+    return Settings(data_dir=tiny_dir, scheduler_enabled=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_dir: Path) -> Iterator[str]:
+    """The real server (``panel_serve.py``) on a free loopback port over the tiny snapshot."""
+    port = _free_port()
+    env = {**os.environ, "CSH_DATA_DIR": str(tiny_dir), "PORT": str(port), "CSH_SCHEDULER_ENABLED": "false"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "panel_serve.py"), "--no-demo"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                raise RuntimeError(f"server exited early ({proc.returncode}):\n{out}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become healthy within 90 s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
