@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
     sub.add_parser("refresh", help="poll sources, recompute anomalies, publish")
     args = parser.parse_args(argv)
     store = Store(settings.data_dir, keep=settings.keep_snapshots)
+    snap: Snapshot | None
     if args.command == "demo":
         end = floor_hour(args.end.replace(tzinfo=args.end.tzinfo or UTC) if args.end else datetime.now(UTC))
         snap = build_demo(store, DemoSpec(args.seed, end, args.days, args.size), force=args.force)

@@ -149,9 +149,10 @@ class DemoCity:
         source = _SOURCES[kind]
         frame = pl.DataFrame(
             {
-                "source": source,
-                "source_id": [f"{day}-{i}" for i in range(len(c_ev))],
-                "city": self.geo.city,
+                # Typed full-length columns, not scalars: a day without events must not turn into Null columns.
+                "source": pl.Series([source] * len(c_ev), dtype=pl.String),
+                "source_id": pl.Series([f"{day}-{i}" for i in range(len(c_ev))], dtype=pl.String),
+                "city": pl.Series([self.geo.city] * len(c_ev), dtype=pl.String),
                 "ts": ts,
                 "cat_idx": c_ev,
                 "lon": pl.Series(lon).fill_nan(None),
@@ -164,7 +165,7 @@ class DemoCity:
         frame = frame.join(cat.extra.with_row_index("cat_idx").with_columns(pl.col("cat_idx").cast(pl.Int64)), on="cat_idx", how="left").drop("cat_idx")
         if kind == "closure":
             hours = np.clip(rng.lognormal(2.5, 1.2, len(frame)), 1, 24 * 21).round()
-            frame = frame.rename({"ts": "start_ts"}).with_columns(end_ts=pl.col("start_ts") + pl.duration(hours=pl.Series(hours.astype(np.int64))))
+            frame = frame.rename({"ts": "start_ts"}).with_columns(end_ts=pl.col("start_ts") + pl.Series((hours * 3_600_000_000).astype(np.int64)).cast(pl.Duration("us")))
         return frame
 
     def _apply_planted(self, kind: str, day: int, rng: np.random.Generator, c_ev: NDArray[np.int64], h_ev: NDArray[np.int64], tract: NDArray[np.int64], planted: NDArray[np.int64]) -> tuple[NDArray[np.int64], ...]:
@@ -211,7 +212,7 @@ class DemoCity:
 def _rows_searchsorted(cum: NDArray[np.float64], rows: NDArray[np.int64], u: NDArray[np.float64]) -> NDArray[np.int64]:
     """``searchsorted(cum[row], u)`` for many (row, u) pairs at once, via one flattened search."""
     flat = (cum + np.arange(cum.shape[0])[:, None]).ravel()
-    return np.searchsorted(flat, rows + u) - rows * cum.shape[1]
+    return np.asarray(np.searchsorted(flat, rows + u) - rows * cum.shape[1], dtype=np.int64)
 
 
 def _requests_catalog() -> _Catalog:

@@ -42,7 +42,8 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | Non
     """Run ``sql`` on a fresh cursor of ``con`` (DuckDB connections are not thread-safe)."""
     cur = con.cursor()
     try:
-        return cur.sql(sql, params=params or None).pl()
+        frame: pl.DataFrame = cur.sql(sql, params=params or None).pl()
+        return frame
     finally:
         cur.close()
 

@@ -33,15 +33,15 @@ class Lens(param.Parameterized):
     """
 
     snapshot = param.ClassSelector(class_=Snapshot, allow_None=True, doc="The published snapshot the lens reads.")
-    city = param.Selector(default="nyc", objects=["nyc"], doc="City whose events and geography are shown.")
-    level = param.Selector(default="neighborhood", objects=list(LEVELS), doc="Admin level counts and anomalies are computed at.")
-    since = param.Date(default=None, allow_None=True, doc="Start of the window (inclusive, UTC); default: 7 days before the newest event.")
-    until = param.Date(default=None, allow_None=True, doc="End of the window (exclusive, UTC); default: the end of the newest event's day.")
-    category = param.Selector(default=ALL, objects=[ALL], check_on_set=False, doc="One category, or 'All'.")
+    city = param.Selector[str](default="nyc", objects=["nyc"], doc="City whose events and geography are shown.")
+    level = param.Selector[str](default="neighborhood", objects=list(LEVELS), doc="Admin level counts and anomalies are computed at.")
+    since = param.Date[datetime | None](default=None, allow_None=True, doc="Start of the window (inclusive, UTC); default: 7 days before the newest event.")
+    until = param.Date[datetime | None](default=None, allow_None=True, doc="End of the window (exclusive, UTC); default: the end of the newest event's day.")
+    category = param.Selector[str](default=ALL, objects=[ALL], check_on_set=False, doc="One category, or 'All'.")
     kinds = param.ListSelector(default=list(KINDS), objects=list(KINDS), doc="Event kinds included: 311 requests, incidents, closures.")
-    time_bin = param.Selector(default="day", objects=list(TIME_BINS), doc="Width of the time bins that are counted and scored.")
+    time_bin = param.Selector[str](default="day", objects=list(TIME_BINS), doc="Width of the time bins that are counted and scored.")
     min_z = param.Number(default=3.0, bounds=(0.0, 100.0), doc="Smallest z-score listed as an anomaly.")
-    privacy_mode = param.Selector(default="suppress", objects=["none", "suppress"], doc="Release rule for counts ('suppress' hides 1..k-1).")
+    privacy_mode = param.Selector[str](default="suppress", objects=["none", "suppress"], doc="Release rule for counts ('suppress' hides 1..k-1).")
     privacy_k = param.Integer(default=11, bounds=(1, None), doc="Smallest count published in 'suppress' mode.")
 
     def __init__(self, **params: object) -> None:
@@ -83,7 +83,9 @@ class Lens(param.Parameterized):
         if self.snapshot is None:
             return pl.DataFrame()
         cats = None if self.category == ALL else [self.category]
-        return filter_events(self.snapshot.events(self.city), since or self.since, self.until, cats, self.kinds)
+        start, end = since or self.since, self.until
+        assert (start is None or isinstance(start, datetime)) and (end is None or isinstance(end, datetime))
+        return filter_events(self.snapshot.events(self.city), start, end, cats, self.kinds)
 
     def points(self) -> pl.DataFrame:
         """Located event points (lon, lat) in the window: input of the heat raster, no counts."""

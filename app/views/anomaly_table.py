@@ -22,7 +22,7 @@ def anomaly_frame(released: pl.DataFrame) -> pd.DataFrame:
     """Released anomalies reshaped for display: the :data:`COLUMNS` only, times as naive UTC."""
     if released.is_empty() or not set(COLUMNS).issubset(released.columns):
         return pd.DataFrame({label: pd.Series(dtype=object) for label in COLUMNS.values()})
-    frame = released.select(COLUMNS).rename(COLUMNS).with_columns(pl.col("day").dt.replace_time_zone(None))
+    frame = released.select(list(COLUMNS)).rename(COLUMNS).with_columns(pl.col("day").dt.replace_time_zone(None))
     return frame.to_pandas()
 
 
