@@ -24,7 +24,7 @@ from app.data.sources import DemoSource, Source
 from app.data.store import Store
 from app.engine.scores import score_window
 
-__all__ = ["build_demo", "refresh", "recompute_anomalies", "registered_sources", "PLANTED_FILE"]
+__all__ = ["PLANTED_FILE", "build_demo", "recompute_anomalies", "refresh", "registered_sources"]
 
 log = structlog.get_logger(__name__)
 PLANTED_FILE = "planted_anomalies.csv"
@@ -57,7 +57,13 @@ def build_demo(store: Store, spec: DemoSpec, force: bool = False) -> Snapshot:
     store.data_dir.mkdir(parents=True, exist_ok=True)
     truth.write_csv(store.data_dir / PLANTED_FILE)
     snap = store.publish({"built_by": "demo"})
-    log.info("demo.built", snapshot=snap.id, events=sum(f.height for f in frames.values()), planted=truth.height, seconds=round(time.perf_counter() - t0, 2))
+    log.info(
+        "demo.built",
+        snapshot=snap.id,
+        events=sum(f.height for f in frames.values()),
+        planted=truth.height,
+        seconds=round(time.perf_counter() - t0, 2),
+    )
     return snap
 
 
@@ -92,7 +98,13 @@ def refresh(store: Store, now: datetime | None = None) -> Snapshot | None:
                 for table, frame in frames.items():
                     store.upsert(con, table, frame)
                 _set_state(con, source.name, cursor=now, ok=True)
-                log.info("source.polled", source=source.name, since=since.isoformat(), until=now.isoformat(), rows=sum(f.height for f in frames.values()))
+                log.info(
+                    "source.polled",
+                    source=source.name,
+                    since=since.isoformat(),
+                    until=now.isoformat(),
+                    rows=sum(f.height for f in frames.values()),
+                )
             except Exception:
                 log.exception("source.failed", source=source.name)
                 _set_state(con, source.name, cursor=None, ok=False)
@@ -116,9 +128,16 @@ def recompute_anomalies(con: duckdb.DuckDBPyConnection, city: str, days: int = _
         scored = score_window(events, parents, level, "day", until - timedelta(days=days), until).filter(pl.col("zscore") >= _ANOMALY_MIN_Z)
         frames.append(
             scored.select(
-                pl.lit(city).alias("city"), pl.lit(level).alias("level"), "unit_id", "category",
-                pl.col("bin_start").alias("window_start"), (pl.col("bin_start") + pl.duration(days=1)).alias("window_end"), "zscore",
-                pl.struct(observed="count", expected=pl.col("expected").round(3), std=pl.col("std").round(3), bin=pl.lit("day")).struct.json_encode().alias("evidence"),
+                pl.lit(city).alias("city"),
+                pl.lit(level).alias("level"),
+                "unit_id",
+                "category",
+                pl.col("bin_start").alias("window_start"),
+                (pl.col("bin_start") + pl.duration(days=1)).alias("window_end"),
+                "zscore",
+                pl.struct(observed="count", expected=pl.col("expected").round(3), std=pl.col("std").round(3), bin=pl.lit("day"))
+                .struct.json_encode()
+                .alias("evidence"),
             )
         )
     rows = pl.concat(frames)
@@ -142,7 +161,9 @@ def _set_state(con: duckdb.DuckDBPyConnection, source: str, cursor: datetime | N
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:
     """CLI entry point (see the module docstring)."""
     settings = settings or get_settings()
-    parser = argparse.ArgumentParser(prog="python -m app.pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m app.pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="build the demo city snapshot if missing")
     demo.add_argument("--size", type=int, default=settings.demo_size, help="target number of events")

@@ -57,7 +57,9 @@ def live_server(tiny_dir: Path) -> Iterator[str]:
     """The real server (``panel_serve.py``) on a free loopback port over the tiny snapshot."""
     port = _free_port()
     env = {**os.environ, "CSH_DATA_DIR": str(tiny_dir), "PORT": str(port), "CSH_SCHEDULER_ENABLED": "false"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "panel_serve.py"), "--no-demo"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "panel_serve.py"), "--no-demo"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     try:

@@ -107,7 +107,9 @@ def test_heat_city_total_equals_events_in_window(open_client: TestClient, tiny_s
     snap = tiny_store.current()
     assert snap is not None
     events = snap.events("nyc")
-    expected = events.filter(pl.col("ts").is_between(pl.datetime(2026, 10, 20, time_zone="UTC"), pl.datetime(2026, 11, 1, time_zone="UTC"), closed="left")).height
+    expected = events.filter(
+        pl.col("ts").is_between(pl.datetime(2026, 10, 20, time_zone="UTC"), pl.datetime(2026, 11, 1, time_zone="UTC"), closed="left")
+    ).height
     assert body["cells"] == [{"unit_id": "nyc", "name": "New York City", "bin_start": None, "count": expected, "suppressed": False}]
 
 
@@ -116,7 +118,8 @@ def test_heat_borough_counts_sum_to_located_events(open_client: TestClient, tiny
     snap = tiny_store.current()
     assert snap is not None
     located = snap.events("nyc").filter(
-        pl.col("tract_id").is_not_null() & pl.col("ts").is_between(pl.datetime(2026, 10, 20, time_zone="UTC"), pl.datetime(2026, 11, 1, time_zone="UTC"), closed="left")
+        pl.col("tract_id").is_not_null()
+        & pl.col("ts").is_between(pl.datetime(2026, 10, 20, time_zone="UTC"), pl.datetime(2026, 11, 1, time_zone="UTC"), closed="left")
     )
     assert sum(c["count"] for c in body["cells"]) == located.height
 
@@ -213,7 +216,9 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("path", "query", "param", "rule"), BAD_INPUTS, ids=[f"{p}?{q}" for p, q, _, _ in BAD_INPUTS])
-def test_bad_input_is_a_422_naming_parameter_and_rule(client: TestClient, openapi: dict[str, Any], path: str, query: str, param: str, rule: str) -> None:
+def test_bad_input_is_a_422_naming_parameter_and_rule(
+    client: TestClient, openapi: dict[str, Any], path: str, query: str, param: str, rule: str
+) -> None:
     r = client.get(f"{path}?{query}")
     assert r.status_code == 422, r.text
     body = r.json()

@@ -20,7 +20,7 @@ from app.data.snapshot import Snapshot
 from app.data.store import Store
 from app.engine.lens import ALL, Lens
 
-__all__ = ["Level", "TimeBin", "SnapshotDep", "LensDep", "PageDep", "BBoxDep", "Page", "BBox", "MAX_WINDOW", "MAX_LIMIT"]
+__all__ = ["MAX_LIMIT", "MAX_WINDOW", "BBox", "BBoxDep", "LensDep", "Level", "Page", "PageDep", "SnapshotDep", "TimeBin"]
 
 MAX_WINDOW = timedelta(days=366)
 MAX_LIMIT = 1000
@@ -56,8 +56,12 @@ def get_lens(
     city: Annotated[str, Query(description="City id, e.g. 'nyc' (see /tracts).")] = "nyc",
     level: Annotated[Level, Query(description="Admin level of the units counted.")] = "tract",
     since: Annotated[datetime | None, Query(description="Window start, ISO 8601 (naive = UTC). Default: 7 days before `until`.")] = None,
-    until: Annotated[datetime | None, Query(description="Window end (exclusive), ISO 8601. Default: end of the newest event's day.")] = None,
-    category: Annotated[str | None, Query(max_length=200, description="One category (complaint type, offence or closure kind); default all.")] = None,
+    until: Annotated[
+        datetime | None, Query(description="Window end (exclusive), ISO 8601. Default: end of the newest event's day.")
+    ] = None,
+    category: Annotated[
+        str | None, Query(max_length=200, description="One category (complaint type, offence or closure kind); default all.")
+    ] = None,
 ) -> Lens:
     """A lens for this request, after checking every lens parameter against the snapshot."""
     if city not in snapshot.cities():
@@ -120,7 +124,13 @@ class BBox:
 
 
 def get_bbox(
-    bbox: Annotated[str | None, Query(max_length=200, description="min_lon,min_lat,max_lon,max_lat (WGS84). Units whose representative point lies inside are counted whole.")] = None,
+    bbox: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="min_lon,min_lat,max_lon,max_lat (WGS84). Units whose representative point lies inside are counted whole.",
+        ),
+    ] = None,
 ) -> BBox | None:
     if bbox is None:
         return None

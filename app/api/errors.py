@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-__all__ = ["unprocessable", "install_error_handlers", "NoSnapshotError"]
+__all__ = ["NoSnapshotError", "install_error_handlers", "unprocessable"]
 
 
 class NoSnapshotError(RuntimeError):
@@ -34,7 +34,11 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _no_snapshot_handler(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=503, content={"detail": "no snapshot published yet; the demo or first ingest is still building"}, headers={"Retry-After": "30"})
+    return JSONResponse(
+        status_code=503,
+        content={"detail": "no snapshot published yet; the demo or first ingest is still building"},
+        headers={"Retry-After": "30"},
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -61,4 +61,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     add_applications({"/dashboard": lambda: build_dashboard(store, settings)}, app=app, title="City Service Heat")
     return app
-

@@ -8,8 +8,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 __all__ = [
-    "PrivacyOut", "WindowOut", "HeatCell", "HeatOut", "AnomalyOut", "AnomaliesOut",
-    "SnapshotOut", "SourceOut", "HealthOut", "Feature", "FeatureCollection",
+    "AnomaliesOut",
+    "AnomalyOut",
+    "Feature",
+    "FeatureCollection",
+    "HealthOut",
+    "HeatCell",
+    "HeatOut",
+    "PrivacyOut",
+    "SnapshotOut",
+    "SourceOut",
+    "WindowOut",
 ]
 
 

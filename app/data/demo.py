@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from app.data.demo_mix import CRIME_PATH, MIX_PATH
 from app.data.geography import CityGeography
 
-__all__ = ["DemoSpec", "DemoCity", "KINDS", "floor_hour"]
+__all__ = ["KINDS", "DemoCity", "DemoSpec", "floor_hour"]
 
 KINDS = ("request", "incident", "closure")
 _KIND_SHARE = {"request": 0.85, "incident": 0.14, "closure": 0.01}
@@ -161,14 +161,29 @@ class DemoCity:
                 "planted": pl.Series(planted).replace(-1, None),
             }
         ).with_columns(tract_id=pl.when(pl.col("lon").is_not_null()).then("tract_id"))
-        frame = frame.with_columns(id=pl.concat_str("source", pl.lit(":"), "source_id"), valid_from=pl.col("ts"), valid_to=pl.lit(None, pl.Datetime("us", "UTC")))
-        frame = frame.join(cat.extra.with_row_index("cat_idx").with_columns(pl.col("cat_idx").cast(pl.Int64)), on="cat_idx", how="left").drop("cat_idx")
+        frame = frame.with_columns(
+            id=pl.concat_str("source", pl.lit(":"), "source_id"), valid_from=pl.col("ts"), valid_to=pl.lit(None, pl.Datetime("us", "UTC"))
+        )
+        frame = frame.join(
+            cat.extra.with_row_index("cat_idx").with_columns(pl.col("cat_idx").cast(pl.Int64)), on="cat_idx", how="left"
+        ).drop("cat_idx")
         if kind == "closure":
             hours = np.clip(rng.lognormal(2.5, 1.2, len(frame)), 1, 24 * 21).round()
-            frame = frame.rename({"ts": "start_ts"}).with_columns(end_ts=pl.col("start_ts") + pl.Series((hours * 3_600_000_000).astype(np.int64)).cast(pl.Duration("us")))
+            frame = frame.rename({"ts": "start_ts"}).with_columns(
+                end_ts=pl.col("start_ts") + pl.Series((hours * 3_600_000_000).astype(np.int64)).cast(pl.Duration("us"))
+            )
         return frame
 
-    def _apply_planted(self, kind: str, day: int, rng: np.random.Generator, c_ev: NDArray[np.int64], h_ev: NDArray[np.int64], tract: NDArray[np.int64], planted: NDArray[np.int64]) -> tuple[NDArray[np.int64], ...]:
+    def _apply_planted(
+        self,
+        kind: str,
+        day: int,
+        rng: np.random.Generator,
+        c_ev: NDArray[np.int64],
+        h_ev: NDArray[np.int64],
+        tract: NDArray[np.int64],
+        planted: NDArray[np.int64],
+    ) -> tuple[NDArray[np.int64], ...]:
         plan = self.planted.filter((pl.col("source_kind") == kind) & (pl.col("start_day") <= day) & (pl.col("end_day") >= day))
         names = list(self._catalog[kind].names)
         for row in plan.iter_rows(named=True):
@@ -223,13 +238,23 @@ def _requests_catalog() -> _Catalog:
 
 def _incidents_catalog() -> _Catalog:
     off = pl.read_csv(CRIME_PATH)
-    extra = off.select(pl.col("offence").alias("type"), pl.col("severity").cast(pl.Int16), attrs=pl.struct(law_category="law_category").struct.json_encode())
+    extra = off.select(
+        pl.col("offence").alias("type"),
+        pl.col("severity").cast(pl.Int16),
+        attrs=pl.struct(law_category="law_category").struct.json_encode(),
+    )
     return _Catalog(off["offence"].to_numpy(), off["share"].to_numpy() / off["share"].sum(), off["profile"].to_numpy(), extra)
 
 
 def _closures_catalog() -> _Catalog:
     k = len(_CLOSURE_KINDS)
-    extra = pl.DataFrame({"kind": _CLOSURE_KINDS, "description": [f"{c} (simulated)" for c in _CLOSURE_KINDS], "attrs": [json.dumps({"simulated": True})] * k})
+    extra = pl.DataFrame(
+        {
+            "kind": _CLOSURE_KINDS,
+            "description": [f"{c} (simulated)" for c in _CLOSURE_KINDS],
+            "attrs": [json.dumps({"simulated": True})] * k,
+        }
+    )
     return _Catalog(np.asarray(_CLOSURE_KINDS, dtype=object), np.full(k, 1 / k), np.asarray(["day"] * k, dtype=object), extra)
 
 
@@ -263,9 +288,18 @@ def _plan_anomalies(city: DemoCity) -> pl.DataFrame:
         intensity = float(rng.uniform(x_lo, x_hi)) if kind == "mix_shift" else float(rng.integers(int(x_lo), int(x_hi) + 1))
         rows.append(
             {
-                "anomaly_id": i + 1, "kind": kind, "source_kind": source_kind, "level": level, "unit_id": unit,
-                "category": category, "size_class": size_class, "intensity": intensity,
-                "start_hour": start, "end_hour": start + hours, "start_day": start // 24, "end_day": (start + hours - 1) // 24,
+                "anomaly_id": i + 1,
+                "kind": kind,
+                "source_kind": source_kind,
+                "level": level,
+                "unit_id": unit,
+                "category": category,
+                "size_class": size_class,
+                "intensity": intensity,
+                "start_hour": start,
+                "end_hour": start + hours,
+                "start_day": start // 24,
+                "end_day": (start + hours - 1) // 24,
             }
         )
     plan = pl.DataFrame(rows)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-__all__ = ["MIX_PATH", "CRIME_PATH", "derive_mix", "profile_of"]
+__all__ = ["CRIME_PATH", "MIX_PATH", "derive_mix", "profile_of"]
 
 TABLES = Path(__file__).with_name("demo_tables")
 MIX_PATH = TABLES / "nyc311_mix.csv"

@@ -12,7 +12,7 @@ import polars as pl
 import shapely
 from numpy.typing import NDArray
 
-__all__ = ["LEVELS", "CITIES", "CityGeography", "load_geography", "tract_join"]
+__all__ = ["CITIES", "LEVELS", "CityGeography", "load_geography", "tract_join"]
 
 #: Admin levels from finest to coarsest; each unit's ``parent_id`` points one step up.
 LEVELS: tuple[str, ...] = ("tract", "neighborhood", "borough", "city")
@@ -43,11 +43,15 @@ def tract_parents(units: pl.DataFrame) -> pl.DataFrame:
     """Flatten the unit hierarchy to ``tract_id, neighborhood_id, borough_id, city_id``."""
     parent = {lvl: units.filter(pl.col("level") == lvl).select("unit_id", "parent_id") for lvl in LEVELS}
     out = parent["tract"].rename({"unit_id": "tract_id", "parent_id": "neighborhood_id"})
-    out = out.join(parent["neighborhood"].rename({"unit_id": "neighborhood_id", "parent_id": "borough_id"}), on="neighborhood_id", how="left")
+    out = out.join(
+        parent["neighborhood"].rename({"unit_id": "neighborhood_id", "parent_id": "borough_id"}), on="neighborhood_id", how="left"
+    )
     return out.join(parent["borough"].rename({"unit_id": "borough_id", "parent_id": "city_id"}), on="borough_id", how="left")
 
 
-def _units_frame(city: str, level: str, ids: list[str], names: list[str], parents: list[str | None], geoms: NDArray[np.object_]) -> pl.DataFrame:
+def _units_frame(
+    city: str, level: str, ids: list[str], names: list[str], parents: list[str | None], geoms: NDArray[np.object_]
+) -> pl.DataFrame:
     points = shapely.point_on_surface(geoms)
     return pl.DataFrame(
         {
@@ -60,7 +64,16 @@ def _units_frame(city: str, level: str, ids: list[str], names: list[str], parent
             "lat": shapely.get_y(points),
             "geom_wkb": list(shapely.to_wkb(geoms)),
         },
-        schema={"city": pl.String, "level": pl.String, "unit_id": pl.String, "name": pl.String, "parent_id": pl.String, "lon": pl.Float64, "lat": pl.Float64, "geom_wkb": pl.Binary},
+        schema={
+            "city": pl.String,
+            "level": pl.String,
+            "unit_id": pl.String,
+            "name": pl.String,
+            "parent_id": pl.String,
+            "lon": pl.Float64,
+            "lat": pl.Float64,
+            "geom_wkb": pl.Binary,
+        },
     )
 
 
@@ -76,9 +89,30 @@ def _load_nyc() -> CityGeography:
     boro_geoms = np.asarray(boros.geometry.values, dtype=object)
     city_geom = np.asarray([shapely.union_all(boro_geoms)], dtype=object)
     frames = [
-        _units_frame("nyc", "tract", tracts["geoid"].tolist(), [f"{n} ({nta})" for n, nta in zip(tracts["name"], tracts["nta_name"], strict=True)], tracts["nta2020"].tolist(), tract_geoms),
-        _units_frame("nyc", "neighborhood", ntas["nta2020"].tolist(), ntas["name"].tolist(), [_NYC_BOROUGHS[int(c)][0] for c in ntas["borough_code"]], nta_geoms),
-        _units_frame("nyc", "borough", [_NYC_BOROUGHS[int(c)][0] for c in boros["borough_code"]], [_NYC_BOROUGHS[int(c)][1] for c in boros["borough_code"]], ["nyc"] * len(boros), boro_geoms),
+        _units_frame(
+            "nyc",
+            "tract",
+            tracts["geoid"].tolist(),
+            [f"{n} ({nta})" for n, nta in zip(tracts["name"], tracts["nta_name"], strict=True)],
+            tracts["nta2020"].tolist(),
+            tract_geoms,
+        ),
+        _units_frame(
+            "nyc",
+            "neighborhood",
+            ntas["nta2020"].tolist(),
+            ntas["name"].tolist(),
+            [_NYC_BOROUGHS[int(c)][0] for c in ntas["borough_code"]],
+            nta_geoms,
+        ),
+        _units_frame(
+            "nyc",
+            "borough",
+            [_NYC_BOROUGHS[int(c)][0] for c in boros["borough_code"]],
+            [_NYC_BOROUGHS[int(c)][1] for c in boros["borough_code"]],
+            ["nyc"] * len(boros),
+            boro_geoms,
+        ),
         _units_frame("nyc", "city", ["nyc"], ["New York City"], [None], city_geom),
     ]
     return CityGeography("nyc", pl.concat(frames), np.asarray(tracts["geoid"].tolist(), dtype=object), tract_geoms)

@@ -15,12 +15,19 @@ from typing import Any, TypeVar
 import duckdb
 import polars as pl
 
-__all__ = ["Snapshot", "EVENT_SCHEMA", "connect", "query", "read_events", "read_units"]
+__all__ = ["EVENT_SCHEMA", "Snapshot", "connect", "query", "read_events", "read_units"]
 
 T = TypeVar("T")
 
 #: Columns of the unified event frame the engine consumes (one row per current event).
-EVENT_SCHEMA = {"kind": pl.String, "category": pl.String, "tract_id": pl.String, "ts": pl.Datetime("us", "UTC"), "lon": pl.Float64, "lat": pl.Float64}
+EVENT_SCHEMA = {
+    "kind": pl.String,
+    "category": pl.String,
+    "tract_id": pl.String,
+    "ts": pl.Datetime("us", "UTC"),
+    "lon": pl.Float64,
+    "lat": pl.Float64,
+}
 
 _EVENTS_SQL = """
 SELECT 'request' AS kind, category, tract_id, ts, lon, lat FROM request WHERE city = $city AND valid_to IS NULL
@@ -55,7 +62,9 @@ def read_events(con: duckdb.DuckDBPyConnection, city: str) -> pl.DataFrame:
 
 def read_units(con: duckdb.DuckDBPyConnection, city: str) -> pl.DataFrame:
     """Units of ``city`` at every level, without polygons."""
-    return query(con, "SELECT level, unit_id, name, parent_id, lon, lat FROM geo_unit WHERE city = $city ORDER BY level, unit_id", {"city": city})
+    return query(
+        con, "SELECT level, unit_id, name, parent_id, lon, lat FROM geo_unit WHERE city = $city ORDER BY level, unit_id", {"city": city}
+    )
 
 
 class Snapshot:
@@ -73,7 +82,9 @@ class Snapshot:
         meta = dict(self._query("SELECT key, value FROM snapshot_meta").iter_rows())
         self.meta: dict[str, str] = meta
         self.id: str = meta.get("snapshot_id", path.stem)
-        self.created_at = datetime.fromisoformat(meta["created_at"]) if "created_at" in meta else datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        self.created_at = (
+            datetime.fromisoformat(meta["created_at"]) if "created_at" in meta else datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        )
 
     def _query(self, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:
         return query(self._con, sql, params)
@@ -105,7 +116,13 @@ class Snapshot:
 
     def unit_geometries(self, city: str, level: str) -> pl.DataFrame:
         """Units of one level with their polygons as WKB (``geom_wkb``)."""
-        return self._memoised(("geoms", city, level), lambda: self._query("SELECT unit_id, name, parent_id, lon, lat, geom_wkb FROM geo_unit WHERE city = $city AND level = $level ORDER BY unit_id", {"city": city, "level": level}))
+        return self._memoised(
+            ("geoms", city, level),
+            lambda: self._query(
+                "SELECT unit_id, name, parent_id, lon, lat, geom_wkb FROM geo_unit WHERE city = $city AND level = $level ORDER BY unit_id",
+                {"city": city, "level": level},
+            ),
+        )
 
     def events(self, city: str) -> pl.DataFrame:
         """All current events of ``city`` as one frame with :data:`EVENT_SCHEMA`, loaded once."""
@@ -113,8 +130,16 @@ class Snapshot:
 
     def anomalies(self, city: str) -> pl.DataFrame:
         """Anomalies stored with this snapshot (computed by the pipeline at publish time)."""
-        return self._memoised(("anomalies", city), lambda: self._query("SELECT level, unit_id, category, window_start, window_end, zscore, evidence FROM anomaly WHERE city = $city ORDER BY zscore DESC", {"city": city}))
+        return self._memoised(
+            ("anomalies", city),
+            lambda: self._query(
+                "SELECT level, unit_id, category, window_start, window_end, zscore, evidence FROM anomaly WHERE city = $city ORDER BY zscore DESC",
+                {"city": city},
+            ),
+        )
 
     def ingest_state(self) -> pl.DataFrame:
         """Per-source ingest state (cursor, last success, failures, drift)."""
-        return self._query('SELECT source, "cursor", etag, last_modified, last_success, consecutive_failures, drift FROM ingest_state ORDER BY source')
+        return self._query(
+            'SELECT source, "cursor", etag, last_modified, last_success, consecutive_failures, drift FROM ingest_state ORDER BY source'
+        )

@@ -12,7 +12,7 @@ import polars as pl
 from app.data.demo import DemoCity, DemoSpec
 from app.data.geography import load_geography
 
-__all__ = ["Source", "DemoSource", "DEMO_SOURCE"]
+__all__ = ["DEMO_SOURCE", "DemoSource", "Source"]
 
 DEMO_SOURCE = "demo"
 
@@ -42,7 +42,13 @@ class DemoSource:
     def to_meta(self) -> dict[str, str]:
         """What a snapshot records so a later process can resume the same feed."""
         s = self.spec
-        return {"demo_seed": str(s.seed), "demo_end": s.end.isoformat(), "demo_days": str(s.days), "demo_size": str(s.size), "demo_city": self.city}
+        return {
+            "demo_seed": str(s.seed),
+            "demo_end": s.end.isoformat(),
+            "demo_days": str(s.days),
+            "demo_size": str(s.size),
+            "demo_city": self.city,
+        }
 
     @classmethod
     def from_meta(cls, meta: dict[str, str]) -> DemoSource | None:

@@ -24,7 +24,7 @@ import polars as pl
 
 from app.data.snapshot import Snapshot, connect
 
-__all__ = ["Store", "SCHEMA_SQL", "EVENT_TABLES"]
+__all__ = ["EVENT_TABLES", "SCHEMA_SQL", "Store"]
 
 SCHEMA_SQL = Path(__file__).with_name("schema.sql").read_text()
 EVENT_TABLES = ("request", "incident", "closure")

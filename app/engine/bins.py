@@ -10,7 +10,7 @@ from datetime import datetime
 
 import polars as pl
 
-__all__ = ["TIME_BINS", "filter_events", "with_unit", "bin_counts", "unit_counts"]
+__all__ = ["TIME_BINS", "bin_counts", "filter_events", "unit_counts", "with_unit"]
 
 #: Time-bin name -> polars duration string (weeks start on Monday, UTC).
 TIME_BINS: dict[str, str] = {"hour": "1h", "day": "1d", "week": "1w"}

@@ -19,7 +19,7 @@ from app.engine.bins import TIME_BINS, bin_counts, filter_events, unit_counts
 from app.engine.privacy import Policy, release_anomalies, release_counts
 from app.engine.scores import score_window
 
-__all__ = ["Lens", "ALL", "KINDS"]
+__all__ = ["ALL", "KINDS", "Lens"]
 
 ALL = "All"
 KINDS = ("request", "incident", "closure")
@@ -35,13 +35,19 @@ class Lens(param.Parameterized):
     snapshot = param.ClassSelector(class_=Snapshot, allow_None=True, doc="The published snapshot the lens reads.")
     city = param.Selector[str](default="nyc", objects=["nyc"], doc="City whose events and geography are shown.")
     level = param.Selector[str](default="neighborhood", objects=list(LEVELS), doc="Admin level counts and anomalies are computed at.")
-    since = param.Date[datetime | None](default=None, allow_None=True, doc="Start of the window (inclusive, UTC); default: 7 days before the newest event.")
-    until = param.Date[datetime | None](default=None, allow_None=True, doc="End of the window (exclusive, UTC); default: the end of the newest event's day.")
+    since = param.Date[datetime | None](
+        default=None, allow_None=True, doc="Start of the window (inclusive, UTC); default: 7 days before the newest event."
+    )
+    until = param.Date[datetime | None](
+        default=None, allow_None=True, doc="End of the window (exclusive, UTC); default: the end of the newest event's day."
+    )
     category = param.Selector[str](default=ALL, objects=[ALL], check_on_set=False, doc="One category, or 'All'.")
     kinds = param.ListSelector(default=list(KINDS), objects=list(KINDS), doc="Event kinds included: 311 requests, incidents, closures.")
     time_bin = param.Selector[str](default="day", objects=list(TIME_BINS), doc="Width of the time bins that are counted and scored.")
     min_z = param.Number(default=3.0, bounds=(0.0, 100.0), doc="Smallest z-score listed as an anomaly.")
-    privacy_mode = param.Selector[str](default="suppress", objects=["none", "suppress"], doc="Release rule for counts ('suppress' hides 1..k-1).")
+    privacy_mode = param.Selector[str](
+        default="suppress", objects=["none", "suppress"], doc="Release rule for counts ('suppress' hides 1..k-1)."
+    )
     privacy_k = param.Integer(default=11, bounds=(1, None), doc="Smallest count published in 'suppress' mode.")
 
     def __init__(self, **params: object) -> None:
@@ -84,7 +90,8 @@ class Lens(param.Parameterized):
             return pl.DataFrame()
         cats = None if self.category == ALL else [self.category]
         start, end = since or self.since, self.until
-        assert (start is None or isinstance(start, datetime)) and (end is None or isinstance(end, datetime))
+        assert start is None or isinstance(start, datetime)
+        assert end is None or isinstance(end, datetime)
         return filter_events(self.snapshot.events(self.city), start, end, cats, self.kinds)
 
     def points(self) -> pl.DataFrame:
@@ -95,7 +102,9 @@ class Lens(param.Parameterized):
         """Released window totals per unit at the lens level, with unit names and centroids."""
         assert self.snapshot is not None
         units = self.snapshot.units(self.city, self.level).select("unit_id", "name", "lon", "lat")
-        counts = units.join(unit_counts(self.events(), self.parents(), self.level), on="unit_id", how="left").with_columns(pl.col("count").fill_null(0))
+        counts = units.join(unit_counts(self.events(), self.parents(), self.level), on="unit_id", how="left").with_columns(
+            pl.col("count").fill_null(0)
+        )
         return release_counts(counts, self.policy)
 
     def series(self) -> pl.DataFrame:
@@ -116,6 +125,15 @@ class Lens(param.Parameterized):
 
 
 @lru_cache(maxsize=64)
-def _scored(snapshot: Snapshot, city: str, level: str, time_bin: str, since: datetime, until: datetime, categories: tuple[str, ...] | None, kinds: tuple[str, ...]) -> pl.DataFrame:
+def _scored(
+    snapshot: Snapshot,
+    city: str,
+    level: str,
+    time_bin: str,
+    since: datetime,
+    until: datetime,
+    categories: tuple[str, ...] | None,
+    kinds: tuple[str, ...],
+) -> pl.DataFrame:
     """:func:`score_window` memoised per snapshot and arguments (snapshots never change)."""
     return score_window(snapshot.events(city), tract_parents(snapshot.units(city)), level, time_bin, since, until, categories, kinds)

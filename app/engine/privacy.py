@@ -14,7 +14,7 @@ from typing import Literal
 
 import polars as pl
 
-__all__ = ["Policy", "release_counts", "release_anomalies"]
+__all__ = ["Policy", "release_anomalies", "release_counts"]
 
 Mode = Literal["none", "suppress"]
 

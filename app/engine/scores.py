@@ -14,14 +14,16 @@ import polars as pl
 
 from app.engine.bins import bin_counts, filter_events
 
-__all__ = ["BASELINE", "trailing_zscores", "score_window"]
+__all__ = ["BASELINE", "score_window", "trailing_zscores"]
 
 BASELINE = timedelta(days=28)
 
 _BIN_LENGTH = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
 
 
-def trailing_zscores(counts: pl.DataFrame, time_bin: str, baseline: timedelta = timedelta(days=28), group: tuple[str, ...] = ("unit_id", "category")) -> pl.DataFrame:
+def trailing_zscores(
+    counts: pl.DataFrame, time_bin: str, baseline: timedelta = timedelta(days=28), group: tuple[str, ...] = ("unit_id", "category")
+) -> pl.DataFrame:
     """Score every non-empty bin of ``counts`` (``bin_start``, ``count`` and ``group`` columns).
 
     Adds ``expected`` (trailing mean), ``std`` and ``zscore = (count - expected) / sqrt(max(var,

@@ -8,8 +8,17 @@ from app.engine.lens import ALL, Lens
 
 def lens_out(lens: Lens) -> WindowOut:
     """The lens parameters a response was computed with."""
-    assert lens.snapshot is not None and lens.since is not None and lens.until is not None
-    return WindowOut(city=lens.city, level=lens.level, since=lens.since, until=lens.until, category=None if lens.category == ALL else lens.category, snapshot_id=lens.snapshot.id)
+    assert lens.snapshot is not None
+    assert lens.since is not None
+    assert lens.until is not None
+    return WindowOut(
+        city=lens.city,
+        level=lens.level,
+        since=lens.since,
+        until=lens.until,
+        category=None if lens.category == ALL else lens.category,
+        snapshot_id=lens.snapshot.id,
+    )
 
 
 def privacy_out(lens: Lens) -> PrivacyOut:

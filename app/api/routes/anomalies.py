@@ -29,13 +29,28 @@ def anomalies(
     rows = found.slice(page.offset, page.limit) if total else found
     items = [
         AnomalyOut(
-            level=lens.level, unit_id=r["unit_id"], name=r["name"], category=r["category"],
-            window_start=r["bin_start"], window_end=r["bin_start"] + _BIN[time_bin],
-            observed=r["count"], expected=r["expected"], std=r["std"], zscore=r["zscore"],
+            level=lens.level,
+            unit_id=r["unit_id"],
+            name=r["name"],
+            category=r["category"],
+            window_start=r["bin_start"],
+            window_end=r["bin_start"] + _BIN[time_bin],
+            observed=r["count"],
+            expected=r["expected"],
+            std=r["std"],
+            zscore=r["zscore"],
         )
         for r in rows.iter_rows(named=True)
     ]
     return AnomaliesOut(
-        lens=lens_out(lens), privacy=privacy_out(lens), time_bin=time_bin, min_z=min_z, withheld=withheld,
-        total=total, limit=page.limit, offset=page.offset, next_offset=page.next_offset(total), items=items,
+        lens=lens_out(lens),
+        privacy=privacy_out(lens),
+        time_bin=time_bin,
+        min_z=min_z,
+        withheld=withheld,
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+        next_offset=page.next_offset(total),
+        items=items,
     )

@@ -40,5 +40,8 @@ def heat(
         limit=page.limit,
         offset=page.offset,
         next_offset=page.next_offset(total),
-        cells=[HeatCell(unit_id=r["unit_id"], name=r.get("name"), bin_start=r.get("bin_start"), count=r["count"], suppressed=r["suppressed"]) for r in rows.iter_rows(named=True)],
+        cells=[
+            HeatCell(unit_id=r["unit_id"], name=r.get("name"), bin_start=r.get("bin_start"), count=r["count"], suppressed=r["suppressed"])
+            for r in rows.iter_rows(named=True)
+        ],
     )

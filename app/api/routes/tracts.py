@@ -18,7 +18,9 @@ from app.data.snapshot import Snapshot
 router = APIRouter(tags=["geography"])
 
 
-@router.get("/tracts", response_model=None, responses={200: {"model": FeatureCollection, "description": "GeoJSON FeatureCollection (WGS84)."}})
+@router.get(
+    "/tracts", response_model=None, responses={200: {"model": FeatureCollection, "description": "GeoJSON FeatureCollection (WGS84)."}}
+)
 def tracts(
     snapshot: SnapshotDep,
     city: Annotated[str, Query(description="City id, e.g. 'nyc'.")] = "nyc",
@@ -38,6 +40,15 @@ def _geojson(snapshot: Snapshot, city: str, level: str) -> bytes:
     geometries = shapely.to_geojson(geoms)
     features = []
     for row, geometry in zip(units.drop("geom_wkb").iter_rows(named=True), geometries, strict=True):
-        props = json.dumps({"unit_id": row["unit_id"], "name": row["name"], "level": level, "parent_id": row["parent_id"], "lon": row["lon"], "lat": row["lat"]})
+        props = json.dumps(
+            {
+                "unit_id": row["unit_id"],
+                "name": row["name"],
+                "level": level,
+                "parent_id": row["parent_id"],
+                "lon": row["lon"],
+                "lat": row["lat"],
+            }
+        )
         features.append(f'{{"type":"Feature","id":{json.dumps(row["unit_id"])},"geometry":{geometry},"properties":{props}}}')
     return ('{"type":"FeatureCollection","features":[' + ",".join(features) + "]}").encode()
