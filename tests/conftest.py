@@ -82,3 +82,6 @@ def live_server(tiny_dir: Path) -> Iterator[str]:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()  # else an unclosed-file ResourceWarning fails the run (filterwarnings = error)

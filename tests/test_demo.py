@@ -90,7 +90,9 @@ def test_other_seed_gives_other_events(small_builds: dict[str, Path], table: str
 
 
 def test_other_seed_keeps_geography(small_builds: dict[str, Path]) -> None:
-    assert_frame_equal(_table(_snapshot_path(small_builds["a"]), "geo_unit"), _table(_snapshot_path(small_builds["other_seed"]), "geo_unit"))
+    assert_frame_equal(
+        _table(_snapshot_path(small_builds["a"]), "geo_unit"), _table(_snapshot_path(small_builds["other_seed"]), "geo_unit")
+    )
 
 
 def test_same_spec_gives_identical_ground_truth(small_builds: dict[str, Path]) -> None:
@@ -220,7 +222,10 @@ def test_planted_file_sits_next_to_the_snapshot(tiny_dir: Path, truth: pl.DataFr
     assert truth["anomaly_id"].is_unique().all()
 
 
-@pytest.mark.parametrize(("column", "required"), [("level", {"tract", "neighborhood"}), ("kind", {"spike", "mix_shift"}), ("size_class", {"small", "medium", "large"})])
+@pytest.mark.parametrize(
+    ("column", "required"),
+    [("level", {"tract", "neighborhood"}), ("kind", {"spike", "mix_shift"}), ("size_class", {"small", "medium", "large"})],
+)
 def test_planted_anomalies_cover_the_design(truth: pl.DataFrame, column: str, required: set[str]) -> None:
     assert set(truth[column]) >= required
 
@@ -286,7 +291,9 @@ def test_spikes_only_add_events(geo: CityGeography, monkeypatch: pytest.MonkeyPa
     clean = _dense_window(geo, plan.clear(), monkeypatch)
     organic = with_spikes.filter(pl.col("planted").is_null()).group_by(keys).len().sort(keys)
     assert_frame_equal(organic, clean.group_by(keys).len().sort(keys))
-    assert with_spikes.height - clean.height == int(plan.filter((pl.col("kind") == "spike") & (pl.col("source_kind") == "request"))["intensity"].sum())
+    assert with_spikes.height - clean.height == int(
+        plan.filter((pl.col("kind") == "spike") & (pl.col("source_kind") == "request"))["intensity"].sum()
+    )
 
 
 def test_mix_shifts_only_relabel(geo: CityGeography, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -339,7 +346,10 @@ def test_daily_rhythm(tiny_snap: Snapshot, profile: str, peak_hours: list[int], 
     assert peak > min_ratio * quiet
 
 
-@pytest.mark.parametrize(("profile", "weekend_days", "weekday_days", "relation"), [("day", [6, 7], [1, 2, 3, 4], "lower"), ("night", [5, 6], [1, 2, 3], "higher")])
+@pytest.mark.parametrize(
+    ("profile", "weekend_days", "weekday_days", "relation"),
+    [("day", [6, 7], [1, 2, 3, 4], "lower"), ("night", [5, 6], [1, 2, 3], "higher")],
+)
 def test_weekly_rhythm(tiny_snap: Snapshot, profile: str, weekend_days: list[int], weekday_days: list[int], relation: str) -> None:
     rows = _requests_with_profile(tiny_snap).filter(pl.col("profile") == profile)
     per_day = rows.group_by(pl.col("ts").dt.date().alias("date"), "weekday").len()

@@ -7,6 +7,7 @@ memoised on the object; everything above the data layer works on those polars fr
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,8 @@ import polars as pl
 __all__ = ["EVENT_SCHEMA", "Snapshot", "connect", "query", "read_events", "read_units"]
 
 T = TypeVar("T")
+#: Derived results kept per snapshot (frames of events and units are among them).
+MEMO_SIZE = 256
 
 #: Columns of the unified event frame the engine consumes (one row per current event).
 EVENT_SCHEMA = {
@@ -77,8 +80,8 @@ class Snapshot:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._con = connect(path, read_only=True)
-        self._memo: dict[tuple[Any, ...], Any] = {}
-        self._lock = threading.Lock()
+        self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._lock = threading.RLock()  # re-entrant: a memoised build may read other memoised frames
         meta = dict(self._query("SELECT key, value FROM snapshot_meta").iter_rows())
         self.meta: dict[str, str] = meta
         self.id: str = meta.get("snapshot_id", path.stem)
@@ -89,10 +92,17 @@ class Snapshot:
     def _query(self, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:
         return query(self._con, sql, params)
 
-    def _memoised(self, key: tuple[Any, ...], build: Callable[[], T]) -> T:
+    def memo(self, key: tuple[Any, ...], build: Callable[[], T]) -> T:
+        """``build()`` once per ``key`` for this snapshot's lifetime (least recently used dropped
+        past :data:`MEMO_SIZE`). Caching on the snapshot, not in a global cache, lets a replaced
+        snapshot and everything derived from it be freed together."""
         with self._lock:
-            if key not in self._memo:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+            else:
                 self._memo[key] = build()
+                while len(self._memo) > MEMO_SIZE:
+                    self._memo.popitem(last=False)
             return self._memo[key]  # type: ignore[no-any-return]  # memo values are typed by their key's builder
 
     # ---- what the engine and the API read -----------------------------------------------------
@@ -107,16 +117,16 @@ class Snapshot:
 
     def cities(self) -> list[str]:
         """Cities that have geography in this snapshot."""
-        return self._memoised(("cities",), lambda: self._query("SELECT DISTINCT city FROM geo_unit ORDER BY city")["city"].to_list())
+        return self.memo(("cities",), lambda: self._query("SELECT DISTINCT city FROM geo_unit ORDER BY city")["city"].to_list())
 
     def units(self, city: str, level: str | None = None) -> pl.DataFrame:
         """Units of ``city`` (one level or all): unit_id, level, name, parent_id, lon, lat (no polygons)."""
-        units = self._memoised(("units", city), lambda: read_units(self._con, city))
+        units = self.memo(("units", city), lambda: read_units(self._con, city))
         return units if level is None else units.filter(pl.col("level") == level)
 
     def unit_geometries(self, city: str, level: str) -> pl.DataFrame:
         """Units of one level with their polygons as WKB (``geom_wkb``)."""
-        return self._memoised(
+        return self.memo(
             ("geoms", city, level),
             lambda: self._query(
                 "SELECT unit_id, name, parent_id, lon, lat, geom_wkb FROM geo_unit WHERE city = $city AND level = $level ORDER BY unit_id",
@@ -126,11 +136,11 @@ class Snapshot:
 
     def events(self, city: str) -> pl.DataFrame:
         """All current events of ``city`` as one frame with :data:`EVENT_SCHEMA`, loaded once."""
-        return self._memoised(("events", city), lambda: read_events(self._con, city))
+        return self.memo(("events", city), lambda: read_events(self._con, city))
 
     def anomalies(self, city: str) -> pl.DataFrame:
         """Anomalies stored with this snapshot (computed by the pipeline at publish time)."""
-        return self._memoised(
+        return self.memo(
             ("anomalies", city),
             lambda: self._query(
                 "SELECT level, unit_id, category, window_start, window_end, zscore, evidence FROM anomaly WHERE city = $city ORDER BY zscore DESC",

@@ -7,8 +7,7 @@ only through the privacy gate.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from functools import lru_cache
+from datetime import UTC, datetime, timedelta
 
 import param
 import polars as pl
@@ -75,6 +74,15 @@ class Lens(param.Parameterized):
     def policy(self) -> Policy:
         return Policy(self.privacy_mode, self.privacy_k)
 
+    def window(self) -> tuple[datetime | None, datetime | None]:
+        """``(since, until)`` as UTC datetimes (``param.Date`` also admits plain dates)."""
+        bounds = []
+        for value in (self.since, self.until):
+            if value is not None and not isinstance(value, datetime):
+                value = datetime(value.year, value.month, value.day, tzinfo=UTC)
+            bounds.append(value)
+        return bounds[0], bounds[1]
+
     def categories(self) -> list[str]:
         """Categories in the current snapshot and city (without 'All')."""
         return [c for c in self.param.category.objects if c != ALL]
@@ -89,10 +97,8 @@ class Lens(param.Parameterized):
         if self.snapshot is None:
             return pl.DataFrame()
         cats = None if self.category == ALL else [self.category]
-        start, end = since or self.since, self.until
-        assert start is None or isinstance(start, datetime)
-        assert end is None or isinstance(end, datetime)
-        return filter_events(self.snapshot.events(self.city), start, end, cats, self.kinds)
+        start, end = self.window()
+        return filter_events(self.snapshot.events(self.city), since or start, end, cats, self.kinds)
 
     def points(self) -> pl.DataFrame:
         """Located event points (lon, lat) in the window: input of the heat raster, no counts."""
@@ -114,26 +120,18 @@ class Lens(param.Parameterized):
 
     def anomalies(self) -> tuple[pl.DataFrame, int]:
         """Released anomalies in the window (highest z first) and the number withheld by privacy."""
-        if self.snapshot is None or self.since is None or self.until is None:
+        snap, city, (since, until) = self.snapshot, self.city, self.window()
+        if snap is None or since is None or until is None:
             return pl.DataFrame(), 0
         cats = None if self.category == ALL else (self.category,)
-        scored = _scored(self.snapshot, self.city, self.level, self.time_bin, self.since, self.until, cats, tuple(self.kinds))
+        key = (self.level, self.time_bin, since, until, cats, tuple(self.kinds))
+        scored = snap.memo(
+            ("scored", city, *key),
+            lambda: score_window(
+                snap.events(city), tract_parents(snap.units(city)), self.level, self.time_bin, since, until, cats, self.kinds
+            ),
+        )
         hits = scored.filter(pl.col("zscore") >= self.min_z)
         released, withheld = release_anomalies(hits, self.policy)
-        units = self.snapshot.units(self.city, self.level).select("unit_id", "name")
+        units = snap.units(city, self.level).select("unit_id", "name")
         return released.join(units, on="unit_id", how="left").sort(["zscore", "unit_id"], descending=[True, False]), withheld
-
-
-@lru_cache(maxsize=64)
-def _scored(
-    snapshot: Snapshot,
-    city: str,
-    level: str,
-    time_bin: str,
-    since: datetime,
-    until: datetime,
-    categories: tuple[str, ...] | None,
-    kinds: tuple[str, ...],
-) -> pl.DataFrame:
-    """:func:`score_window` memoised per snapshot and arguments (snapshots never change)."""
-    return score_window(snapshot.events(city), tract_parents(snapshot.units(city)), level, time_bin, since, until, categories, kinds)

@@ -9,21 +9,35 @@ import pandas as pd
 import panel as pn
 import param
 import polars as pl
+from bokeh.models.widgets.tables import NumberFormatter
 
 from app.engine.lens import Lens
 
-__all__ = ["AnomalyTable", "anomaly_frame", "COLUMNS"]
+__all__ = ["COLUMNS", "AnomalyTable", "anomaly_frame"]
 
 #: Lens column -> table heading, in display order.
 COLUMNS = {"name": "name", "category": "category", "bin_start": "day", "count": "observed", "expected": "expected", "zscore": "z"}
 
+#: Lens parameters the anomalies depend on (every one of them re-renders the table).
+_DEPENDS_ON = ("snapshot", "city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "privacy_mode", "privacy_k")
+
+_TABLE_CSS = """
+.tabulator .tabulator-cell, .tabulator .tabulator-col-title { font-size: 13px; }
+.tabulator .tabulator-header .tabulator-col .tabulator-col-content .tabulator-col-title { white-space: normal !important; text-overflow: clip !important; overflow: visible !important; }
+"""
+
 
 def anomaly_frame(released: pl.DataFrame) -> pd.DataFrame:
-    """Released anomalies reshaped for display: the :data:`COLUMNS` only, times as naive UTC."""
+    """Released anomalies reshaped for display: the :data:`COLUMNS` only, bins as UTC text.
+
+    Bins are formatted here (date only when every bin starts at midnight) so the browser needs no
+    date library and shows exactly what the server released.
+    """
     if released.is_empty() or not set(COLUMNS).issubset(released.columns):
         return pd.DataFrame({label: pd.Series(dtype=object) for label in COLUMNS.values()})
-    frame = released.select(list(COLUMNS)).rename(COLUMNS).with_columns(pl.col("day").dt.replace_time_zone(None))
-    return frame.to_pandas()
+    frame = released.select(list(COLUMNS)).rename(COLUMNS)
+    midnight = frame.select((pl.col("day").dt.time() == pl.time(0)).all()).item()
+    return frame.with_columns(pl.col("day").dt.strftime("%Y-%m-%d" if midnight else "%Y-%m-%d %H:%M")).to_pandas()
 
 
 class AnomalyTable(pn.viewable.Viewer):
@@ -34,31 +48,50 @@ class AnomalyTable(pn.viewable.Viewer):
 
     lens = param.ClassSelector(class_=Lens, doc="The session lens whose anomalies are listed.")
 
-    def _released(self, **_: Any) -> tuple[pd.DataFrame, int]:
-        released, withheld = self.lens.anomalies()
+    @property
+    def _lens(self) -> Lens:
+        assert self.lens is not None, "AnomalyTable needs a lens"
+        return self.lens
+
+    def _released(self) -> tuple[pd.DataFrame, int]:
+        released, withheld = self._lens.anomalies()
         return anomaly_frame(released), withheld
 
-    def _summary(self, **deps: Any) -> str:
-        frame, withheld = self._released(**deps)
-        lens = self.lens
+    def _summary(self, *_: Any) -> str:
+        lens = self._lens
         if lens.since is not None and lens.until is not None and lens.since >= lens.until:
             return "**No window:** the start must be before the end."
+        frame, withheld = self._released()
         rule = f"privacy rule *suppress*, k = {lens.privacy_k}" if lens.privacy_mode == "suppress" else "privacy rule *none* (internal)"
         shown = f"**{len(frame)}** anomalies with z ≥ {lens.min_z:g} at {lens.level} level"
         return f"{shown}; **{withheld}** withheld by the {rule}."
 
-    def _table(self, **deps: Any) -> pd.DataFrame:
-        return self._released(**deps)[0]
+    def _table(self, *_: Any) -> pd.DataFrame:
+        return self._released()[0]
 
     def __panel__(self) -> pn.viewable.Viewable:
-        p = self.lens.param
-        deps = {name: p[name] for name in ("snapshot", "city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "privacy_mode", "privacy_k")}
+        p = self._lens.param
+        deps = [p[name] for name in _DEPENDS_ON]
         table = pn.widgets.Tabulator(
-            pn.bind(self._table, **deps),
-            disabled=True, show_index=False, layout="fit_data_stretch", pagination="local", page_size=12,
-            formatters={"day": {"type": "datetime", "outputFormat": "yyyy-MM-dd HH:mm"}},
+            pn.bind(self._table, *deps),
+            disabled=True,
+            show_index=False,
+            layout="fit_columns",
+            pagination="local",
+            page_size=10,
+            configuration={"columnDefaults": {"headerSort": False}},
+            widths={"name": "25%", "category": "24%", "day": "16%", "observed": "14%", "expected": "14%", "z": "7%"},
+            formatters={
+                "name": {"type": "textarea"},
+                "category": {"type": "textarea"},
+                "expected": NumberFormatter(format="0.0"),
+                "z": NumberFormatter(format="0.0"),
+            },
             text_align={"observed": "right", "expected": "right", "z": "right"},
-            sizing_mode="stretch_width", name="Anomalies",
+            header_align={"observed": "right", "expected": "right", "z": "right"},
+            stylesheets=[_TABLE_CSS],
+            sizing_mode="stretch_width",
+            label="Anomalies",
         )
-        summary = pn.pane.Markdown(pn.bind(self._summary, **deps), sizing_mode="stretch_width", margin=(0, 10))
+        summary = pn.pane.Markdown(pn.bind(self._summary, *deps), sizing_mode="stretch_width", margin=(0, 10))
         return pn.Column("### Anomalies", summary, table, sizing_mode="stretch_width")

@@ -67,21 +67,36 @@ class HeatView(pn.viewable.Viewer):
 
     lens = param.ClassSelector(class_=Lens, doc="The session lens the map renders.")
 
-    def _points(self, **_: Any) -> hv.Points:
-        return points_element(self.lens)
+    @property
+    def _lens(self) -> Lens:
+        assert self.lens is not None, "HeatView needs a lens"
+        return self.lens
 
-    def _outlines(self, **_: Any) -> hv.Path:
-        if self.lens.snapshot is None:
+    def _points(self, *_: Any) -> hv.Points:
+        return points_element(self._lens)
+
+    def _outlines(self, *_: Any) -> hv.Path:
+        lens = self._lens
+        if lens.snapshot is None:
             return hv.Path([], kdims=["x", "y"])
-        return hv.Path([outline_xy(self.lens.snapshot, self.lens.city, self.lens.level)], kdims=["x", "y"])
+        return hv.Path([outline_xy(lens.snapshot, lens.city, lens.level)], kdims=["x", "y"])
 
     def __panel__(self) -> pn.viewable.Viewable:
-        p = self.lens.param
-        points = hv.DynamicMap(pn.bind(self._points, since=p.since, until=p.until, category=p.category, kinds=p.kinds, city=p.city, snapshot=p.snapshot))
-        outlines = hv.DynamicMap(pn.bind(self._outlines, city=p.city, level=p.level, snapshot=p.snapshot))
+        p = self._lens.param
+        points = hv.DynamicMap(pn.bind(self._points, p.snapshot, p.city, p.since, p.until, p.category, p.kinds))
+        outlines = hv.DynamicMap(pn.bind(self._outlines, p.snapshot, p.city, p.level))
         heat = rasterize(points).opts(
-            cmap=_CMAP, cnorm="eq_hist", tools=[], default_tools=["pan", "wheel_zoom", "box_zoom", "reset"],
-            colorbar=False, bgcolor=_BG, xaxis=None, yaxis=None, responsive=True, min_height=520, data_aspect=1,
+            cmap=_CMAP,
+            cnorm="eq_hist",
+            tools=[],
+            default_tools=["pan", "wheel_zoom", "box_zoom", "reset"],
+            colorbar=False,
+            bgcolor=_BG,
+            xaxis=None,
+            yaxis=None,
+            responsive=True,
+            min_height=520,
+            data_aspect=1,
         )
         lines = outlines.opts(color="#8c96a0", line_width=0.6, alpha=0.55, tools=[])
         return pn.pane.HoloViews(heat * lines, sizing_mode="stretch_both", min_height=520, linked_axes=False)

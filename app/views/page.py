@@ -6,11 +6,12 @@ gets a fresh :class:`~app.engine.lens.Lens` over the shared, already-loaded snap
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import panel as pn
 import param
+from panel.template.base import BasicTemplate
 
 from app.config import Settings
 from app.data.store import Store
@@ -18,17 +19,38 @@ from app.engine.lens import Lens
 from app.views.anomaly_table import AnomalyTable
 from app.views.heat import HeatView
 
-__all__ = ["Controls", "build_dashboard", "TITLE"]
+__all__ = ["NO_DATA", "TITLE", "Controls", "build_dashboard", "dashboard_page"]
 
 TITLE = "City Service Heat"
 _ACCENT = "#b2401e"
+_SMALL = {"font-size": "0.85em", "color": "#555"}
+NO_DATA = (
+    "**No data published yet.** Build the demo city with `python -m app.pipeline demo` "
+    "or wait for the scheduler's first refresh, then reload this page."
+)
 
 pn.extension("tabulator", sizing_mode="stretch_width")
 
 
-def _naive_utc(value: datetime | None) -> datetime | None:
+def _naive_utc(value: date | None) -> datetime | None:
     """Lens datetimes are tz-aware UTC; the pickers show naive wall-clock UTC."""
-    return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
+    return value.astimezone(UTC).replace(tzinfo=None) if isinstance(value, datetime) else None
+
+
+def _as_datetime(value: object) -> datetime | None:
+    """A picker value as a naive datetime (a bare date means its midnight)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None)
+    return datetime(value.year, value.month, value.day) if isinstance(value, date) else None
+
+
+def _window_problem(start: datetime | None, end: datetime | None) -> str:
+    """Why a picked window cannot be applied ('' when it can)."""
+    if start is None or end is None:
+        return "Pick both a start and an end."
+    if start >= end:
+        return "The start must be before the end: the window was not changed."
+    return ""
 
 
 class Controls(pn.viewable.Viewer):
@@ -39,20 +61,23 @@ class Controls(pn.viewable.Viewer):
 
     lens = param.ClassSelector(class_=Lens, doc="The session lens the widgets edit.")
 
-    def _window(self) -> tuple[pn.widgets.DatetimePicker, pn.widgets.DatetimePicker, pn.pane.Alert]:
+    @property
+    def _lens(self) -> Lens:
+        assert self.lens is not None, "Controls needs a lens"
+        return self.lens
+
+    def _window(self) -> list[pn.viewable.Viewable]:
         """Since/until pickers kept in sync with the lens both ways, plus their error line."""
-        lens = self.lens
-        since = pn.widgets.DatetimePicker(name="Since (UTC)", value=_naive_utc(lens.since))
-        until = pn.widgets.DatetimePicker(name="Until (UTC, exclusive)", value=_naive_utc(lens.until))
+        lens = self._lens
+        since = pn.widgets.DatetimePicker(label="Since (UTC)", value=_naive_utc(lens.since))
+        until = pn.widgets.DatetimePicker(label="Until (UTC, exclusive)", value=_naive_utc(lens.until))
         error = pn.pane.Alert("", alert_type="danger", visible=False, margin=(0, 10))
 
         def push(*_: Any) -> None:
-            start, end = since.value, until.value
-            problem = "Pick both a start and an end." if start is None or end is None else ""
-            if not problem and start >= end:
-                problem = "The start must be before the end: the window was not changed."
+            start, end = _as_datetime(since.value), _as_datetime(until.value)
+            problem = _window_problem(start, end)
             error.param.update(object=problem, visible=bool(problem))
-            if not problem:
+            if start is not None and end is not None and not problem:
                 lens.param.update(since=start.replace(tzinfo=UTC), until=end.replace(tzinfo=UTC))
 
         def pull(*_: Any) -> None:
@@ -61,26 +86,24 @@ class Controls(pn.viewable.Viewer):
         since.param.watch(push, "value")
         until.param.watch(push, "value")
         lens.param.watch(pull, ["since", "until"])
-        return since, until, error
+        return [since, until, error]
 
-    def _kinds_note(self, kinds: list[str]) -> str:
+    @staticmethod
+    def _kinds_note(kinds: list[str]) -> str:
         return "" if kinds else "*No kind ticked: all kinds are shown.*"
 
     def __panel__(self) -> pn.viewable.Viewable:
-        p = self.lens.param
-        since, until, error = self._window()
+        p = self._lens.param
         return pn.Column(
-            pn.widgets.Select.from_param(p.city, name="City"),
-            pn.widgets.Select.from_param(p.level, name="Admin level"),
-            since,
-            until,
-            error,
-            pn.widgets.Select.from_param(p.category, name="Category"),
+            pn.widgets.Select.from_param(p.city, label="City"),
+            pn.widgets.Select.from_param(p.level, label="Admin level"),
+            *self._window(),
+            pn.widgets.Select.from_param(p.category, label="Category"),
             pn.pane.Markdown("Event kinds", margin=(5, 10, 0, 10)),
-            pn.widgets.CheckBoxGroup.from_param(p.kinds, name="Event kinds", inline=False),
+            pn.widgets.CheckBoxGroup.from_param(p.kinds, label="Event kinds", inline=False),
             pn.pane.Markdown(pn.bind(self._kinds_note, p.kinds), margin=(0, 10)),
-            pn.widgets.Select.from_param(p.time_bin, name="Time bin"),
-            pn.widgets.FloatInput.from_param(p.min_z, name="Minimum z-score", step=0.5),
+            pn.widgets.Select.from_param(p.time_bin, label="Time bin"),
+            pn.widgets.FloatInput.from_param(p.min_z, label="Minimum z-score", step=0.5),
             sizing_mode="stretch_width",
         )
 
@@ -89,35 +112,28 @@ def _provenance(lens: Lens, privacy_mode: str, privacy_k: int) -> str:
     """Which snapshot and which release rule produced the numbers on screen."""
     assert lens.snapshot is not None
     snap = lens.snapshot
-    rule = f"suppress (counts 1–{privacy_k - 1} withheld, k = {privacy_k})" if privacy_mode == "suppress" else "none (internal use)"
+    rule = f"suppress (counts 1 to {privacy_k - 1} withheld, k = {privacy_k})" if privacy_mode == "suppress" else "none (internal use)"
     return f"Snapshot `{snap.id}` · built {snap.created_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC · privacy: {rule}"
 
 
-def build_dashboard(store: Store, settings: Settings) -> pn.viewable.Viewable:
-    """A fresh page and lens for one session; a clear notice when nothing is published yet."""
-    template = pn.template.BootstrapTemplate(title=TITLE, header_background=_ACCENT, theme_toggle=False, sidebar_width=300)
+def _template(main: list[Any], sidebar: list[Any] | None = None) -> BasicTemplate:
+    # Bootstrap rather than Fast: the Fast design links Google Fonts, which fails (a console error) offline.
+    return pn.template.BootstrapTemplate(title=TITLE, header_background=_ACCENT, sidebar_width=260, main=main, sidebar=sidebar or [])
+
+
+def dashboard_page(lens: Lens) -> BasicTemplate:
+    """The page over one lens: controls in the sidebar, provenance, heat map and anomaly table."""
+    provenance = pn.pane.Markdown(pn.bind(_provenance, lens, lens.param.privacy_mode, lens.param.privacy_k), styles=_SMALL)
+    caption = pn.pane.Markdown("Brighter = more events in the window (equalised colour scale; no counts are shown).", styles=_SMALL)
+    heat = pn.Column("### Where events cluster", HeatView(lens=lens), caption, sizing_mode="stretch_both", min_height=600, min_width=420)
+    table = pn.Column(AnomalyTable(lens=lens), sizing_mode="stretch_width", min_width=520)
+    body = pn.Column(provenance, pn.Row(heat, table, sizing_mode="stretch_both"), sizing_mode="stretch_both")
+    return _template(main=[body], sidebar=[Controls(lens=lens)])
+
+
+def build_dashboard(store: Store, settings: Settings) -> BasicTemplate:
+    """A fresh lens and page for one browser session; a clear notice when nothing is published yet."""
     snapshot = store.current()
     if snapshot is None:
-        template.main.append(
-            pn.pane.Alert(
-                "**No data published yet.** Build the demo city with `python -m app.pipeline demo` "
-                "or wait for the scheduler's first refresh, then reload this page.",
-                alert_type="warning",
-            )
-        )
-        return template
-    lens = Lens(snapshot=snapshot, privacy_mode=settings.privacy_mode, privacy_k=settings.privacy_k)
-    template.sidebar.append(Controls(lens=lens))
-    provenance = pn.pane.Markdown(pn.bind(_provenance, lens, lens.param.privacy_mode, lens.param.privacy_k), styles={"font-size": "0.85em", "color": "#555"})
-    template.main.append(
-        pn.Column(
-            provenance,
-            pn.Row(
-                pn.Column("### Where events cluster", HeatView(lens=lens), sizing_mode="stretch_both", min_height=560),
-                pn.Column(AnomalyTable(lens=lens), sizing_mode="stretch_width", max_width=620),
-                sizing_mode="stretch_both",
-            ),
-            sizing_mode="stretch_both",
-        )
-    )
-    return template
+        return _template(main=[pn.pane.Alert(NO_DATA, alert_type="warning")])
+    return dashboard_page(Lens(snapshot=snapshot, privacy_mode=settings.privacy_mode, privacy_k=settings.privacy_k))

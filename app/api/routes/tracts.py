@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from typing import Annotated
 
 import numpy as np
@@ -29,12 +28,11 @@ def tracts(
     """Polygons of every unit at ``level`` with id, name, parent id and representative point."""
     if city not in snapshot.cities():
         raise unprocessable("city", f"unknown city {city!r}; known: {', '.join(snapshot.cities())}", city)
-    return Response(_geojson(snapshot, city, level), media_type="application/json")
+    return Response(snapshot.memo(("geojson", city, level), lambda: _geojson(snapshot, city, level)), media_type="application/json")
 
 
-@lru_cache(maxsize=16)
 def _geojson(snapshot: Snapshot, city: str, level: str) -> bytes:
-    """Serialised once per snapshot, city and level (snapshots are immutable)."""
+    """The FeatureCollection as bytes (memoised on the snapshot by the route: snapshots never change)."""
     units = snapshot.unit_geometries(city, level)
     geoms = shapely.from_wkb(np.asarray(units["geom_wkb"].to_list(), dtype=object))
     geometries = shapely.to_geojson(geoms)

@@ -1,0 +1,53 @@
+"""The benchmark's reporting: one ``BENCH <name> <value> <unit>`` line per figure and a JSON file
+of the same figures (the real measurements run with ``python -m bench.run``, not here)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.run import format_line, report
+
+FAKE = {"demo_build_s": (12.5, "s"), "heat_aggregate_ms": (3.25, "ms"), "tract_join_rows_per_s": (812345, "rows/s"), "zero_ms": (0.0, "ms")}
+LINE = re.compile(r"^BENCH (\S+) (-?\d+(?:\.\d+)?) (\S+)$")
+
+
+def test_report_prints_one_parseable_line_per_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = report(FAKE, tmp_path / "results.json")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == lines
+    parsed = [LINE.match(line) for line in printed]
+    assert all(parsed), printed
+    assert [(m.group(1), float(m.group(2)), m.group(3)) for m in parsed if m] == [(k, float(v), u) for k, (v, u) in FAKE.items()]
+
+
+def test_report_writes_the_same_figures_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "results.json"
+    path.write_text('{"stale": {"value": 1, "unit": "s"}}')
+    report(FAKE, path)
+    capsys.readouterr()
+    data = json.loads(path.read_text())
+    assert data == {name: {"value": value, "unit": unit} for name, (value, unit) in FAKE.items()}
+    assert all(isinstance(v["value"], int | float) and isinstance(v["unit"], str) for v in data.values())
+
+
+@pytest.mark.parametrize(("name", "unit"), [("two words", "s"), ("x", "per second"), ("", "s"), ("x", "")])
+def test_names_and_units_must_be_single_tokens(name: str, unit: str) -> None:
+    with pytest.raises(ValueError, match="single tokens"):
+        format_line(name, 1.0, unit)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(1.5, "1.5"), (812345, "812345"), (0.0, "0.0"), (12.0, "12.0"), (1e-05, "0.00001"), (2.5e7, "25000000.0")]
+)
+def test_values_print_in_plain_decimal(value: float, text: str) -> None:
+    assert format_line("x", value, "u") == f"BENCH x {text} u"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_values_are_refused(value: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        format_line("x", value, "u")

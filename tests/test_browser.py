@@ -1,0 +1,104 @@
+"""The dashboard in a real browser (Debian Chromium via Playwright) against the live server.
+
+A Panel app that raises still answers HTTP 200, so only a browser sees a broken page: these tests
+fail on any console error or page error, and wait on Bokeh models (titles are drawn on canvas).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+#: True once Bokeh has a document (the websocket session is up and models are synced).
+BOKEH_READY = "() => window.Bokeh !== undefined && Bokeh.documents.length > 0"
+#: True once the heat raster arrived: an Image glyph whose source holds a non-empty, non-blank image.
+HEAT_READY = """() => [...Bokeh.documents[0].all_models].some(m =>
+    m.glyph !== undefined && m.glyph !== null && m.glyph.type === 'Image'
+    && m.data_source.data.image !== undefined && m.data_source.data.image.length > 0
+    && Array.from(m.data_source.data.image[0]).some(v => v > 0))"""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """One headless Chromium for the module (skipped when the Debian package is not installed)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: install it with `apt-get install -y chromium` to run the browser tests")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield browser
+        browser.close()
+
+
+class Problems:
+    """Console errors and uncaught page errors seen by one page."""
+
+    def __init__(self, page: Page) -> None:
+        self.errors: list[str] = []
+        page.on("console", lambda msg: self.errors.append(f"console: {msg.text} @ {msg.location}") if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+
+
+@pytest.fixture
+def dashboard(chromium: Browser, live_server: str) -> Iterator[tuple[Page, Problems]]:
+    """The dashboard loaded in a fresh page, with the heat raster and the table rendered."""
+    page = chromium.new_page(viewport={"width": 1440, "height": 900})
+    problems = Problems(page)
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(f"{live_server}/dashboard")
+        page.wait_for_function(BOKEH_READY)
+        assert page.get_by_text("Traceback").count() == 0, "the Panel app raised (the page shows a traceback)"
+        page.wait_for_function(HEAT_READY)
+        page.locator(".tabulator-row").first.wait_for()
+        yield page, problems
+    finally:
+        page.close()
+
+
+def test_dashboard_renders_heat_and_table_without_console_errors(dashboard: tuple[Page, Problems]) -> None:
+    page, problems = dashboard
+    assert page.title() == "City Service Heat"
+    assert page.locator(".tabulator-row").count() > 0
+    assert page.get_by_text("withheld by the privacy rule").count() == 1
+    assert page.get_by_text("Snapshot").count() >= 1
+    for label in ("City", "Admin level", "Since (UTC)", "Until (UTC, exclusive)", "Category", "Time bin", "Minimum z-score"):
+        assert page.get_by_label(label).count() == 1, f"no control labelled {label!r}"
+    page.wait_for_timeout(300)  # let the canvas paint the raster before the picture is taken
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    page.screenshot(path=str(shot))
+    (ROOT / "docs").mkdir(exist_ok=True)
+    shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
+    assert problems.errors == []
+
+
+def test_controls_update_the_table_in_the_browser(dashboard: tuple[Page, Problems]) -> None:
+    page, problems = dashboard
+    rows = page.locator(".tabulator-row")  # Playwright locators pierce Panel's shadow roots
+    page.get_by_label("Category").select_option("HEAT/HOT WATER")
+    expect(rows.filter(has_not_text="HEAT/HOT WATER")).to_have_count(0)
+    expect(rows.first).to_contain_text("HEAT/HOT WATER")
+    minimum = page.get_by_label("Minimum z-score")
+    minimum.fill("99")
+    minimum.press("Enter")
+    expect(page.get_by_text("0 anomalies with z ≥ 99")).to_be_visible()
+    expect(rows).to_have_count(0)
+    assert problems.errors == []
