@@ -53,19 +53,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def live_server(tiny_dir: Path) -> Iterator[str]:
+def live_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real server (``panel_serve.py``) on a free loopback port over the tiny snapshot."""
     port = _free_port()
     env = {**os.environ, "CSH_DATA_DIR": str(tiny_dir), "PORT": str(port), "CSH_SCHEDULER_ENABLED": "false"}
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log = log_path.open("wb")  # a file, not a pipe: nobody reads the log while the server runs
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "panel_serve.py"), "--no-demo"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, str(ROOT / "panel_serve.py"), "--no-demo"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     try:
         while True:
             if proc.poll() is not None:
-                out = proc.stdout.read().decode() if proc.stdout else ""
+                out = log_path.read_text(errors="replace")
                 raise RuntimeError(f"server exited early ({proc.returncode}):\n{out}")
             try:
                 if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
@@ -83,5 +85,4 @@ def live_server(tiny_dir: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stdout:
-            proc.stdout.close()  # else an unclosed-file ResourceWarning fails the run (filterwarnings = error)
+        log.close()

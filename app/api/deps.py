@@ -2,7 +2,7 @@
 
 Rules (each broken rule is a 422 naming the parameter): known city, level, category and time bin;
 ``since < until`` with at most 366 days between; bbox as four finite numbers min < max inside
-WGS84 ranges; ``0 <= offset``, ``1 <= limit <= 1000``; ``0 <= min_z <= 100``.
+WGS84 ranges; ``0 <= offset``, ``1 <= limit <= 1000``; ``0 <= min_z <= 1000``.
 """
 
 from __future__ import annotations

@@ -284,7 +284,10 @@ def _plan_anomalies(city: DemoCity) -> pl.DataFrame:
         start = int(rng.integers(first_hour, max(first_hour + 1, last_hour - hours)))
         unit = str(geo.tract_ids[rng.choice(busy)]) if level == "tract" else str(rng.choice(ntas))
         names = req if source_kind == "request" else inc
-        category = str(names[int(rng.integers(0, min(len(names), 25)))])
+        # Common categories, weighted by sqrt(share): varied, yet no 27 murders in one neighborhood-day.
+        cat = city._catalog[source_kind]
+        top = np.sqrt(cat.shares[:25])
+        category = str(names[int(rng.choice(len(top), p=top / top.sum()))])
         intensity = float(rng.uniform(x_lo, x_hi)) if kind == "mix_shift" else float(rng.integers(int(x_lo), int(x_hi) + 1))
         rows.append(
             {

@@ -44,7 +44,7 @@ SELECT 'closure', kind, tract_id, start_ts, lon, lat FROM closure WHERE city = $
 def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB file with the session time zone pinned to UTC (ICU is built in)."""
     con = duckdb.connect(str(path), read_only=read_only)
-    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: cursors are connections of their own
     return con
 
 

@@ -28,6 +28,7 @@ __all__ = ["EVENT_TABLES", "SCHEMA_SQL", "Store"]
 
 SCHEMA_SQL = Path(__file__).with_name("schema.sql").read_text()
 EVENT_TABLES = ("request", "incident", "closure")
+_OPEN_ATTEMPTS = 5
 
 
 class Store:
@@ -124,10 +125,20 @@ class Store:
     # ---- reading -------------------------------------------------------------------------------
     def current(self) -> Snapshot | None:
         """The live snapshot (opened read-only once and shared), or ``None`` before the first publish."""
-        try:
-            name = self._pointer.read_text().strip()
-        except FileNotFoundError:
-            return None
+        for attempt in range(_OPEN_ATTEMPTS):
+            try:
+                name = self._pointer.read_text().strip()
+            except FileNotFoundError:
+                return None
+            try:
+                return self._opened(name)
+            except (duckdb.IOException, FileNotFoundError):
+                # Pruned between reading the pointer and opening it: the pointer has moved on.
+                if attempt == _OPEN_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _opened(self, name: str) -> Snapshot:
         with self._open_lock:
             snap = self._open.get(name)
             if snap is None:

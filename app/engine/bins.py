@@ -24,15 +24,18 @@ def filter_events(
     kinds: Sequence[str] | None = None,
     tract_ids: Sequence[str] | None = None,
 ) -> pl.DataFrame:
-    """Events with ``since <= ts < until`` and, when given, the listed categories, kinds and tracts."""
+    """Events with ``since <= ts < until`` and, when given, the listed categories, kinds and tracts.
+
+    ``None`` means no filter; an empty list selects nothing (unticking every kind shows no events).
+    """
     cond = pl.lit(True)
     if since is not None:
         cond &= pl.col("ts") >= since
     if until is not None:
         cond &= pl.col("ts") < until
-    if categories:
+    if categories is not None:
         cond &= pl.col("category").is_in(list(categories))
-    if kinds:
+    if kinds is not None:
         cond &= pl.col("kind").is_in(list(kinds))
     if tract_ids is not None:
         cond &= pl.col("tract_id").is_in(list(tract_ids))

@@ -43,7 +43,7 @@ class Lens(param.Parameterized):
     category = param.Selector[str](default=ALL, objects=[ALL], check_on_set=False, doc="One category, or 'All'.")
     kinds = param.ListSelector(default=list(KINDS), objects=list(KINDS), doc="Event kinds included: 311 requests, incidents, closures.")
     time_bin = param.Selector[str](default="day", objects=list(TIME_BINS), doc="Width of the time bins that are counted and scored.")
-    min_z = param.Number(default=3.0, bounds=(0.0, 100.0), doc="Smallest z-score listed as an anomaly.")
+    min_z = param.Number(default=3.0, bounds=(0.0, 1000.0), doc="Smallest z-score listed as an anomaly.")
     privacy_mode = param.Selector[str](
         default="suppress", objects=["none", "suppress"], doc="Release rule for counts ('suppress' hides 1..k-1)."
     )

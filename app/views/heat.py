@@ -1,12 +1,12 @@
 """The heat map: where events in the lens window cluster, over the outlines of the lens level.
 
-Points are rasterized by datashader on the server (any number of events stays a fixed-size image)
-and drawn in Web Mercator without tile sources, so the page works offline.
+Points are rasterized and shaded by datashader on the server (any number of events stays a
+fixed-size image) and drawn in Web Mercator without tile sources, so the page works offline. Only
+colours reach the browser, never per-pixel counts: those have not passed the privacy gate.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import holoviews as hv
@@ -14,7 +14,7 @@ import numpy as np
 import panel as pn
 import param
 import shapely
-from holoviews.operation.datashader import rasterize
+from holoviews.operation.datashader import rasterize, shade
 from holoviews.util.transform import lon_lat_to_easting_northing
 from numpy.typing import NDArray
 
@@ -31,12 +31,15 @@ _BG = "#101418"
 hv.extension("bokeh", logo=False)
 
 
-@lru_cache(maxsize=16)
 def outline_xy(snapshot: Snapshot, city: str, level: str) -> NDArray[np.float64]:
     """Boundary rings of every unit at ``level`` as one (n, 2) Web Mercator array, rings split by NaN rows.
 
-    Cached per snapshot (snapshots never change); one NaN-separated path draws as a single glyph.
+    Memoised on the snapshot (snapshots never change); one NaN-separated path draws as a single glyph.
     """
+    return snapshot.memo(("outline_xy", city, level), lambda: _outline_xy(snapshot, city, level))
+
+
+def _outline_xy(snapshot: Snapshot, city: str, level: str) -> NDArray[np.float64]:
     frame = snapshot.unit_geometries(city, level)
     if frame.is_empty():
         return np.empty((0, 2))
@@ -85,12 +88,9 @@ class HeatView(pn.viewable.Viewer):
         p = self._lens.param
         points = hv.DynamicMap(pn.bind(self._points, p.snapshot, p.city, p.since, p.until, p.category, p.kinds))
         outlines = hv.DynamicMap(pn.bind(self._outlines, p.snapshot, p.city, p.level))
-        heat = rasterize(points).opts(
-            cmap=_CMAP,
-            cnorm="eq_hist",
+        heat = shade(rasterize(points), cmap=_CMAP, cnorm="eq_hist").opts(
             tools=[],
             default_tools=["pan", "wheel_zoom", "box_zoom", "reset"],
-            colorbar=False,
             bgcolor=_BG,
             xaxis=None,
             yaxis=None,

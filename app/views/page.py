@@ -90,7 +90,7 @@ class Controls(pn.viewable.Viewer):
 
     @staticmethod
     def _kinds_note(kinds: list[str]) -> str:
-        return "" if kinds else "*No kind ticked: all kinds are shown.*"
+        return "" if kinds else "*No kind ticked: nothing is shown.*"
 
     def __panel__(self) -> pn.viewable.Viewable:
         p = self._lens.param

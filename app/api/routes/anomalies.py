@@ -19,7 +19,7 @@ _BIN = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(
 def anomalies(
     lens: LensDep,
     page: PageDep,
-    min_z: Annotated[float, Query(ge=0, le=100, allow_inf_nan=False, description="Smallest z-score listed (0..100).")] = 3.0,
+    min_z: Annotated[float, Query(ge=0, le=1000, allow_inf_nan=False, description="Smallest z-score listed (0..1000).")] = 3.0,
     time_bin: Annotated[TimeBin, Query(description="Bin width scored: hour, day or week.")] = "day",
 ) -> AnomaliesOut:
     """Released anomalies against each series' trailing 28-day baseline; paged."""
