@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny demo snapshot per test session, and a live server over it."""
+"""Shared fixtures: one tiny demo snapshot per test session, and a live server over it; plus
+:func:`snapshot_sql` for tests that check a snapshot file with SQL of their own."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
+import polars as pl
 import pytest
 
 from app.config import Settings
 from app.data.demo import DemoSpec
+from app.data.snapshot import Snapshot, connect, query
 from app.data.store import Store
 from app.pipeline import build_demo
 
@@ -38,6 +42,23 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_store(tiny_dir: Path) -> Store:
     """A read side over the tiny snapshot. Tests must not write to it (use their own tmp dirs)."""
     return Store(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_snap(tiny_store: Store) -> Snapshot:
+    """The published tiny snapshot (shared, read-only)."""
+    snap = tiny_store.current()
+    assert snap is not None
+    return snap
+
+
+def snapshot_sql(path: Path, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:
+    """Run ``sql`` on its own read-only connection to the snapshot file at ``path`` (closed after)."""
+    con = connect(path, read_only=True)
+    try:
+        return query(con, sql, params)
+    finally:
+        con.close()
 
 
 @pytest.fixture(scope="session")

@@ -226,3 +226,20 @@ def test_bad_input_is_a_422_naming_parameter_and_rule(
     assert ("query", param) in locs
     assert rule.lower() in body["message"].lower()
     assert param in body["message"]
+
+
+# ---- documentation -----------------------------------------------------------------------------
+def test_every_route_and_parameter_is_documented(openapi: dict[str, Any]) -> None:
+    undocumented = []
+    for path, ops in openapi["paths"].items():
+        for method, op in ops.items():
+            if not op.get("description") and not op.get("summary"):
+                undocumented.append(f"{method.upper()} {path}")
+            undocumented += [f"{method.upper()} {path} ?{p['name']}" for p in op.get("parameters", []) if not p.get("description")]
+    assert {"/heat", "/anomalies", "/tracts", "/healthz"} <= set(openapi["paths"])
+    assert not undocumented, f"undocumented routes or parameters: {undocumented}"
+
+
+def test_readme_lists_every_public_route(openapi: dict[str, Any]) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert all(f"`GET {path}" in readme for path in openapi["paths"]), "a route is missing from the README's API table"

@@ -16,10 +16,11 @@ from app.data import demo as demo_module
 from app.data.demo import DemoCity, DemoSpec
 from app.data.demo_mix import CRIME_PATH, MIX_PATH
 from app.data.geography import CityGeography, load_geography
-from app.data.snapshot import Snapshot, connect, query
+from app.data.snapshot import Snapshot
 from app.data.sources import DemoSource
 from app.data.store import Store
 from app.pipeline import PLANTED_FILE, build_demo
+from conftest import snapshot_sql
 
 SMALL = DemoSpec(seed=11, end=datetime(2026, 10, 1, tzinfo=UTC), days=30, size=20_000)
 #: Default-size city (1.2 M events over 35 days); tests only generate a few of its days.
@@ -44,19 +45,8 @@ def small_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return dirs
 
 
-@pytest.fixture(scope="module")
-def tiny_snap(tiny_store: Store) -> Snapshot:
-    snap = tiny_store.current()
-    assert snap is not None
-    return snap
-
-
 def _table(path: Path, table: str) -> pl.DataFrame:
-    con = connect(path, read_only=True)
-    try:
-        frame = query(con, f"SELECT * FROM {table} ORDER BY ALL")
-    finally:
-        con.close()
+    frame = snapshot_sql(path, f"SELECT * FROM {table} ORDER BY ALL")
     if table == "snapshot_meta":
         frame = frame.filter(~pl.col("key").is_in(_VOLATILE_META))
     if table == "ingest_state":
@@ -130,11 +120,7 @@ def test_generating_in_pieces_equals_one_go(geo: CityGeography, since: datetime,
 # ---- geography ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("table", ["request", "incident", "closure"])
 def test_located_points_lie_in_their_tract(tiny_snap: Snapshot, geo: CityGeography, table: str) -> None:
-    con = connect(tiny_snap.path, read_only=True)
-    try:
-        rows = query(con, f"SELECT tract_id, lon, lat FROM {table}")
-    finally:
-        con.close()
+    rows = snapshot_sql(tiny_snap.path, f"SELECT tract_id, lon, lat FROM {table}")
     located = rows.filter(pl.col("tract_id").is_not_null())
     # Located means all three are set; unlocated means none is.
     assert located["lon"].null_count() == located["lat"].null_count() == 0
@@ -177,21 +163,13 @@ def test_city_has_no_parent_and_tract_ids_align(geo: CityGeography) -> None:
 
 # ---- catalogue ---------------------------------------------------------------------------------
 def test_requests_cover_many_complaint_types(tiny_snap: Snapshot) -> None:
-    con = connect(tiny_snap.path, read_only=True)
-    try:
-        types = query(con, "SELECT DISTINCT category FROM request")["category"]
-    finally:
-        con.close()
+    types = snapshot_sql(tiny_snap.path, "SELECT DISTINCT category FROM request")["category"]
     assert types.n_unique() >= 40
     assert set(types) <= set(pl.read_csv(MIX_PATH)["complaint_type"])
 
 
 def test_incidents_have_offence_types_with_severity(tiny_snap: Snapshot) -> None:
-    con = connect(tiny_snap.path, read_only=True)
-    try:
-        rows = query(con, "SELECT type, severity FROM incident")
-    finally:
-        con.close()
+    rows = snapshot_sql(tiny_snap.path, "SELECT type, severity FROM incident")
     assert rows["type"].n_unique() >= 15
     assert rows["severity"].null_count() == 0
     # Each offence keeps the one severity of the committed table.
@@ -200,11 +178,7 @@ def test_incidents_have_offence_types_with_severity(tiny_snap: Snapshot) -> None
 
 
 def test_closures_end_after_they_start(tiny_snap: Snapshot) -> None:
-    con = connect(tiny_snap.path, read_only=True)
-    try:
-        rows = query(con, "SELECT start_ts, end_ts FROM closure")
-    finally:
-        con.close()
+    rows = snapshot_sql(tiny_snap.path, "SELECT start_ts, end_ts FROM closure")
     assert rows.height > 100
     assert rows["end_ts"].null_count() == 0
     assert (rows["end_ts"] > rows["start_ts"]).all()

@@ -11,12 +11,12 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from app.data.snapshot import EVENT_SCHEMA, Snapshot, connect, query
-from app.data.store import Store
+from app.data.snapshot import EVENT_SCHEMA, Snapshot
 from app.engine.bins import bin_counts, filter_events, unit_counts, with_unit
 from app.engine.lens import ALL, KINDS, Lens
 from app.engine.privacy import Policy, release_anomalies, release_counts
 from app.engine.scores import score_window, trailing_zscores
+from conftest import snapshot_sql
 
 D0 = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
 
@@ -280,25 +280,10 @@ def test_release_anomalies(mode: str, k: int, kept: list[int], withheld: int) ->
 
 
 # ---- lens --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def snap(tiny_store: Store) -> Snapshot:
-    current = tiny_store.current()
-    assert current is not None
-    return current
-
-
-def _sql(snap: Snapshot, sql: str) -> pl.DataFrame:
-    con = connect(snap.path, read_only=True)
-    try:
-        return query(con, sql)
-    finally:
-        con.close()
-
-
-def test_lens_defaults_to_the_newest_week(snap: Snapshot) -> None:
-    lens = Lens(snapshot=snap)
-    newest = _sql(
-        snap,
+def test_lens_defaults_to_the_newest_week(tiny_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap)
+    newest = snapshot_sql(
+        tiny_snap.path,
         "SELECT max(t) AS m FROM (SELECT ts AS t FROM request UNION ALL SELECT ts FROM incident UNION ALL SELECT start_ts FROM closure)",
     )["m"].item()
     end_of_day = newest.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
@@ -310,26 +295,27 @@ def test_lens_defaults_to_the_newest_week(snap: Snapshot) -> None:
     assert lens.privacy_mode == "suppress"
 
 
-def test_lens_offers_the_snapshot_categories(snap: Snapshot) -> None:
-    lens = Lens(snapshot=snap)
-    cats = _sql(snap, "SELECT category AS c FROM request UNION SELECT type FROM incident UNION SELECT kind FROM closure")["c"]
+def test_lens_offers_the_snapshot_categories(tiny_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap)
+    sql = "SELECT category AS c FROM request UNION SELECT type FROM incident UNION SELECT kind FROM closure"
+    cats = snapshot_sql(tiny_snap.path, sql)["c"]
     assert lens.param.category.objects == [ALL, *sorted(cats)]
     assert lens.categories() == sorted(cats)
     assert lens.param.city.objects == ["nyc"]
 
 
 @pytest.mark.parametrize("category", [ALL, "Noise - Residential"])
-def test_lens_unit_counts_roll_up_consistently(snap: Snapshot, category: str) -> None:
+def test_lens_unit_counts_roll_up_consistently(tiny_snap: Snapshot, category: str) -> None:
     counts = {
-        level: Lens(snapshot=snap, level=level, privacy_mode="none", category=category).unit_counts()
+        level: Lens(snapshot=tiny_snap, level=level, privacy_mode="none", category=category).unit_counts()
         for level in ("tract", "neighborhood", "borough", "city")
     }
-    lens = Lens(snapshot=snap, privacy_mode="none", category=category)
+    lens = Lens(snapshot=tiny_snap, privacy_mode="none", category=category)
     window = lens.events()
     assert window.height > (1000 if category == ALL else 100)
     # Every unit of the level is listed once, zero or not, and nothing is suppressed.
     for level, frame in counts.items():
-        assert frame.height == snap.units("nyc", level).height
+        assert frame.height == tiny_snap.units("nyc", level).height
         assert not frame["suppressed"].any()
     located = window["tract_id"].is_not_null().sum()
     assert counts["tract"]["count"].sum() == located
@@ -337,7 +323,7 @@ def test_lens_unit_counts_roll_up_consistently(snap: Snapshot, category: str) ->
     assert counts["borough"]["count"].sum() == located
     assert counts["city"]["count"].to_list() == [window.height]  # the city also counts unlocated events
     # Tract counts summed per parent equal the parent's count, unit by unit.
-    units = snap.units("nyc")
+    units = tiny_snap.units("nyc")
     for child, parent in (("tract", "neighborhood"), ("neighborhood", "borough")):
         parent_of = units.filter(pl.col("level") == child).select("unit_id", "parent_id")
         rolled = (
@@ -346,11 +332,11 @@ def test_lens_unit_counts_roll_up_consistently(snap: Snapshot, category: str) ->
         assert_frame_equal(rolled.sort("unit_id"), counts[parent].select("unit_id", "count").sort("unit_id"), check_dtypes=False)
 
 
-def test_lens_city_count_matches_sql(snap: Snapshot) -> None:
-    lens = Lens(snapshot=snap, level="city", privacy_mode="none")
+def test_lens_city_count_matches_sql(tiny_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap, level="city", privacy_mode="none")
     lo, hi = f"TIMESTAMPTZ '{lens.since.isoformat()}'", f"TIMESTAMPTZ '{lens.until.isoformat()}'"
-    n = _sql(
-        snap,
+    n = snapshot_sql(
+        tiny_snap.path,
         f"""SELECT (SELECT count(*) FROM request WHERE ts >= {lo} AND ts < {hi})
                  + (SELECT count(*) FROM incident WHERE ts >= {lo} AND ts < {hi})
                  + (SELECT count(*) FROM closure WHERE start_ts >= {lo} AND start_ts < {hi}) AS n""",
@@ -360,9 +346,9 @@ def test_lens_city_count_matches_sql(snap: Snapshot) -> None:
 
 @pytest.mark.parametrize("level", ["tract", "neighborhood", "borough"])
 @pytest.mark.parametrize("k", [3, 11])
-def test_lens_suppress_mode_releases_no_small_counts(snap: Snapshot, level: str, k: int) -> None:
-    released = Lens(snapshot=snap, level=level, privacy_k=k).unit_counts()
-    raw = Lens(snapshot=snap, level=level, privacy_mode="none").unit_counts()
+def test_lens_suppress_mode_releases_no_small_counts(tiny_snap: Snapshot, level: str, k: int) -> None:
+    released = Lens(snapshot=tiny_snap, level=level, privacy_k=k).unit_counts()
+    raw = Lens(snapshot=tiny_snap, level=level, privacy_mode="none").unit_counts()
     shown = released["count"].drop_nulls()
     assert not shown.is_between(1, k - 1).any()
     both = released.join(raw.select("unit_id", pl.col("count").alias("raw")), on="unit_id")
@@ -373,10 +359,10 @@ def test_lens_suppress_mode_releases_no_small_counts(snap: Snapshot, level: str,
         assert both["suppressed"].any()  # small tract counts exist in a week of the tiny city
 
 
-def test_lens_anomalies_hide_small_counts(snap: Snapshot) -> None:
-    lens = Lens(snapshot=snap, level="tract", min_z=2.0)
+def test_lens_anomalies_hide_small_counts(tiny_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap, level="tract", min_z=2.0)
     released, withheld = lens.anomalies()
-    open_lens = Lens(snapshot=snap, level="tract", min_z=2.0, privacy_mode="none")
+    open_lens = Lens(snapshot=tiny_snap, level="tract", min_z=2.0, privacy_mode="none")
     everything, none_withheld = open_lens.anomalies()
     assert none_withheld == 0
     assert everything.height == released.height + withheld

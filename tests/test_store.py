@@ -21,9 +21,10 @@ from polars.testing import assert_frame_equal
 
 from app.data.demo import DemoCity, DemoSpec
 from app.data.geography import load_geography
-from app.data.snapshot import Snapshot, connect, query
+from app.data.snapshot import Snapshot, query
 from app.data.store import Store
 from app.pipeline import build_demo, refresh
+from conftest import snapshot_sql
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -115,14 +116,10 @@ def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
 
 # ---- schema ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_columns(tiny_store: Store) -> pl.DataFrame:
-    snap = tiny_store.current()
-    assert snap is not None
-    con = connect(snap.path, read_only=True)
-    try:
-        return query(con, "SELECT table_name, column_name, data_type FROM information_schema.columns ORDER BY table_name, ordinal_position")
-    finally:
-        con.close()
+def tiny_columns(tiny_snap: Snapshot) -> pl.DataFrame:
+    return snapshot_sql(
+        tiny_snap.path, "SELECT table_name, column_name, data_type FROM information_schema.columns ORDER BY table_name, ordinal_position"
+    )
 
 
 @pytest.mark.parametrize("table", list(COLUMNS))
@@ -150,13 +147,9 @@ def test_timestamps_are_stored_and_read_as_utc(tmp_path: Path) -> None:
     events = snap.events("nyc")
     assert events.schema["ts"] == pl.Datetime("us", "UTC")
     assert events["ts"].to_list() == [datetime(2026, 1, 1, 17, tzinfo=UTC)]
-    con = connect(snap.path, read_only=True)
-    try:
-        text, tz = query(con, "SELECT ts::VARCHAR AS s, current_setting('TimeZone') AS tz FROM request").row(0)
-        assert text == "2026-01-01 17:00:00+00"
-        assert tz in {"UTC", "Etc/UTC"}
-    finally:
-        con.close()
+    text, tz = snapshot_sql(snap.path, "SELECT ts::VARCHAR AS s, current_setting('TimeZone') AS tz FROM request").row(0)
+    assert text == "2026-01-01 17:00:00+00"
+    assert tz in {"UTC", "Etc/UTC"}
 
 
 # ---- upsert ------------------------------------------------------------------------------------
@@ -357,11 +350,7 @@ _TABLE_TS = {"request": "ts", "incident": "ts", "closure": "start_ts"}
 
 
 def _rows(snap: Snapshot, table: str) -> pl.DataFrame:
-    con = connect(snap.path, read_only=True)
-    try:
-        rows = query(con, f"SELECT * FROM {table} ORDER BY id")
-    finally:
-        con.close()
+    rows = snapshot_sql(snap.path, f"SELECT * FROM {table} ORDER BY id")
     # DuckDB names the session zone 'Etc/UTC'; the generator says 'UTC' (the same instants).
     return rows.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from panel.io.fastapi import add_applications
 
 from app.api.errors import install_error_handlers
@@ -60,4 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from app.views.page import build_dashboard  # Panel/Bokeh import cost only where the page is served
 
     add_applications({"/dashboard": lambda: build_dashboard(store, settings)}, app=app, title="City Service Heat")
+    for route in app.routes:  # the page is not part of the JSON API's contract
+        if isinstance(route, APIRoute) and route.path.startswith("/dashboard"):
+            route.include_in_schema = False
     return app

@@ -7,11 +7,10 @@ from typing import Any
 
 import pandas as pd
 import panel as pn
-import param
 import polars as pl
 from bokeh.models.widgets.tables import NumberFormatter
 
-from app.engine.lens import Lens
+from app.views.base import LensView
 
 __all__ = ["COLUMNS", "AnomalyTable", "anomaly_frame"]
 
@@ -40,18 +39,11 @@ def anomaly_frame(released: pl.DataFrame) -> pd.DataFrame:
     return frame.with_columns(pl.col("day").dt.strftime("%Y-%m-%d" if midnight else "%Y-%m-%d %H:%M")).to_pandas()
 
 
-class AnomalyTable(pn.viewable.Viewer):
+class AnomalyTable(LensView):
     """A read-only table of ``lens.anomalies()`` with a line counting the withheld ones.
 
     >>> pn.panel(AnomalyTable(lens=Lens(snapshot=store.current())))   # doctest: +SKIP
     """
-
-    lens = param.ClassSelector(class_=Lens, doc="The session lens whose anomalies are listed.")
-
-    @property
-    def _lens(self) -> Lens:
-        assert self.lens is not None, "AnomalyTable needs a lens"
-        return self.lens
 
     def _released(self) -> tuple[pd.DataFrame, int]:
         released, withheld = self._lens.anomalies()

@@ -12,7 +12,6 @@ from typing import Any
 import holoviews as hv
 import numpy as np
 import panel as pn
-import param
 import shapely
 from holoviews.operation.datashader import rasterize, shade
 from holoviews.util.transform import lon_lat_to_easting_northing
@@ -20,6 +19,7 @@ from numpy.typing import NDArray
 
 from app.data.snapshot import Snapshot
 from app.engine.lens import Lens
+from app.views.base import LensView
 
 __all__ = ["HeatView", "outline_xy", "points_element"]
 
@@ -62,18 +62,11 @@ def points_element(lens: Lens) -> hv.Points:
     return hv.Points((x, y), kdims=["x", "y"])
 
 
-class HeatView(pn.viewable.Viewer):
+class HeatView(LensView):
     """Datashaded event density for the lens window, category and kinds, over unit outlines.
 
     >>> pn.panel(HeatView(lens=Lens(snapshot=store.current())))   # doctest: +SKIP
     """
-
-    lens = param.ClassSelector(class_=Lens, doc="The session lens the map renders.")
-
-    @property
-    def _lens(self) -> Lens:
-        assert self.lens is not None, "HeatView needs a lens"
-        return self.lens
 
     def _points(self, *_: Any) -> hv.Points:
         return points_element(self._lens)

@@ -10,13 +10,13 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import panel as pn
-import param
 from panel.template.base import BasicTemplate
 
 from app.config import Settings
 from app.data.store import Store
 from app.engine.lens import Lens
 from app.views.anomaly_table import AnomalyTable
+from app.views.base import LensView
 from app.views.heat import HeatView
 
 __all__ = ["NO_DATA", "TITLE", "Controls", "build_dashboard", "dashboard_page"]
@@ -53,18 +53,11 @@ def _window_problem(start: datetime | None, end: datetime | None) -> str:
     return ""
 
 
-class Controls(pn.viewable.Viewer):
+class Controls(LensView):
     """Sidebar widgets bound to the lens; invalid windows are reported and never reach the lens.
 
     >>> pn.panel(Controls(lens=Lens(snapshot=store.current())))   # doctest: +SKIP
     """
-
-    lens = param.ClassSelector(class_=Lens, doc="The session lens the widgets edit.")
-
-    @property
-    def _lens(self) -> Lens:
-        assert self.lens is not None, "Controls needs a lens"
-        return self.lens
 
     def _window(self) -> list[pn.viewable.Viewable]:
         """Since/until pickers kept in sync with the lens both ways, plus their error line."""

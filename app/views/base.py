@@ -1,0 +1,24 @@
+"""The one base of every view: a stateless ``Viewer`` that renders a session :class:`Lens`."""
+
+from __future__ import annotations
+
+import panel as pn
+import param
+
+from app.engine.lens import Lens
+
+__all__ = ["LensView"]
+
+
+class LensView(pn.viewable.Viewer):
+    """A view bound to one lens; subclasses define ``__panel__`` and keep no state of their own.
+
+    >>> pn.panel(HeatView(lens=Lens(snapshot=store.current())))   # doctest: +SKIP
+    """
+
+    lens = param.ClassSelector(class_=Lens, doc="The session lens this view renders.")
+
+    @property
+    def _lens(self) -> Lens:
+        assert self.lens is not None, f"{type(self).__name__} needs a lens"
+        return self.lens
