@@ -3,7 +3,7 @@ and check that the panes (table rows, summary line, heat raster) follow."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,11 +16,13 @@ from holoviews.operation.datashader import rasterize
 from panel.layout.base import ListLike
 
 from app.config import Settings
+from app.data.demo import DemoSpec
 from app.data.store import Store
 from app.engine.lens import ALL, Lens
+from app.pipeline import build_demo, refresh
 from app.views.anomaly_table import COLUMNS, AnomalyTable
 from app.views.heat import HeatView, outline_xy, points_element
-from app.views.page import NO_DATA, TITLE, build_dashboard, dashboard_page
+from app.views.page import NO_DATA, TITLE, build_dashboard, dashboard_page, follow_store
 
 T = TypeVar("T")
 
@@ -244,3 +246,17 @@ def test_table_explains_an_inverted_window_set_on_the_lens(lens: Lens) -> None:
     lens.until = lens.since - timedelta(days=1)
     assert _summary(layout).startswith("**No window:**")
     assert _table(layout).empty
+
+
+def test_open_pages_follow_newly_published_snapshots(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    spec = DemoSpec(seed=5, end=datetime(2026, 11, 1, tzinfo=UTC), days=30, size=15_000)
+    first = build_demo(store, spec)
+    lens = Lens(snapshot=first)
+    assert follow_store(store, lens) is False  # nothing new yet
+    newer = refresh(store, now=spec.end + timedelta(hours=6))
+    assert newer is not None
+    assert newer.id != first.id
+    assert follow_store(store, lens) is True
+    assert lens.snapshot is newer
+    assert lens.snapshot.row_counts()["request"] > first.row_counts()["request"]

@@ -19,9 +19,11 @@ from app.views.anomaly_table import AnomalyTable
 from app.views.base import LensView
 from app.views.heat import HeatView
 
-__all__ = ["NO_DATA", "TITLE", "Controls", "build_dashboard", "dashboard_page"]
+__all__ = ["FOLLOW_MS", "NO_DATA", "TITLE", "Controls", "build_dashboard", "dashboard_page", "follow_store"]
 
 TITLE = "City Service Heat"
+#: How often an open page checks for a newer snapshot (the scheduler publishes every few minutes).
+FOLLOW_MS = 30_000
 _ACCENT = "#b2401e"
 _SMALL = {"font-size": "0.85em", "color": "#555"}
 NO_DATA = (
@@ -129,4 +131,20 @@ def build_dashboard(store: Store, settings: Settings) -> BasicTemplate:
     snapshot = store.current()
     if snapshot is None:
         return _template(main=[pn.pane.Alert(NO_DATA, alert_type="warning")])
-    return dashboard_page(Lens(snapshot=snapshot, privacy_mode=settings.privacy_mode, privacy_k=settings.privacy_k))
+    lens = Lens(snapshot=snapshot, privacy_mode=settings.privacy_mode, privacy_k=settings.privacy_k)
+    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:  # a live browser session
+
+        def tick() -> None:
+            follow_store(store, lens)
+
+        pn.state.add_periodic_callback(tick, period=FOLLOW_MS)
+    return dashboard_page(lens)
+
+
+def follow_store(store: Store, lens: Lens) -> bool:
+    """Point ``lens`` at the store's newest snapshot when the scheduler published one (True if moved)."""
+    newest = store.current()
+    if newest is None or lens.snapshot is None or newest.id == lens.snapshot.id:
+        return False
+    lens.snapshot = newest
+    return True
