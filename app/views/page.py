@@ -10,9 +10,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import panel as pn
+import structlog
 from panel.template.base import BasicTemplate
 
 from app.config import Settings
+from app.data.snapshot import Snapshot
 from app.data.store import Store
 from app.engine.lens import Lens
 from app.views.anomaly_table import AnomalyTable
@@ -21,6 +23,7 @@ from app.views.heat import HeatView
 
 __all__ = ["FOLLOW_MS", "NO_DATA", "TITLE", "Controls", "build_dashboard", "dashboard_page", "follow_store"]
 
+log = structlog.get_logger(__name__)
 TITLE = "City Service Heat"
 #: How often an open page checks for a newer snapshot (the scheduler publishes every few minutes).
 FOLLOW_MS = 30_000
@@ -103,10 +106,9 @@ class Controls(LensView):
         )
 
 
-def _provenance(lens: Lens, privacy_mode: str, privacy_k: int) -> str:
+def _provenance(snap: Snapshot | None, privacy_mode: str, privacy_k: int) -> str:
     """Which snapshot and which release rule produced the numbers on screen."""
-    assert lens.snapshot is not None
-    snap = lens.snapshot
+    assert snap is not None
     rule = f"suppress (counts 1 to {privacy_k - 1} withheld, k = {privacy_k})" if privacy_mode == "suppress" else "none (internal use)"
     return f"Snapshot `{snap.id}` · built {snap.created_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC · privacy: {rule}"
 
@@ -118,7 +120,7 @@ def _template(main: list[Any], sidebar: list[Any] | None = None) -> BasicTemplat
 
 def dashboard_page(lens: Lens) -> BasicTemplate:
     """The page over one lens: controls in the sidebar, provenance, heat map and anomaly table."""
-    provenance = pn.pane.Markdown(pn.bind(_provenance, lens, lens.param.privacy_mode, lens.param.privacy_k), styles=_SMALL)
+    provenance = pn.pane.Markdown(pn.bind(_provenance, lens.param.snapshot, lens.param.privacy_mode, lens.param.privacy_k), styles=_SMALL)
     caption = pn.pane.Markdown("Brighter = more events in the window (equalised colour scale; no counts are shown).", styles=_SMALL)
     heat = pn.Column("### Where events cluster", HeatView(lens=lens), caption, sizing_mode="stretch_both", min_height=600, min_width=420)
     table = pn.Column(AnomalyTable(lens=lens), sizing_mode="stretch_width", min_width=520)
@@ -135,7 +137,8 @@ def build_dashboard(store: Store, settings: Settings) -> BasicTemplate:
     if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:  # a live browser session
 
         def tick() -> None:
-            follow_store(store, lens)
+            if follow_store(store, lens):
+                log.info("dashboard.followed", snapshot=lens.snapshot.id if lens.snapshot else None)
 
         pn.state.add_periodic_callback(tick, period=FOLLOW_MS)
     return dashboard_page(lens)
