@@ -18,9 +18,9 @@ import structlog
 
 from app.config import Settings, get_settings
 from app.data.demo import DemoCity, DemoSpec, floor_hour
+from app.data.demo_feed import DemoSource, Source
 from app.data.geography import load_geography, tract_parents
 from app.data.snapshot import Snapshot, query, read_events, read_units
-from app.data.sources import DemoSource, Source
 from app.data.store import Store
 from app.engine.scores import score_window
 

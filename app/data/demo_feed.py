@@ -1,5 +1,4 @@
-"""Registered sources the scheduler polls. For now the demo city's live-like feed; real providers
-(Socrata, National Highways, Open311) join this registry with the ingest work."""
+"""The demo city as a live-like source the scheduler polls (real providers live in app.data.sources)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,108 @@
+"""Resilient HTTP for adapters: retries with exponential backoff and full jitter on timeouts,
+transport errors, 5xx and 429 (honouring ``Retry-After``), via tenacity.
+
+Non-retryable answers (4xx other than 429) raise at once: retrying them only hides a bug.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+__all__ = ["RETRY_STATUS", "RetryPolicy", "TruncatedBodyError", "get", "get_json"]
+
+log = structlog.get_logger(__name__)
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class RetryPolicy:
+    """How hard to try: ``attempts`` in all, waits of ``uniform(0, min(cap, base * 2**n))`` seconds
+    (AWS "full jitter"), or the server's ``Retry-After`` when it gives one (capped too)."""
+
+    def __init__(self, attempts: int = 5, base: float = 0.5, cap: float = 30.0) -> None:
+        self.attempts, self.base, self.cap = attempts, base, cap
+
+    def wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, httpx.HTTPStatusError):
+            after = _retry_after(exc.response)
+            if after is not None:
+                return min(self.cap, after)
+        return random.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), if any."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds()) if when else None
+
+
+class TruncatedBodyError(ValueError):
+    """A 2xx body that does not parse: a page cut off in transit; worth another try."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, TruncatedBodyError):
+        return True
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code in RETRY_STATUS
+    return isinstance(exc, httpx.TransportError)  # timeouts, refused or reset connections, truncated bodies
+
+
+async def get(
+    client: httpx.AsyncClient,
+    url: str,
+    params: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    policy: RetryPolicy | None = None,
+    parse: bool = False,
+) -> httpx.Response:
+    """GET ``url`` with retries; returns the final 2xx or 304 response, raises otherwise. With
+    ``parse``, a 2xx body must be valid JSON (a truncated page is retried like a 5xx)."""
+    policy = policy or RetryPolicy()
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(policy.attempts),
+        wait=policy.wait,
+        retry=retry_if_exception(_retryable),
+        reraise=True,
+        before_sleep=lambda s: log.warning(
+            "http.retry", url=url, attempt=s.attempt_number, error=repr(s.outcome.exception()) if s.outcome else None
+        ),
+    )
+    async for attempt in retrying:
+        with attempt:
+            response = await client.get(url, params=params, headers=headers)
+            if response.status_code != 304:
+                response.raise_for_status()
+            await response.aread()
+            if parse and response.status_code != 304:
+                try:
+                    response.json()
+                except ValueError as exc:
+                    raise TruncatedBodyError(f"unparseable JSON body from {url}: {exc}") from exc
+            return response
+    raise AssertionError("unreachable")  # tenacity re-raises the last error
+
+
+async def get_json(
+    client: httpx.AsyncClient,
+    url: str,
+    params: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    policy: RetryPolicy | None = None,
+) -> tuple[Any, httpx.Response]:
+    """GET and parse JSON with retries; ``(None, response)`` on 304 Not Modified."""
+    response = await get(client, url, params, headers, policy, parse=True)
+    return (None if response.status_code == 304 else response.json()), response
