@@ -151,3 +151,18 @@ def tract_join(lon: NDArray[np.float64], lat: NDArray[np.float64], geo: CityGeog
 @lru_cache(maxsize=4)
 def _tree(city: str) -> shapely.STRtree:
     return shapely.STRtree(load_geography(city).tract_geoms)
+
+
+def locate(city: str, lon: NDArray[np.float64], lat: NDArray[np.float64]) -> tuple[NDArray[np.object_], pl.DataFrame]:
+    """The unit id of each point at the finest level of ``city`` and the unit rows it needs.
+
+    Cities with a boundary set join to tracts; others fall back to the H3 hierarchy. The returned
+    units are those the store must hold for these points (all of the city's units, for a boundary
+    set; the cells hit and their parents, for H3).
+    """
+    if city in CITIES:
+        geo = load_geography(city)
+        return tract_join(lon, lat, geo), geo.units
+    from app.data.h3grid import h3_locate  # the H3 fallback, imported only where it is used
+
+    return h3_locate(city, lon, lat)

@@ -60,7 +60,7 @@ def parse_points(
     lat = _floats([get_path(r, lat_field) for r in rows]) if lat_field else np.full(n, np.nan)
     if location_field:
         for i in np.flatnonzero(~(np.isfinite(lon) & np.isfinite(lat))):
-            point = _location_point(get_path(rows[i], location_field))
+            point = _location_point(get_path(rows[int(i)], location_field))
             if point is not None:
                 lon[i], lat[i] = point
     return _valid(lon, lat)

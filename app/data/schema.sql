@@ -35,3 +35,8 @@ CREATE TABLE IF NOT EXISTS ingest_state (
     last_success TIMESTAMPTZ, consecutive_failures INTEGER NOT NULL DEFAULT 0, drift JSON
 );
 CREATE TABLE IF NOT EXISTS snapshot_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+-- Added with real-source ingest (kept as ALTERs so older working databases upgrade in place).
+ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS breaker_opened_at TIMESTAMPTZ;
+ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS last_error VARCHAR;
+ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS rows_total BIGINT DEFAULT 0;
+ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS unlocated_total BIGINT DEFAULT 0;

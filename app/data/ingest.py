@@ -1,0 +1,186 @@
+"""The ingest loop shared by the CLI and the scheduler: pages from an adapter -> canonical rows ->
+point-in-tract join -> idempotent upsert, with the cursor committed in the same transaction.
+
+A per-source circuit breaker (state in ``ingest_state``) stops hammering a failing provider: after
+``failures`` consecutive failed runs it opens; after ``cooldown`` one probe run is let through
+(half-open); a success closes it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+import httpx
+import numpy as np
+import polars as pl
+import structlog
+
+from app.data.contract import CONTRACTS_DIR, detect_drift, load_contract
+from app.data.geography import locate
+from app.data.registry import SourceSpec
+from app.data.snapshot import query
+from app.data.sources import IngestCursor, adapter_for
+from app.data.store import Store
+from app.metrics import BREAKER_OPEN, INGEST_FAILURES, INGEST_ROWS, INGEST_UNLOCATED, SCHEMA_DRIFT
+
+__all__ = ["Breaker", "IngestReport", "canonical_rows", "ingest_source", "read_state"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """Open after ``failures`` consecutive failed runs; probe again after ``cooldown``."""
+
+    failures: int = 5
+    cooldown: timedelta = timedelta(minutes=15)
+
+
+@dataclass
+class IngestReport:
+    """What one run did."""
+
+    source: str
+    pages: int = 0
+    rows: int = 0
+    unlocated: int = 0
+    rejected: int = 0
+    not_modified: bool = False
+    skipped_open_breaker: bool = False
+    drift: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def read_state(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, Any]:
+    """The source's ingest_state row (a fresh one when it has none yet)."""
+    con.execute("INSERT INTO ingest_state (source) VALUES ($s) ON CONFLICT DO NOTHING", {"s": source})
+    rows = query(con, "SELECT * FROM ingest_state WHERE source = $s", {"s": source}).to_dicts()
+    return rows[0]
+
+
+def canonical_rows(spec: SourceSpec, frame: pl.DataFrame, now: datetime) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Adapter output -> store rows: ids, source, city, tract join, validity; also the geo units the
+    rows need and how many rows were rejected for having no time (the one column we cannot guess)."""
+    time_col = "start_ts" if spec.table == "closure" else "ts"
+    cat_col = {"request": "category", "incident": "type", "closure": "kind"}[spec.table]
+    rejected = frame.filter(pl.col(time_col).is_null() | pl.col("source_id").is_null()).height
+    frame = frame.filter(pl.col(time_col).is_not_null() & pl.col("source_id").is_not_null()).unique(
+        "source_id", keep="last", maintain_order=True
+    )
+    lon = frame["lon"].fill_null(np.nan).to_numpy().astype(np.float64)
+    lat = frame["lat"].fill_null(np.nan).to_numpy().astype(np.float64)
+    tract_ids, units = locate(spec.city, lon, lat)
+    out = frame.with_columns(
+        pl.col(cat_col).fill_null("Unspecified"),
+        source=pl.lit(spec.name),
+        city=pl.lit(spec.city),
+        id=pl.concat_str(pl.lit(spec.name + ":"), pl.col("source_id")),
+        tract_id=pl.Series(tract_ids.tolist(), dtype=pl.String),
+        valid_from=pl.lit(now, pl.Datetime("us", "UTC")),
+        valid_to=pl.lit(None, pl.Datetime("us", "UTC")),
+    )
+    return out, units, rejected
+
+
+async def ingest_source(
+    store: Store, spec: SourceSpec, client: httpx.AsyncClient, since: str | None = None, breaker: Breaker | None = None
+) -> IngestReport:
+    """Pull what is new for ``spec`` into the working database (no snapshot is published here)."""
+    breaker = breaker or Breaker()
+    report = IngestReport(spec.name)
+    adapter = adapter_for(spec)
+    schema = load_contract(spec.name) if (CONTRACTS_DIR / f"{spec.name}.schema.json").exists() else None
+    with store.writer() as con:
+        state = read_state(con, spec.name)
+        now = datetime.now(UTC)
+        opened = state["breaker_opened_at"]
+        if opened is not None and now - opened < breaker.cooldown:
+            report.skipped_open_breaker = True
+            log.warning("ingest.breaker_open", source=spec.name, opened_at=opened.isoformat())
+            return report
+        cursor = IngestCursor(state["cursor"], state["etag"], state["last_modified"])
+        try:
+            async for page in adapter.pages(client, cursor, since):
+                if page.not_modified:
+                    report.not_modified = True
+                    break
+                if schema is not None and page.rows:
+                    _merge_drift(report.drift, detect_drift(schema, page.rows))
+                rows, units, rejected = canonical_rows(spec, adapter.normalize(page.rows), now)
+                with _transaction(con):
+                    _ensure_units(con, store, spec.city, units)
+                    store.upsert(con, spec.table, rows)
+                    unlocated = rows.filter(pl.col("tract_id").is_null()).height
+                    con.execute(
+                        """UPDATE ingest_state SET "cursor" = coalesce($c, "cursor"), etag = coalesce($e, etag),
+                           last_modified = coalesce($lm, last_modified), rows_total = coalesce(rows_total, 0) + $n,
+                           unlocated_total = coalesce(unlocated_total, 0) + $u WHERE source = $s""",
+                        {"c": page.cursor, "e": page.etag, "lm": page.last_modified, "n": rows.height, "u": unlocated, "s": spec.name},
+                    )
+                report.pages += 1
+                report.rows += rows.height
+                report.unlocated += unlocated
+                report.rejected += rejected
+                INGEST_ROWS.labels(spec.name).inc(rows.height)
+                INGEST_UNLOCATED.labels(spec.name).inc(unlocated)
+        except Exception as exc:
+            report.error = f"{type(exc).__name__}: {exc}"
+            failures = int(state["consecutive_failures"] or 0) + 1
+            open_now = failures >= breaker.failures
+            con.execute(
+                "UPDATE ingest_state SET consecutive_failures = $f, last_error = $err, breaker_opened_at = CASE WHEN $o THEN now() ELSE NULL END WHERE source = $s",
+                {"f": failures, "err": report.error[:500], "o": open_now, "s": spec.name},
+            )
+            BREAKER_OPEN.labels(spec.name).set(1 if open_now else 0)
+            INGEST_FAILURES.labels(spec.name).inc()
+            log.error("ingest.failed", source=spec.name, failures=failures, breaker_open=open_now, error=report.error)
+            return report
+        drift = json.dumps(report.drift) if any(report.drift.values()) else None
+        con.execute(
+            "UPDATE ingest_state SET last_success = now(), consecutive_failures = 0, breaker_opened_at = NULL, last_error = NULL, drift = $d WHERE source = $s",
+            {"d": drift, "s": spec.name},
+        )
+        BREAKER_OPEN.labels(spec.name).set(0)
+        for kind, fields in report.drift.items():
+            SCHEMA_DRIFT.labels(spec.name, kind).set(len(fields))
+    log.info(
+        "ingest.done",
+        source=spec.name,
+        pages=report.pages,
+        rows=report.rows,
+        unlocated=report.unlocated,
+        rejected=report.rejected,
+        drift=report.drift,
+    )
+    return report
+
+
+def _merge_drift(total: dict[str, list[str]], page: dict[str, list[str]]) -> None:
+    for kind, fields in page.items():
+        total[kind] = sorted(set(total.get(kind, [])) | set(fields))
+
+
+def _ensure_units(con: duckdb.DuckDBPyConnection, store: Store, city: str, units: pl.DataFrame) -> None:
+    """Insert the geo units a page needs when the store does not have them yet."""
+    have = query(con, "SELECT unit_id, level FROM geo_unit WHERE city = $c", {"c": city})
+    missing = units.join(have, on=["unit_id", "level"], how="anti") if have.height else units
+    if missing.height:
+        store.upsert(con, "geo_unit", missing)
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One page = one transaction: rows and cursor land together or not at all."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
