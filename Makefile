@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export CSH_DATA_DIR ?= $(CURDIR)/data
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run demo test lint format bench chromium clean
+.PHONY: setup run demo ingest test lint format bench chromium clean
 
 setup: $(STAMP) ## create .venv and install the project with its dev extra (no-op when up to date)
 
@@ -25,6 +25,10 @@ run: setup ## build the demo snapshot if missing, then serve dashboard + API on 
 
 demo: setup ## (re)build only the demo snapshot if missing
 	$(BIN)/python -m app.pipeline demo
+
+ingest: setup ## ingest one registry source: make ingest SOURCE=nyc311 [SINCE=2025-11-01] [FILE=export.csv]
+	@test -n "$(SOURCE)" || { echo "usage: make ingest SOURCE=<name> [SINCE=YYYY-MM-DD] [FILE=path]  (names: app/data/sources.toml)" >&2; exit 2; }
+	$(BIN)/python -m app.data.ingest --source $(SOURCE) $(if $(SINCE),--since $(SINCE)) $(if $(FILE),--file $(FILE))
 
 chromium: ## Debian's Chromium for the browser tests (Playwright cannot download browsers here)
 	@if [ ! -x /usr/bin/chromium ]; then \

@@ -35,6 +35,18 @@ class Settings(BaseSettings):
         "suppress", description="How counts are released: 'none' (internal) or 'suppress' (hide 1..k-1)."
     )
     privacy_k: int = Field(11, ge=1, description="Smallest count published in 'suppress' mode.")
+    sources: str = Field("", description="Comma-separated registry sources the scheduler polls (empty: the demo feed only).")
+    http_timeout: float = Field(30.0, gt=0, description="Seconds before a provider request times out (then it is retried).")
+    geo_dir: Path | None = Field(
+        None,
+        description="Directory holding boundary files (e.g. the Chicago tracts); files missing there are downloaded "
+        "once from the City portal and cached under data_dir/geo.",
+    )
+
+    @property
+    def source_names(self) -> list[str]:
+        """``sources`` as a list of registry names."""
+        return [s.strip() for s in self.sources.split(",") if s.strip()]
 
     @property
     def snapshots_dir(self) -> Path:

@@ -8,11 +8,14 @@ registered sources, recompute anomalies and publish a snapshot. Used by the CLI 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import duckdb
+import httpx
 import polars as pl
 import structlog
 
@@ -20,11 +23,13 @@ from app.config import Settings, get_settings
 from app.data.demo import DemoCity, DemoSpec, floor_hour
 from app.data.demo_feed import DemoSource, Source
 from app.data.geography import load_geography, tract_parents
+from app.data.ingest import IngestReport, ingest_source
+from app.data.registry import SourceSpec, get_source
 from app.data.snapshot import Snapshot, query, read_events, read_units
 from app.data.store import Store
 from app.engine.scores import score_window
 
-__all__ = ["PLANTED_FILE", "build_demo", "recompute_anomalies", "refresh", "registered_sources"]
+__all__ = ["PLANTED_FILE", "build_demo", "ingest_live", "publish", "recompute_anomalies", "refresh", "registered_sources"]
 
 log = structlog.get_logger(__name__)
 PLANTED_FILE = "planted_anomalies.csv"
@@ -81,36 +86,61 @@ def registered_sources(store: Store) -> list[Source]:
     return [demo] if demo is not None else []
 
 
-def refresh(store: Store, now: datetime | None = None) -> Snapshot | None:
-    """Pull what is new from every source since its cursor, recompute anomalies, publish."""
+def refresh(store: Store, now: datetime | None = None, live_sources: Sequence[str] = ()) -> Snapshot | None:
+    """One poll: the demo feed up to ``now`` and each named registry source from its cursor, then
+    recompute anomalies of the touched cities and publish. The CLI and the scheduler both use it."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
-    sources = registered_sources(store)
-    if not sources:
+    demo = registered_sources(store)
+    cities: set[str] = set()
+    if demo:
+        with store.writer() as con:
+            for source in demo:
+                _pull_demo(store, con, source, now)
+        cities |= {s.city for s in demo}
+    for name in live_sources:
+        spec = get_source(name)
+        asyncio.run(ingest_live(store, spec))
+        cities.add(spec.city)
+    if not cities:
         return store.current()
+    return publish(store, cities, built_by="refresh")
+
+
+def _pull_demo(store: Store, con: duckdb.DuckDBPyConnection, source: Source, now: datetime) -> None:
+    state = query(con, 'SELECT "cursor" FROM ingest_state WHERE source = $s', {"s": source.name})
+    since = datetime.fromisoformat(state["cursor"][0]) if state.height and state["cursor"][0] else now - timedelta(days=1)
+    if since >= now:
+        return
+    try:
+        frames = source.pull(since, now)
+        for table, frame in frames.items():
+            store.upsert(con, table, frame)
+        _set_state(con, source.name, cursor=now, ok=True)
+        log.info(
+            "source.polled", source=source.name, since=since.isoformat(), until=now.isoformat(), rows=sum(f.height for f in frames.values())
+        )
+    except Exception:
+        log.exception("source.failed", source=source.name)
+        _set_state(con, source.name, cursor=None, ok=False)
+
+
+async def ingest_live(
+    store: Store, spec: SourceSpec, since: str | None = None, on_page: Callable[[int], None] | None = None
+) -> IngestReport:
+    """Ingest one registry source over the network with the process' HTTP settings."""
+    settings = get_settings()
+    async with httpx.AsyncClient(
+        timeout=settings.http_timeout, headers={"User-Agent": "city-service-heat/0.1"}, follow_redirects=True
+    ) as client:
+        return await ingest_source(store, spec, client, since=since, on_page=on_page)
+
+
+def publish(store: Store, cities: set[str], built_by: str) -> Snapshot:
+    """Recompute the anomalies of ``cities`` in the working database and publish a snapshot."""
     with store.writer() as con:
-        for source in sources:
-            state = query(con, 'SELECT "cursor" FROM ingest_state WHERE source = $s', {"s": source.name})
-            since = datetime.fromisoformat(state["cursor"][0]) if state.height and state["cursor"][0] else now - timedelta(days=1)
-            if since >= now:
-                continue
-            try:
-                frames = source.pull(since, now)
-                for table, frame in frames.items():
-                    store.upsert(con, table, frame)
-                _set_state(con, source.name, cursor=now, ok=True)
-                log.info(
-                    "source.polled",
-                    source=source.name,
-                    since=since.isoformat(),
-                    until=now.isoformat(),
-                    rows=sum(f.height for f in frames.values()),
-                )
-            except Exception:
-                log.exception("source.failed", source=source.name)
-                _set_state(con, source.name, cursor=None, ok=False)
-        for city in {s.city for s in sources}:
+        for city in sorted(cities):
             recompute_anomalies(con, city)
-    return store.publish({"built_by": "refresh"})
+    return store.publish({"built_by": built_by})
 
 
 def recompute_anomalies(con: duckdb.DuckDBPyConnection, city: str, days: int = _ANOMALY_DAYS) -> int:

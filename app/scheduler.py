@@ -20,9 +20,9 @@ __all__ = ["create_scheduler", "refresh_and_warm"]
 log = structlog.get_logger(__name__)
 
 
-def refresh_and_warm(store: Store) -> None:
+def refresh_and_warm(store: Store, live_sources: list[str] | None = None) -> None:
     """One scheduler tick: refresh the store, then load the new snapshot's frames before readers ask."""
-    snap = refresh(store)
+    snap = refresh(store, live_sources=live_sources or [])
     if snap is not None:
         for city in snap.cities():
             snap.events(city)
@@ -35,7 +35,7 @@ def create_scheduler(store: Store, settings: Settings) -> AsyncIOScheduler:
     scheduler.add_job(
         refresh_and_warm,
         "interval",
-        args=[store],
+        args=[store, settings.source_names],
         seconds=settings.poll_seconds,
         id="refresh",
         max_instances=1,

@@ -110,12 +110,19 @@ class SourceOut(BaseModel):
     last_success: datetime | None
     age_s: float | None = Field(description="Seconds since the last successful poll.")
     consecutive_failures: int
+    breaker: Literal["closed", "open"] = Field(
+        "closed", description="Circuit breaker: 'open' after repeated failures, until a probe succeeds."
+    )
+    last_error: str | None = Field(None, description="The last failure, if the source is failing.")
+    drift: dict[str, list[str]] | None = Field(None, description="Schema drift seen on the last poll: new, vanished and retyped fields.")
+    rows_total: int = Field(0, description="Rows ingested from this source so far.")
+    unlocated_total: int = Field(0, description="Of those, rows kept without a usable location.")
 
 
 class HealthOut(BaseModel):
     """Liveness and freshness."""
 
-    status: Literal["ok", "starting"]
+    status: Literal["ok", "degraded", "starting"] = Field(description="'degraded' while a source's breaker is open or its payload drifts.")
     snapshot: SnapshotOut | None
     sources: list[SourceOut]
 

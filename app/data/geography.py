@@ -3,16 +3,19 @@ vectorised point-in-tract join, so every later stage can roll counts up by a par
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import shapely
 from numpy.typing import NDArray
 
-__all__ = ["CITIES", "LEVELS", "CityGeography", "load_geography", "tract_join"]
+from app.data.boundaries import BoundarySet, LevelSource, LookupLevel, build_levels
+
+__all__ = ["CHICAGO", "CITIES", "LEVELS", "CityGeography", "from_boundary_set", "load_geography", "tract_join"]
 
 #: Admin levels from finest to coarsest; each unit's ``parent_id`` points one step up.
 LEVELS: tuple[str, ...] = ("tract", "neighborhood", "borough", "city")
@@ -118,8 +121,48 @@ def _load_nyc() -> CityGeography:
     return CityGeography("nyc", pl.concat(frames), np.asarray(tracts["geoid"].tolist(), dtype=object), tract_geoms)
 
 
-#: City id -> loader. Issue-level additions (Chicago, H3 regions) register here.
-CITIES: dict[str, Callable[[], CityGeography]] = {"nyc": _load_nyc}
+def from_boundary_set(bset: BoundarySet, dirs: Sequence[Path | None], cache_dir: Path | None = None) -> CityGeography:
+    """The unit table of a declared boundary set, its files looked up in ``dirs`` (then the cache)."""
+    tract, hood, boro = build_levels(bset, dirs, cache_dir)
+    city_geom = np.asarray([shapely.union_all(boro.geoms)], dtype=object)
+    frames = [
+        _units_frame(bset.city, level, lv.ids, lv.names, lv.parents, lv.geoms).sort("unit_id")
+        for level, lv in zip(LEVELS, (tract, hood, boro), strict=False)
+    ]
+    frames.append(_units_frame(bset.city, "city", [bset.city], [bset.name], [None], city_geom))
+    order = np.argsort(tract.ids)
+    return CityGeography(bset.city, pl.concat(frames), np.asarray(tract.ids, dtype=object)[order], tract.geoms[order])
+
+
+_PORTAL = "https://data.cityofchicago.org/api/geospatial/{}?method=export&format=GeoJSON"
+
+#: Chicago 2010 tracts (801) -> community areas (77, via the City's ``commarea`` assignment, since
+#: tracts straddle community-area lines) -> the nine conventional "sides" -> city.
+CHICAGO = BoundarySet(
+    city="chicago",
+    name="Chicago",
+    levels=(
+        LevelSource(
+            "chicago_census_tracts_2010.geojson.gz", id_col="geoid10", name_col="namelsad10", parent_col="commarea", url=_PORTAL.format("5jrd-6zik")
+        ),
+        LevelSource("chicago_community_areas.geojson.gz", id_col="area_numbe", name_col="community", url=_PORTAL.format("cauq-8yn6")),
+        LookupLevel(str(Path(__file__).parent / "geo" / "chicago_community_area_sides.csv"), child_col="CommunityArea", name_col="Side"),
+    ),
+)
+
+
+def _boundary_loader(bset: BoundarySet) -> Callable[[], CityGeography]:
+    def load() -> CityGeography:
+        from app.config import get_settings  # settings are read when the city is first used
+
+        settings = get_settings()
+        return from_boundary_set(bset, [settings.geo_dir], settings.data_dir / "geo" / bset.city)
+
+    return load
+
+
+#: City id -> loader. Boundary-set cities read ``CSH_GEO_DIR`` (or download once); others use H3.
+CITIES: dict[str, Callable[[], CityGeography]] = {"nyc": _load_nyc, "chicago": _boundary_loader(CHICAGO)}
 
 
 @lru_cache(maxsize=4)

@@ -149,7 +149,5 @@ class Snapshot:
         )
 
     def ingest_state(self) -> pl.DataFrame:
-        """Per-source ingest state (cursor, last success, failures, drift)."""
-        return self._query(
-            'SELECT source, "cursor", etag, last_modified, last_success, consecutive_failures, drift FROM ingest_state ORDER BY source'
-        )
+        """Per-source ingest state (cursor, last success, failures, breaker, drift, totals)."""
+        return self._query("SELECT * FROM ingest_state ORDER BY source")

@@ -1,11 +1,14 @@
-"""``/healthz``: is a snapshot served, how old is it, how fresh is each source."""
+"""``/healthz`` (is a snapshot served, how old, how fresh and healthy is each source) and ``/metrics``."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import get_store
 from app.api.schemas import HealthOut, SnapshotOut, SourceOut
@@ -29,8 +32,22 @@ def healthz(store: Annotated[Store, Depends(get_store)], response: Response) -> 
             last_success=row["last_success"],
             age_s=(now - row["last_success"]).total_seconds() if row["last_success"] else None,
             consecutive_failures=row["consecutive_failures"],
+            breaker="open" if row.get("breaker_opened_at") else "closed",
+            last_error=row.get("last_error"),
+            drift=json.loads(row["drift"]) if row.get("drift") else None,
+            rows_total=row.get("rows_total") or 0,
+            unlocated_total=row.get("unlocated_total") or 0,
         )
         for row in snap.ingest_state().iter_rows(named=True)
     ]
     snapshot = SnapshotOut(id=snap.id, created_at=snap.created_at, age_s=(now - snap.created_at).total_seconds(), rows=snap.row_counts())
-    return HealthOut(status="ok", snapshot=snapshot, sources=sources)
+    degraded = any(s.breaker == "open" or s.drift for s in sources)
+    return HealthOut(status="degraded" if degraded else "ok", snapshot=snapshot, sources=sources)
+
+
+@router.get(
+    "/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}}
+)
+def metrics() -> PlainTextResponse:
+    """Prometheus metrics: ingest rows, unlocated rows, failures, schema drift, open breakers."""
+    return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
