@@ -14,10 +14,10 @@ from polars.testing import assert_frame_equal
 
 from app.data import demo as demo_module
 from app.data.demo import DemoCity, DemoSpec
+from app.data.demo_feed import DemoSource
 from app.data.demo_mix import CRIME_PATH, MIX_PATH
 from app.data.geography import CityGeography, load_geography
 from app.data.snapshot import Snapshot
-from app.data.demo_feed import DemoSource
 from app.data.store import Store
 from app.pipeline import PLANTED_FILE, build_demo
 from conftest import snapshot_sql

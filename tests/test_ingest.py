@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import polars as pl
@@ -22,7 +22,14 @@ from app.data.snapshot import connect, query
 from app.data.sources import IngestCursor, RawPage, register_adapter
 from app.data.store import Store
 
-SPEC = SourceSpec(name="scripted", provider="demo", city="nyc", table="request", base_url="http://127.0.0.1:9", fields=FieldMap(id="id", time="t", category="c"))
+SPEC = SourceSpec(
+    name="scripted",
+    provider="demo",
+    city="nyc",
+    table="request",
+    base_url="http://127.0.0.1:9",
+    fields=FieldMap(id="id", time="t", category="c"),
+)
 MANHATTAN = (-73.9857, 40.7484)  # a located row; (None, None) rows stay unlocated
 
 
@@ -34,8 +41,8 @@ def _row(i: int, cursor: str, c: str = "Noise", located: bool = True) -> dict[st
 class Script:
     """Pages to serve, and the page index at which to fail (None: never)."""
 
-    pages: list[list[dict[str, Any]]] = []
-    fail_at: int | None = None
+    pages: ClassVar[list[list[dict[str, Any]]]] = []
+    fail_at: ClassVar[int | None] = None
 
 
 @register_adapter("demo")
@@ -52,7 +59,9 @@ class ScriptedAdapter:
             yield RawPage(rows=rows, cursor=rows[-1]["cursor"] if rows else None)
 
     def normalize(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
-        frame = pl.DataFrame(rows, schema={"id": pl.String, "t": pl.String, "c": pl.String, "lon": pl.Float64, "lat": pl.Float64, "cursor": pl.String})
+        frame = pl.DataFrame(
+            rows, schema={"id": pl.String, "t": pl.String, "c": pl.String, "lon": pl.Float64, "lat": pl.Float64, "cursor": pl.String}
+        )
         return frame.select(
             pl.col("id").alias("source_id"),
             local_to_utc(frame["t"], "America/New_York").alias("ts"),
@@ -157,7 +166,10 @@ def test_breaker_opens_after_repeated_failures_and_a_probe_closes_it(tmp_path: P
 def test_drift_is_recorded_and_known_fields_keep_flowing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     contracts = tmp_path / "contracts"
     contracts.mkdir()
-    schema = {"type": "object", "properties": {k: {"type": ["string", "number", "null"]} for k in ("id", "t", "c", "lon", "lat", "cursor", "gone")}}
+    schema = {
+        "type": "object",
+        "properties": {k: {"type": ["string", "number", "null"]} for k in ("id", "t", "c", "lon", "lat", "cursor", "gone")},
+    }
     (contracts / "scripted.schema.json").write_text(json.dumps(schema))
     monkeypatch.setattr(contract, "CONTRACTS_DIR", contracts)
     monkeypatch.setattr(ingest, "CONTRACTS_DIR", contracts)
@@ -179,7 +191,9 @@ def test_drift_is_recorded_and_known_fields_keep_flowing(tmp_path: Path, monkeyp
         (["--source", "nyc311", "--file", "/nonexistent/export.csv"], "no such file"),
     ],
 )
-def test_cli_rejects_bad_input_clearly(argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_rejects_bad_input_clearly(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CSH_DATA_DIR", str(tmp_path))
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

@@ -80,10 +80,22 @@ COLUMNS: dict[str, list[str]] = {
     ],
     "geo_unit": ["city", "level", "unit_id", "name", "parent_id", "lon", "lat", "geom_wkb"],
     "anomaly": ["city", "level", "unit_id", "category", "window_start", "window_end", "zscore", "evidence"],
-    "ingest_state": ["source", "cursor", "etag", "last_modified", "last_success", "consecutive_failures", "drift"],
+    "ingest_state": [
+        "source",
+        "cursor",
+        "etag",
+        "last_modified",
+        "last_success",
+        "consecutive_failures",
+        "drift",
+        "breaker_opened_at",
+        "last_error",
+        "rows_total",
+        "unlocated_total",
+    ],
     "snapshot_meta": ["key", "value"],
 }
-TIME_COLUMNS = {"ts", "start_ts", "end_ts", "valid_from", "valid_to", "window_start", "window_end", "last_success"}
+TIME_COLUMNS = {"ts", "start_ts", "end_ts", "valid_from", "valid_to", "window_start", "window_end", "last_success", "breaker_opened_at"}
 
 
 # ---- hand-made rows ----------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def _lookup_level(spec: LookupLevel, child: Level, path: Path) -> Level:
     table = pl.read_csv(path, comment_prefix="#", infer_schema=False).select(spec.child_col, spec.name_col).drop_nulls()
     side_of = dict(zip(_as_ids(table[spec.child_col].to_list()), table[spec.name_col].to_list(), strict=True))
     child.parents = [_slug(side_of[c]) if c in side_of else None for c in child.ids]
-    names = sorted(set(side_of[c] for c in child.ids if c in side_of))
+    names = sorted({side_of[c] for c in child.ids if c in side_of})
     geoms = [shapely.union_all(child.geoms[[p == _slug(n) for p in child.parents]]) for n in names]
     return Level([_slug(n) for n in names], names, [None] * len(names), np.asarray(geoms, dtype=object))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import polars as pl
 import shapely
 from numpy.typing import NDArray
 
+from app.data._pointindex import GridIndex
 from app.data.boundaries import BoundarySet, LevelSource, LookupLevel, build_levels
 
 __all__ = ["CHICAGO", "CITIES", "LEVELS", "CityGeography", "from_boundary_set", "load_geography", "tract_join"]
@@ -40,6 +41,11 @@ class CityGeography:
     def tract_parents(self) -> pl.DataFrame:
         """One row per tract with its neighborhood, borough and city ids (for roll-ups)."""
         return tract_parents(self.units)
+
+    @cached_property
+    def index(self) -> GridIndex:
+        """The point-in-tract index over ``tract_geoms`` (built on first use, then kept)."""
+        return GridIndex(self.tract_geoms)
 
 
 def tract_parents(units: pl.DataFrame) -> pl.DataFrame:
@@ -143,7 +149,11 @@ CHICAGO = BoundarySet(
     name="Chicago",
     levels=(
         LevelSource(
-            "chicago_census_tracts_2010.geojson.gz", id_col="geoid10", name_col="namelsad10", parent_col="commarea", url=_PORTAL.format("5jrd-6zik")
+            "chicago_census_tracts_2010.geojson.gz",
+            id_col="geoid10",
+            name_col="namelsad10",
+            parent_col="commarea",
+            url=_PORTAL.format("5jrd-6zik"),
         ),
         LevelSource("chicago_community_areas.geojson.gz", id_col="area_numbe", name_col="community", url=_PORTAL.format("cauq-8yn6")),
         LookupLevel(str(Path(__file__).parent / "geo" / "chicago_community_area_sides.csv"), child_col="CommunityArea", name_col="Side"),
@@ -174,26 +184,15 @@ def load_geography(city: str) -> CityGeography:
 
 
 def tract_join(lon: NDArray[np.float64], lat: NDArray[np.float64], geo: CityGeography) -> NDArray[np.object_]:
-    """Tract id of each point (``None`` when outside every tract or not located), via one STRtree query.
+    """Tract id of each point (``None`` when outside every tract or not located), vectorised.
 
-    Points on a shared boundary take the first tract found, so each point gets exactly one id.
+    A point on a shared boundary takes the tract that comes first in ``geo.tract_ids`` (sorted), so
+    each point gets exactly one id and the same one on every run.
     """
-    out = np.full(len(lon), None, dtype=object)
-    ok = np.isfinite(lon) & np.isfinite(lat)
-    idx = np.flatnonzero(ok)
-    if len(idx) == 0:
-        return out
-    tree = _tree(geo.city)
-    pts = shapely.points(lon[idx], lat[idx])
-    point_i, tract_i = tree.query(pts, predicate="within")
-    first = np.unique(point_i, return_index=True)[1]
-    out[idx[point_i[first]]] = geo.tract_ids[tract_i[first]]
+    hit = geo.index.lookup(np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64))
+    out = np.full(len(hit), None, dtype=object)
+    out[hit >= 0] = geo.tract_ids[hit[hit >= 0]]
     return out
-
-
-@lru_cache(maxsize=4)
-def _tree(city: str) -> shapely.STRtree:
-    return shapely.STRtree(load_geography(city).tract_geoms)
 
 
 def locate(city: str, lon: NDArray[np.float64], lat: NDArray[np.float64]) -> tuple[NDArray[np.object_], pl.DataFrame]:

@@ -25,11 +25,11 @@ from app.data.contract import CONTRACTS_DIR, detect_drift, load_contract
 from app.data.geography import locate
 from app.data.registry import SourceSpec
 from app.data.snapshot import query
-from app.data.sources import IngestCursor, adapter_for
+from app.data.sources import IngestCursor, RawPage, adapter_for
 from app.data.store import Store
 from app.metrics import BREAKER_OPEN, INGEST_FAILURES, INGEST_ROWS, INGEST_UNLOCATED, SCHEMA_DRIFT
 
-__all__ = ["Breaker", "IngestReport", "canonical_rows", "ingest_source", "read_state"]
+__all__ = ["Breaker", "IngestReport", "canonical_rows", "commit_page", "ingest_source", "read_state"]
 
 log = structlog.get_logger(__name__)
 
@@ -118,16 +118,7 @@ async def ingest_source(
                 if schema is not None and page.rows:
                     _merge_drift(report.drift, detect_drift(schema, page.rows))
                 rows, units, rejected = canonical_rows(spec, adapter.normalize(page.rows), now)
-                with _transaction(con):
-                    _ensure_units(con, store, spec.city, units)
-                    store.upsert(con, spec.table, rows)
-                    unlocated = rows.filter(pl.col("tract_id").is_null()).height
-                    con.execute(
-                        """UPDATE ingest_state SET "cursor" = coalesce($c, "cursor"), etag = coalesce($e, etag),
-                           last_modified = coalesce($lm, last_modified), rows_total = coalesce(rows_total, 0) + $n,
-                           unlocated_total = coalesce(unlocated_total, 0) + $u WHERE source = $s""",
-                        {"c": page.cursor, "e": page.etag, "lm": page.last_modified, "n": rows.height, "u": unlocated, "s": spec.name},
-                    )
+                unlocated = commit_page(con, store, spec, rows, units, page)
                 report.pages += 1
                 report.rows += rows.height
                 report.unlocated += unlocated
@@ -168,17 +159,44 @@ async def ingest_source(
     return report
 
 
+def commit_page(
+    con: duckdb.DuckDBPyConnection, store: Store, spec: SourceSpec, rows: pl.DataFrame, units: pl.DataFrame, page: RawPage | None = None
+) -> int:
+    """Upsert one page of store rows with its units, totals and (for a provider page) its cursor and
+    validators, all in one transaction; returns how many rows are unlocated. File imports pass no page."""
+    with _transaction(con):
+        _ensure_units(con, store, spec.city, units)
+        store.upsert(con, spec.table, rows)
+        unlocated = rows.filter(pl.col("tract_id").is_null()).height
+        con.execute(
+            """UPDATE ingest_state SET "cursor" = coalesce($c, "cursor"), etag = coalesce($e, etag),
+               last_modified = coalesce($lm, last_modified), rows_total = coalesce(rows_total, 0) + $n,
+               unlocated_total = coalesce(unlocated_total, 0) + $u WHERE source = $s""",
+            {
+                "c": page.cursor if page else None,
+                "e": page.etag if page else None,
+                "lm": page.last_modified if page else None,
+                "n": rows.height,
+                "u": unlocated,
+                "s": spec.name,
+            },
+        )
+    return unlocated
+
+
 def _merge_drift(total: dict[str, list[str]], page: dict[str, list[str]]) -> None:
     for kind, fields in page.items():
         total[kind] = sorted(set(total.get(kind, [])) | set(fields))
 
 
 def _ensure_units(con: duckdb.DuckDBPyConnection, store: Store, city: str, units: pl.DataFrame) -> None:
-    """Insert the geo units a page needs when the store does not have them yet."""
+    """Insert the geo units a page needs when the store does not have them yet; the city row is
+    always replaced (an H3 region's outline grows with the cells it has seen)."""
     have = query(con, "SELECT unit_id, level FROM geo_unit WHERE city = $c", {"c": city})
     missing = units.join(have, on=["unit_id", "level"], how="anti") if have.height else units
-    if missing.height:
-        store.upsert(con, "geo_unit", missing)
+    fresh = pl.concat([missing, units.filter(pl.col("level") == "city")]).unique(["level", "unit_id"])
+    if fresh.height:
+        store.upsert(con, "geo_unit", fresh)
 
 
 @contextmanager

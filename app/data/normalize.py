@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,16 @@ import polars as pl
 from numpy.typing import NDArray
 from pyproj import Transformer
 
-__all__ = ["WORLD_BOUNDS", "attrs_json", "get_path", "local_to_utc", "parse_points", "project_to_wgs84"]
+__all__ = [
+    "WORLD_BOUNDS",
+    "attrs_json",
+    "attrs_json_columns",
+    "get_path",
+    "local_to_utc",
+    "parse_points",
+    "points_from_columns",
+    "project_to_wgs84",
+]
 
 #: Points outside these bounds, or at exactly (0, 0), are treated as unlocated.
 WORLD_BOUNDS = (-180.0, -90.0, 180.0, 90.0)
@@ -32,15 +42,29 @@ def local_to_utc(values: pl.Series, timezone: str) -> pl.Series:
     as the instant one hour later, as the clock would have shown it. Unparseable values become null.
     """
     df = pl.DataFrame({"s": values.cast(pl.String).str.strip_chars()})
+    # Fast path for SODA's fixed shape (its exact ``.%3f`` parses ~3x faster than ``%.f``); rows it
+    # leaves null (other shapes, zones, the spring gap, junk) take the general path below.
+    soda = pl.col("s").str.to_datetime(_SODA_FORMAT, time_unit="us", strict=False)
+    utc = df.select(soda.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")).to_series()
+    rest = np.flatnonzero((utc.is_null() & df["s"].is_not_null()).to_numpy())
+    if len(rest):
+        utc = utc.scatter(rest, _any_to_utc(df[rest], timezone))
+    return utc.alias(values.name or "ts")
+
+
+def _any_to_utc(df: pl.DataFrame, timezone: str) -> pl.Series:
+    """:func:`local_to_utc` of column ``s`` trying every known format."""
     aware = pl.col("s").str.contains(r"(Z|[+-]\d{2}:?\d{2})$").fill_null(False)
     naive = pl.coalesce([pl.col("s").str.to_datetime(fmt, time_unit="us", strict=False) for fmt in _NAIVE_FORMATS])
     local = naive.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
     in_gap = (naive + pl.duration(hours=1)).dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
     exact = pl.col("s").str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", time_unit="us", time_zone="UTC", strict=False)
     utc = pl.when(aware).then(exact).otherwise(pl.coalesce(local, in_gap).dt.convert_time_zone("UTC"))
-    return df.select(utc.alias(values.name or "ts")).to_series()
+    return df.select(utc).to_series()
 
 
+#: SODA's floating timestamp, ``2024-05-27T02:08:51.000`` (the fast path of :func:`local_to_utc`).
+_SODA_FORMAT = "%Y-%m-%dT%H:%M:%S.%3f"
 #: Floating timestamp formats providers use (SODA ISO, portal CSV export, UK planned works, dates).
 _NAIVE_FORMATS = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%m/%d/%Y %I:%M:%S %p", "%d-%b-%Y %H:%M", "%Y-%m-%d"]
 
@@ -64,6 +88,81 @@ def parse_points(
             if point is not None:
                 lon[i], lat[i] = point
     return _valid(lon, lat)
+
+
+def points_from_columns(
+    lon: pl.Series | None, lat: pl.Series | None, location: pl.Series | None = None
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Column-wise :func:`parse_points` for frames (SODA pages read as columns), with the same result.
+
+    ``lon``/``lat`` are text or numbers; ``location`` is text (JSON object, WKT ``POINT (lon lat)`` or
+    ``(lat, lon)``) or a struct (the legacy object's ``latitude``/``longitude``, or GeoJSON's
+    ``type``/``coordinates``). It fills rows whose ``lon`` or ``lat`` is missing.
+    """
+    n = next((len(s) for s in (lon, lat, location) if s is not None), 0)
+    x = _float_column(lon) if lon is not None else np.full(n, np.nan)
+    y = _float_column(lat) if lat is not None else np.full(n, np.nan)
+    if location is not None:
+        missing = ~(np.isfinite(x) & np.isfinite(y))
+        if missing.any():
+            lx, ly = _location_columns(location.filter(pl.Series(missing)))
+            x[missing], y[missing] = lx, ly
+    return _valid(x, y)
+
+
+def _float_column(values: pl.Series) -> NDArray[np.float64]:
+    return values.cast(pl.String).cast(pl.Float64, strict=False).fill_nan(None).fill_null(np.nan).to_numpy().astype(np.float64)
+
+
+def _location_columns(loc: pl.Series) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Lon/lat from a location column in any SODA shape (NaN where none is usable)."""
+    frame = loc.rename("v").to_frame()
+    if isinstance(loc.dtype, pl.Struct):
+        fields = {f.name for f in loc.dtype.fields}
+        v = pl.col("v")
+        exprs = [pl.lit(None, pl.String)] * 2
+        if "coordinates" in fields and "type" in fields:
+            point = v.struct.field("type") == "Point"
+            coords = v.struct.field("coordinates").cast(pl.List(pl.String))
+            exprs = [pl.when(point).then(coords.list.get(i, null_on_oob=True)) for i in (0, 1)]
+        if "longitude" in fields and "latitude" in fields:
+            exprs = [
+                pl.coalesce(exprs[0], v.struct.field("longitude").cast(pl.String)),
+                pl.coalesce(exprs[1], v.struct.field("latitude").cast(pl.String)),
+            ]
+        xy = frame.select(x=exprs[0], y=exprs[1])
+    elif loc.dtype == pl.String:
+        s = pl.col("v").str.strip_chars()
+        obj = s.str.starts_with("{")
+        point = s.str.json_path_match("$.type") == "Point"
+        wkt = s.str.extract_groups(f"(?i){_WKT_POINT.pattern}")
+        pair = s.str.extract_groups(_PAREN_PAIR.pattern)
+        xy = frame.select(
+            x=pl.when(obj)
+            .then(pl.when(point).then(s.str.json_path_match("$.coordinates[0]")).otherwise(s.str.json_path_match("$.longitude")))
+            .otherwise(pl.coalesce(wkt.struct.field("1"), pair.struct.field("2"))),
+            y=pl.when(obj)
+            .then(pl.when(point).then(s.str.json_path_match("$.coordinates[1]")).otherwise(s.str.json_path_match("$.latitude")))
+            .otherwise(pl.coalesce(wkt.struct.field("2"), pair.struct.field("1"))),
+        )
+    else:  # anything else (Python objects): the row-wise reader
+        points = [_location_point(v) or (np.nan, np.nan) for v in loc.to_list()]
+        return np.asarray([p[0] for p in points], dtype=np.float64), np.asarray([p[1] for p in points], dtype=np.float64)
+    return _float_column(xy["x"]), _float_column(xy["y"])
+
+
+def attrs_json_columns(frame: pl.DataFrame, fields: Sequence[str]) -> pl.Series:
+    """Column-wise :func:`attrs_json` for a frame: the listed columns of each row as one JSON object,
+    null values and absent columns omitted (non-ASCII text is kept as UTF-8, not ``\\u`` escapes)."""
+    parts = [
+        pl.when(pl.col(f).is_not_null()).then(pl.struct(f).struct.json_encode().str.strip_prefix("{").str.strip_suffix("}"))
+        for f in fields
+        if f in frame.columns
+    ]
+    if not parts:
+        return pl.Series("attrs", ["{}"] * frame.height, dtype=pl.String)
+    inner = pl.concat_str(parts, separator=",", ignore_nulls=True)
+    return frame.select(pl.concat_str(pl.lit("{"), inner, pl.lit("}")).alias("attrs")).to_series()
 
 
 def _location_point(value: Any) -> tuple[float, float] | None:
@@ -106,8 +205,19 @@ def project_to_wgs84(x: NDArray[np.float64], y: NDArray[np.float64], crs: str) -
     """Projected coordinates (e.g. British National Grid, EPSG:27700) to lon/lat; 0/0 and missing
     stay unlocated (NaN)."""
     missing = ~(np.isfinite(x) & np.isfinite(y)) | ((x == 0) & (y == 0))
-    lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(np.where(missing, np.nan, x), np.where(missing, np.nan, y))
+    lon, lat = _transformer(crs).transform(np.where(missing, np.nan, x), np.where(missing, np.nan, y))
     return _valid(np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64))
+
+
+def _transformer(crs: str) -> Transformer:
+    """One transformer per CRS and thread (building one costs ~45 ms; pyproj objects are per thread)."""
+    cache: dict[str, Transformer] = _LOCAL.__dict__.setdefault("transformers", {})
+    if crs not in cache:
+        cache[crs] = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    return cache[crs]
+
+
+_LOCAL = threading.local()
 
 
 def get_path(row: dict[str, Any], path: str | None) -> Any:

@@ -7,6 +7,7 @@ ingest loop (``app.data.ingest``) does the rest: point-in-tract join, upsert, cu
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -101,10 +102,20 @@ def register_adapter(provider: str) -> Callable[[Callable[[SourceSpec], Adapter]
     return decorate
 
 
-def adapter_for(spec: SourceSpec) -> Adapter:
-    """The adapter instance for ``spec`` (imports the provider modules on first use)."""
-    from app.data.sources import socrata  # noqa: F401  # registers itself; imported lazily to keep startup light
+#: The module that registers each provider's adapter, imported on first use to keep startup light.
+_PROVIDER_MODULES = {
+    "socrata": "socrata",
+    "highways_xml": "highways",
+    "highways_datex": "highways",
+    "open311": "open311",
+    "seeclickfix": "seeclickfix",
+}
 
+
+def adapter_for(spec: SourceSpec) -> Adapter:
+    """The adapter instance for ``spec`` (imports its provider module on first use)."""
+    if spec.provider not in _ADAPTERS and spec.provider in _PROVIDER_MODULES:
+        importlib.import_module(f"app.data.sources.{_PROVIDER_MODULES[spec.provider]}")  # registers itself
     if spec.provider not in _ADAPTERS:
         raise KeyError(f"no adapter for provider {spec.provider!r}")
     return _ADAPTERS[spec.provider](spec)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import email.utils
 import random
+import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,10 +17,17 @@ import httpx
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-__all__ = ["RETRY_STATUS", "RetryPolicy", "TruncatedBodyError", "get", "get_json"]
+__all__ = ["RETRY_STATUS", "RetryPolicy", "TruncatedBodyError", "get", "get_json", "redact"]
 
 log = structlog.get_logger(__name__)
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+#: Query parameters that carry secrets (Open311 ``api_key``, SODA ``$$app_token``, generic tokens).
+_SECRET_PARAM = re.compile(r"((?:api_key|apikey|key|token|\$\$app_token|access_token)=)[^&\s'\"]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of secret query parameters masked: httpx errors quote the full URL."""
+    return _SECRET_PARAM.sub(r"\1***", text)
 
 
 class RetryPolicy:
@@ -68,9 +77,11 @@ async def get(
     headers: dict[str, str] | None = None,
     policy: RetryPolicy | None = None,
     parse: bool = False,
+    check: Callable[[httpx.Response], object] | None = None,
 ) -> httpx.Response:
     """GET ``url`` with retries; returns the final 2xx or 304 response, raises otherwise. With
-    ``parse``, a 2xx body must be valid JSON (a truncated page is retried like a 5xx)."""
+    ``parse``, a 2xx body must be valid JSON; with ``check``, ``check(response)`` must not raise
+    (e.g. an XML parse). A body failing either is taken as truncated and retried like a 5xx."""
     policy = policy or RetryPolicy()
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.attempts),
@@ -78,7 +89,7 @@ async def get(
         retry=retry_if_exception(_retryable),
         reraise=True,
         before_sleep=lambda s: log.warning(
-            "http.retry", url=url, attempt=s.attempt_number, error=repr(s.outcome.exception()) if s.outcome else None
+            "http.retry", url=url, attempt=s.attempt_number, error=redact(repr(s.outcome.exception())) if s.outcome else None
         ),
     )
     async for attempt in retrying:
@@ -87,11 +98,12 @@ async def get(
             if response.status_code != 304:
                 response.raise_for_status()
             await response.aread()
-            if parse and response.status_code != 304:
+            if response.status_code != 304 and (parse or check is not None):
                 try:
-                    response.json()
-                except ValueError as exc:
-                    raise TruncatedBodyError(f"unparseable JSON body from {url}: {exc}") from exc
+                    response.json() if parse else None
+                    check(response) if check is not None else None
+                except (ValueError, SyntaxError) as exc:  # lxml's XMLSyntaxError is a SyntaxError
+                    raise TruncatedBodyError(f"unparseable body from {url}: {exc}") from exc
             return response
     raise AssertionError("unreachable")  # tenacity re-raises the last error
 
