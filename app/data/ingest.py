@@ -211,6 +211,21 @@ def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     con.execute("COMMIT")
 
 
+def _combined(source: str, reports: list[IngestReport]) -> IngestReport:
+    """One report for a run over several registry entries (a split dataset)."""
+    out = IngestReport(source)
+    for r in reports:
+        out.pages, out.rows, out.unlocated, out.rejected = (
+            out.pages + r.pages,
+            out.rows + r.rows,
+            out.unlocated + r.unlocated,
+            out.rejected + r.rejected,
+        )
+        _merge_drift(out.drift, r.drift)
+        out.error = out.error or r.error
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m app.data.ingest --source NAME [--since ISO | --file EXPORT]``: ingest one registry
     source into ``CSH_DATA_DIR`` with a progress bar and JSON logs, then publish a snapshot."""
@@ -230,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", required=True, choices=sorted(registry), help="registry entry (app/data/sources.toml)")
     parser.add_argument("--since", help="backfill from this ISO date instead of the stored cursor")
     parser.add_argument("--file", type=Path, help="import a local CSV/JSON export of the source instead of calling the provider")
+    parser.add_argument("--id-field", help="with --file: the export column holding row ids when the export lacks the API's id field")
     parser.add_argument("--no-publish", action="store_true", help="leave the new rows in the working database only")
     args = parser.parse_args(argv)
     if args.since is not None:
@@ -254,10 +270,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.file is not None:
             from app.data.sources.export_file import ingest_file
 
-            report = ingest_file(store, spec, args.file)
+            report = ingest_file(store, spec, args.file, id_field=args.id_field)
             bar.update(report.rows)
         else:
-            report = asyncio.run(ingest_live(store, spec, since=args.since, on_page=bar.update))
+            from app.data.sources.socrata import covering_sources
+
+            # A backfill across a split dataset (NYC 311 before 2020) reads each part, oldest first.
+            parts = covering_sources(spec, args.since, registry) if spec.provider == "socrata" else [spec]
+            reports = []
+            for part in parts:
+                reports.append(asyncio.run(ingest_live(store, part, since=args.since, on_page=bar.update)))
+                if reports[-1].error:
+                    break
+            report = _combined(spec.name, reports)
     snapshot = None if args.no_publish or report.error else publish(store, {spec.city}, built_by=f"ingest:{spec.name}")
     print(
         json.dumps(

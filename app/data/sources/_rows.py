@@ -14,7 +14,7 @@ from app.data.normalize import attrs_json, get_path, local_to_utc, parse_points
 from app.data.registry import SourceSpec
 from app.data.sources.base import CANONICAL_COLUMNS, IngestCursor
 
-__all__ = ["iso_z", "request_frame", "start_time", "time_range"]
+__all__ = ["iso_z", "later", "request_frame", "start_time", "time_range"]
 
 
 def request_frame(spec: SourceSpec, rows: Sequence[dict[str, Any]]) -> pl.DataFrame:
@@ -53,6 +53,11 @@ def time_range(rows: Sequence[dict[str, Any]], path: str, timezone: str) -> tupl
     assert isinstance(lo, datetime)
     assert isinstance(hi, datetime)
     return lo, hi
+
+
+def later(a: datetime | None, b: datetime | None) -> datetime | None:
+    """The later of two optional instants."""
+    return b if a is None else a if b is None else max(a, b)
 
 
 def iso_z(when: datetime) -> str:

@@ -20,7 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 __all__ = ["RETRY_STATUS", "RetryPolicy", "TruncatedBodyError", "get", "get_json", "redact"]
 
 log = structlog.get_logger(__name__)
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRY_STATUS = frozenset({202, 429, 500, 502, 503, 504})  # 202: Socrata's 'still processing'
 #: Query parameters that carry secrets (Open311 ``api_key``, SODA ``$$app_token``, generic tokens).
 _SECRET_PARAM = re.compile(r"((?:api_key|apikey|key|token|\$\$app_token|access_token)=)[^&\s'\"]+", re.IGNORECASE)
 
@@ -95,6 +95,8 @@ async def get(
     async for attempt in retrying:
         with attempt:
             response = await client.get(url, params=params, headers=headers)
+            if response.status_code == 202:  # accepted, not ready: no body to use yet
+                raise httpx.HTTPStatusError("202 Accepted: still processing", request=response.request, response=response)
             if response.status_code != 304:
                 response.raise_for_status()
             await response.aread()

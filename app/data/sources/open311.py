@@ -23,7 +23,7 @@ import polars as pl
 
 from app.data.normalize import get_path
 from app.data.registry import SourceSpec
-from app.data.sources._rows import iso_z, request_frame, start_time, time_range
+from app.data.sources._rows import iso_z, later, request_frame, start_time, time_range
 from app.data.sources.base import IngestCursor, RawPage, register_adapter
 from app.data.sources.http import get_json, redact
 
@@ -77,7 +77,7 @@ class Open311Adapter:
                 if pending is not None:
                     yield RawPage(rows=pending, cursor=None)
                 pending = fresh
-                newest = _later(newest, time_range(fresh, self.cursor_field, self.spec.timezone)[1])
+                newest = later(newest, time_range(fresh, self.cursor_field, self.spec.timezone)[1])
                 page += 1
                 continue
             if not rows or page == 1:
@@ -116,7 +116,3 @@ def _key(row: dict[str, Any], id_field: str) -> str:
     """Identity of a row inside one window (rows with no id yet, e.g. Chicago's tokens, by content)."""
     value = get_path(row, id_field)
     return f"id:{value}" if value not in (None, "") else "row:" + json.dumps(row, sort_keys=True, default=str)
-
-
-def _later(a: datetime | None, b: datetime | None) -> datetime | None:
-    return b if a is None else a if b is None else max(a, b)

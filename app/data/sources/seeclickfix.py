@@ -25,7 +25,7 @@ import httpx
 import polars as pl
 
 from app.data.registry import SourceSpec
-from app.data.sources._rows import iso_z, request_frame, start_time, time_range
+from app.data.sources._rows import iso_z, later, request_frame, start_time, time_range
 from app.data.sources.base import IngestCursor, RawPage, register_adapter
 from app.data.sources.http import get_json
 
@@ -99,7 +99,7 @@ class SeeClickFixAdapter:
                 yield RawPage(rows=pending, cursor=None)
             pending = rows
             oldest, latest = time_range(rows, self.cursor_field, self.spec.timezone)
-            newest = latest if newest is None or (latest is not None and latest > newest) else newest
+            newest = later(newest, latest)
             page = None if oldest is not None and oldest < floor else _next_page(body, page)
         else:
             raise RuntimeError(f"{self.spec.name}: paging did not end after {MAX_PAGES} pages")
