@@ -100,7 +100,7 @@ async def ingest_source(
     breaker = breaker or Breaker()
     report = IngestReport(spec.name)
     adapter = adapter_for(spec)
-    schema = load_contract(spec.name) if (CONTRACTS_DIR / f"{spec.name}.schema.json").exists() else None
+    schema = _contract_for(spec)
     with store.writer() as con:
         state = read_state(con, spec.name)
         now = datetime.now(UTC)
@@ -182,6 +182,15 @@ def commit_page(
             },
         )
     return unlocated
+
+
+def _contract_for(spec: SourceSpec) -> dict[str, Any] | None:
+    """The entry's own contract, else its provider's (so an entry added to the registry alone is
+    still watched for drift), else none."""
+    for name in (spec.name, spec.provider):
+        if (CONTRACTS_DIR / f"{name}.schema.json").exists():
+            return load_contract(name)
+    return None
 
 
 def _merge_drift(total: dict[str, list[str]], page: dict[str, list[str]]) -> None:
