@@ -7,9 +7,14 @@ import json
 import re
 from pathlib import Path
 
+import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
-from bench.run import format_line, report
+from app.data.registry import get_source
+from app.data.snapshot import Snapshot
+from app.data.sources import adapter_for
+from bench.run import format_line, ingest_rows_per_s, normalise_soda, report, soda_page
 
 FAKE = {"demo_build_s": (12.5, "s"), "heat_aggregate_ms": (3.25, "ms"), "tract_join_rows_per_s": (812345, "rows/s"), "zero_ms": (0.0, "ms")}
 LINE = re.compile(r"^BENCH (\S+) (-?\d+(?:\.\d+)?) (\S+)$")
@@ -51,3 +56,24 @@ def test_values_print_in_plain_decimal(value: float, text: str) -> None:
 def test_non_finite_values_are_refused(value: float) -> None:
     with pytest.raises(ValueError, match="finite"):
         format_line("x", value, "u")
+
+
+# ---- the ingest benchmark's workload -------------------------------------------------------------
+
+
+def test_soda_page_is_all_strings_and_normalises_as_the_socrata_adapter_does(tiny_snap: Snapshot) -> None:
+    """The column-wise normalisation the benchmark times gives the adapter's row-wise frame."""
+    spec = get_source("nyc311")
+    page = soda_page(tiny_snap.events("nyc"), 3_000, spec.timezone, seed=1)
+    assert set(page.schema.values()) == {pl.String}
+    assert page["location"].str.starts_with("POINT").any()
+    assert page["location"].null_count() > 0
+    rows = [{k: v for k, v in row.items() if v is not None} for row in page.to_dicts()]  # SODA omits missing fields
+    expected = adapter_for(spec).normalize(rows)
+    got = normalise_soda(spec, page)
+    assert_frame_equal(got.drop("attrs"), expected.drop("attrs"))
+    assert [json.loads(a) for a in got["attrs"]] == [json.loads(a) for a in expected["attrs"]]
+
+
+def test_ingest_figure_runs_on_a_small_page(tiny_snap: Snapshot) -> None:
+    assert ingest_rows_per_s(tiny_snap.events("nyc"), n=2_000) > 0

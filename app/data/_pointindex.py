@@ -7,11 +7,6 @@ only against the polygons that touch their cell. No ``Point`` objects are built.
 
 from __future__ import annotations
 
-import itertools
-import os
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
-
 import numpy as np
 import shapely
 from numpy.typing import NDArray
@@ -21,14 +16,6 @@ __all__ = ["GridIndex"]
 #: Cells are grown by this much (degrees, ~0.1 mm) when classified, so a point whose cell index is
 #: rounded onto a neighbouring cell still lies inside the box its cell was classified with.
 _EPS = 1e-9
-#: Lookups of at least two chunks of this many points run on up to ``_WORKERS`` threads.
-_CHUNK_MIN = 100_000
-_WORKERS = min(4, os.cpu_count() or 1)
-
-
-@lru_cache(maxsize=1)
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(_WORKERS, thread_name_prefix="grid-index")
 
 
 class GridIndex:
@@ -65,19 +52,13 @@ class GridIndex:
         poly = self.candidates[self.start[single]]
         covered = shapely.covers(geoms[poly], boxes[single])
         self.sole[single[covered]] = poly[covered]
+        # Build each prepared polygon's lazy point locator now, in one thread, so that lookups from
+        # several threads (the ingest loop, the demo feed) only ever read it.
+        inside = shapely.point_on_surface(geoms)
+        shapely.intersects_xy(geoms, shapely.get_x(inside), shapely.get_y(inside))
 
     def lookup(self, lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.int64]:
-        """Polygon index per point (see the class docstring); large inputs are split over threads,
-        since numpy and shapely release the GIL."""
-        n = len(lon)
-        chunks = min(_WORKERS, n // _CHUNK_MIN)
-        if chunks < 2:
-            return self._lookup(lon, lat)
-        bounds = np.linspace(0, n, chunks + 1).astype(int)
-        parts = _pool().map(lambda ab: self._lookup(lon[ab[0] : ab[1]], lat[ab[0] : ab[1]]), itertools.pairwise(bounds))
-        return np.concatenate(list(parts))
-
-    def _lookup(self, lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.int64]:
+        """Polygon index per point (see the class docstring)."""
         out = np.full(len(lon), -1, dtype=np.int64)
         x0, y0, x1, y1 = self.bounds
         with np.errstate(invalid="ignore"):
@@ -88,11 +69,15 @@ class GridIndex:
         out[idx] = self.sole[cell]
         mixed = (self.sole[cell] < 0) & (self.count[cell] > 0)
         pts, cell = idx[mixed], cell[mixed]
-        n = self.count[cell]
-        point_of = np.repeat(np.arange(len(pts)), n)  # one row per (point, candidate polygon)
-        rank = np.arange(len(point_of)) - np.repeat(np.cumsum(n) - n, n)
-        poly = self.candidates[self.start[cell][point_of] + rank]
-        hit = shapely.intersects_xy(self.geoms[poly], lon[pts[point_of]], lat[pts[point_of]])
-        first_point, first = np.unique(point_of[hit], return_index=True)  # rows are in candidate order
-        out[pts[first_point]] = poly[hit][first]
+        # Test each point against its cell's candidates in ascending order, one rank per round, and
+        # drop it once it hits: the first hit is the lowest index, and most points stop early.
+        todo = np.arange(len(pts))
+        for rank in range(int(self.count.max(initial=0))):
+            todo = todo[self.count[cell[todo]] > rank]
+            if len(todo) == 0:
+                break
+            poly = self.candidates[self.start[cell[todo]] + rank]
+            hit = shapely.intersects_xy(self.geoms[poly], lon[pts[todo]], lat[pts[todo]])
+            out[pts[todo[hit]]] = poly[hit]
+            todo = todo[~hit]
         return out
