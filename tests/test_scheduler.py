@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
+import pytest
+import socrata_fake as sf
 from fastapi.testclient import TestClient
+from pytest_httpserver import HTTPServer
 
 from app.api.main import create_app
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.data.demo import DemoSpec, floor_hour
+from app.data.ingest import main as ingest_main
+from app.data.registry import REGISTRY_FILE
+from app.data.sources.http import RetryPolicy
+from app.data.sources.socrata import SocrataAdapter
 from app.data.store import Store
-from app.pipeline import build_demo
+from app.pipeline import build_demo, refresh
+from conftest import SHARED_DATA
 
 
 def test_lifespan_scheduler_polls_the_feed_and_publishes_a_new_snapshot(tmp_path: Path) -> None:
@@ -41,3 +51,46 @@ def test_scheduler_disabled_publishes_nothing(tmp_path: Path) -> None:
     with TestClient(create_app(Settings(data_dir=tmp_path, poll_seconds=0.2, scheduler_enabled=False))) as client:
         time.sleep(1.0)
         assert client.get("/healthz").json()["snapshot"]["id"] == first.id
+
+
+def test_refresh_polls_registry_sources_through_the_ingest_path(
+    tmp_path: Path, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the scheduler does with ``CSH_SOURCES=nyc311``: same ingest code, then a snapshot."""
+    fake = sf.FakeSocrata.from_cassette("nyc311")
+    base = fake.install(httpserver)
+    registry = REGISTRY_FILE.read_text().replace('base_url = "https://data.cityofnewyork.us"', f'base_url = "{base}"', 1)
+    (tmp_path / "sources.toml").write_text(registry)
+    monkeypatch.setenv("CSH_SOURCES_FILE", str(tmp_path / "sources.toml"))
+    monkeypatch.delenv("SOCRATA_APP_TOKEN", raising=False)
+    monkeypatch.setattr(SocrataAdapter, "default_policy", RetryPolicy(attempts=2, base=0.01, cap=0.05))
+    store = Store(tmp_path / "store")
+    snap = refresh(store, live_sources=["nyc311"])
+    assert snap is not None
+    assert snap.row_counts()["request"] == len(fake.rows) > 0
+    state = snap.ingest_state().filter(pl.col("source") == "nyc311").to_dicts()[0]
+    assert state["last_success"] is not None
+    assert state["rows_total"] == len(fake.rows)
+    again = refresh(store, live_sources=["nyc311"])
+    assert again is not None
+    assert again.id != snap.id
+    assert again.row_counts()["request"] == len(fake.rows)  # re-polling never duplicates
+
+
+def test_cli_imports_a_real_uk_roadworks_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    path = SHARED_DATA / "events/uk/national_highways_planned_roadworks_2025-04-14.xml.gz"
+    if not path.exists():
+        pytest.skip(f"real UK planned-roadworks file not found at {path}")
+    monkeypatch.setenv("CSH_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        assert ingest_main(["--source", "uk_planned_roadworks", "--file", str(path)]) == 0
+    finally:
+        get_settings.cache_clear()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"] == 1428  # 1,429 works, one listed twice in the file
+    snap = Store(tmp_path).current()
+    assert snap is not None
+    assert summary["snapshot"] == snap.id
+    assert snap.row_counts()["closure"] == 1428
+    assert "uk" in snap.cities()

@@ -47,6 +47,13 @@ def iter_export(spec: SourceSpec, path: Path, chunk_rows: int = CHUNK_ROWS, id_f
     """Chunks of API-shaped rows. ``id_field`` names the column to use as ``spec.fields.id`` when the
     export lacks it (a ``$select`` without ``id``, as in the shared Chicago crimes export)."""
     path = Path(path)
+    if spec.provider == "highways_xml":  # the weekly planned-roadworks XML files (either generation)
+        from app.data.sources.highways import parse_planned_xml
+
+        works = parse_planned_xml(path.read_bytes())
+        for start in range(0, len(works), chunk_rows):
+            yield works[start : start + chunk_rows]
+        return
     booleans = _boolean_fields(spec)
     rows = _json_rows(path) if ".json" in path.suffixes else _csv_rows(path)
     checked = False
