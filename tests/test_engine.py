@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import numpy as np
 import param
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from app.data.demo import DemoSpec
 from app.data.snapshot import EVENT_SCHEMA, Snapshot
+from app.data.store import Store
 from app.engine.bins import bin_counts, filter_events, unit_counts, with_unit
 from app.engine.lens import ALL, KINDS, Lens
 from app.engine.privacy import Policy, release_anomalies, release_counts
 from app.engine.scores import score_window, trailing_zscores
+from app.pipeline import build_demo
 from conftest import snapshot_sql
 
 D0 = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
@@ -382,3 +387,31 @@ def test_every_lens_param_is_documented(name: str) -> None:
 def test_lens_has_params_to_document() -> None:
     assert {"snapshot", "level", "since", "until", "category", "privacy_mode", "privacy_k"} <= set(Lens.param)
     assert isinstance(Lens.param["level"], param.Selector)
+
+
+def test_switching_city_moves_the_window_to_that_citys_newest_week(tmp_path: Path) -> None:
+    from app.data.h3grid import h3_locate
+
+    store = Store(tmp_path)
+    build_demo(store, DemoSpec(seed=5, end=datetime(2026, 11, 1, tzinfo=UTC), days=30, size=10_000))
+    lon, lat = np.array([-0.1276, -1.5491]), np.array([51.5072, 53.8008])  # London, Leeds
+    cells, units = h3_locate("uk", lon, lat)
+    t0 = datetime(2024, 5, 1, 9, tzinfo=UTC)
+    closures = pl.DataFrame(
+        {
+            "id": ["uk:1", "uk:2"], "source": "uk", "source_id": ["1", "2"], "city": "uk",
+            "start_ts": [t0, t0 + timedelta(hours=3)], "end_ts": [t0 + timedelta(days=2)] * 2, "kind": "Planned Works",
+            "lon": lon, "lat": lat, "tract_id": list(cells), "valid_from": [t0, t0],
+        }
+    )  # fmt: skip
+    with store.writer() as con:
+        store.upsert(con, "geo_unit", units)
+        store.upsert(con, "closure", closures)
+    lens = Lens(snapshot=store.publish(), privacy_mode="none")
+    assert lens.until == datetime(2026, 11, 1, tzinfo=UTC)
+    lens.category = "Noise - Residential"
+    lens.city = "uk"
+    assert (lens.since, lens.until) == (datetime(2024, 4, 25, tzinfo=UTC), datetime(2024, 5, 2, tzinfo=UTC))
+    assert lens.category == ALL  # a NYC complaint type means nothing in the UK
+    assert lens.points().height == 2
+    assert lens.unit_counts()["count"].sum() == 2

@@ -50,18 +50,25 @@ class Lens(param.Parameterized):
     privacy_k = param.Integer(default=11, bounds=(1, None), doc="Smallest count published in 'suppress' mode.")
 
     def __init__(self, **params: object) -> None:
+        self._window_city: str | None = None
         super().__init__(**params)
         self._sync_choices()
 
     @param.depends("snapshot", "city", watch=True)
     def _sync_choices(self) -> None:
-        """Offer the snapshot's cities and categories, and default the window to its newest week."""
+        """Offer the snapshot's cities and categories, and default the window to its newest week
+        (again whenever the city changes: cities' data rarely cover the same weeks)."""
         if self.snapshot is None:
             return
         self.param.city.objects = self.snapshot.cities() or [self.city]
         events = self.snapshot.events(self.city)
         cats = sorted(events["category"].unique().drop_nulls().to_list())
         self.param.category.objects = [ALL, *cats]
+        if self.category not in self.param.category.objects:
+            self.category = ALL
+        if self._window_city not in (None, self.city):
+            self.param.update(since=None, until=None)
+        self._window_city = self.city
         if self.until is None and events.height:
             last = events["ts"].max()
             assert isinstance(last, datetime)
