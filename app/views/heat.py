@@ -77,7 +77,9 @@ class HeatView(LensView):
             return hv.Path([], kdims=["x", "y"])
         return hv.Path([outline_xy(lens.snapshot, lens.city, lens.level)], kdims=["x", "y"])
 
-    def __panel__(self) -> pn.viewable.Viewable:
+    def _overlay(self, city: str) -> hv.DynamicMap:
+        """The map for one city. Rebuilt when the city changes, so it frames the new city: a
+        datashaded map keeps its ranges across updates (it re-aggregates on pan and zoom)."""
         p = self._lens.param
         points = hv.DynamicMap(pn.bind(self._points, p.snapshot, p.city, p.since, p.until, p.category, p.kinds))
         outlines = hv.DynamicMap(pn.bind(self._outlines, p.snapshot, p.city, p.level))
@@ -92,4 +94,10 @@ class HeatView(LensView):
             data_aspect=1,
         )
         lines = outlines.opts(color="#8c96a0", line_width=0.6, alpha=0.55, tools=[])
-        return pn.pane.HoloViews(heat * lines, sizing_mode="stretch_both", min_height=520, linked_axes=False)
+        overlay: hv.DynamicMap = heat * lines
+        return overlay
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.pane.HoloViews(
+            pn.bind(self._overlay, self._lens.param.city), sizing_mode="stretch_both", min_height=520, linked_axes=False
+        )
