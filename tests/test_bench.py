@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
-from polars.testing import assert_frame_equal
 
 from app.data.registry import get_source
 from app.data.snapshot import Snapshot
 from app.data.sources import adapter_for
-from bench.run import format_line, ingest_rows_per_s, normalise_soda, report, soda_page
+from app.data.sources.socrata import SocrataAdapter
+from bench.run import format_line, ingest_rows_per_s, report, soda_rows
 
 FAKE = {"demo_build_s": (12.5, "s"), "heat_aggregate_ms": (3.25, "ms"), "tract_join_rows_per_s": (812345, "rows/s"), "zero_ms": (0.0, "ms")}
 LINE = re.compile(r"^BENCH (\S+) (-?\d+(?:\.\d+)?) (\S+)$")
@@ -61,19 +62,36 @@ def test_non_finite_values_are_refused(value: float) -> None:
 # ---- the ingest benchmark's workload -------------------------------------------------------------
 
 
-def test_soda_page_is_all_strings_and_normalises_as_the_socrata_adapter_does(tiny_snap: Snapshot) -> None:
-    """The column-wise normalisation the benchmark times gives the adapter's row-wise frame."""
+def test_soda_rows_are_shaped_as_a_soda_page(tiny_snap: Snapshot) -> None:
+    """What ``json.loads`` of a SODA page gives: every value a string but the GeoJSON ``location``
+    object, absent fields left out, a share of rows located only by ``location``, a few unlocated."""
     spec = get_source("nyc311")
-    page = soda_page(tiny_snap.events("nyc"), 3_000, spec.timezone, seed=1)
-    assert set(page.schema.values()) == {pl.String}
-    assert page["location"].str.starts_with("POINT").any()
-    assert page["location"].null_count() > 0
-    rows = [{k: v for k, v in row.items() if v is not None} for row in page.to_dicts()]  # SODA omits missing fields
-    expected = adapter_for(spec).normalize(rows)
-    got = normalise_soda(spec, page)
-    assert_frame_equal(got.drop("attrs"), expected.drop("attrs"))
-    assert [json.loads(a) for a in got["attrs"]] == [json.loads(a) for a in expected["attrs"]]
+    rows = soda_rows(tiny_snap.events("nyc"), 3_000, spec.timezone, seed=1, page_size=1_000)
+    assert json.loads(json.dumps(rows)) == rows
+    assert {type(v) for r in rows for k, v in r.items() if k != "location"} == {str}
+    assert {type(r["location"]) for r in rows if "location" in r} == {dict, str}  # GeoJSON; WKT for a few
+    assert all(set(r["location"]) == {"type", "coordinates"} for r in rows if isinstance(r.get("location"), dict))
+    assert any("closed_date" not in r for r in rows)
+    assert any("descriptor" not in r for r in rows)
+    only_location = [r for r in rows if "location" in r and "latitude" not in r]
+    assert any(isinstance(r["location"], dict) for r in only_location)
+    assert any(isinstance(r["location"], str) for r in only_location)
+    assert 0 < sum("location" not in r for r in rows) < 0.05 * len(rows)
+    frame = adapter_for(spec).normalize(rows)
+    assert frame.height == len(rows)
+    assert frame["lon"].null_count() == sum("location" not in r for r in rows)
 
 
-def test_ingest_figure_runs_on_a_small_page(tiny_snap: Snapshot) -> None:
+def test_ingest_figure_times_the_socrata_adapter(tiny_snap: Snapshot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The figure is the product's path: ``SocrataAdapter.normalize`` on the row dicts, then ``canonical_rows``."""
+    calls: list[int] = []
+    normalize = SocrataAdapter.normalize
+
+    def counted(self: SocrataAdapter, rows: list[dict[str, Any]]) -> pl.DataFrame:
+        calls.append(len(rows))
+        return normalize(self, rows)
+
+    monkeypatch.setattr(SocrataAdapter, "normalize", counted)
     assert ingest_rows_per_s(tiny_snap.events("nyc"), n=2_000) > 0
+    assert calls
+    assert set(calls) == {2_000}

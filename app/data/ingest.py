@@ -70,9 +70,9 @@ def canonical_rows(spec: SourceSpec, frame: pl.DataFrame, now: datetime) -> tupl
     time_col = "start_ts" if spec.table == "closure" else "ts"
     cat_col = {"request": "category", "incident": "type", "closure": "kind"}[spec.table]
     rejected = frame.filter(pl.col(time_col).is_null() | pl.col("source_id").is_null()).height
-    frame = frame.filter(pl.col(time_col).is_not_null() & pl.col("source_id").is_not_null()).unique(
-        "source_id", keep="last", maintain_order=True
-    )
+    frame = frame.filter(pl.col(time_col).is_not_null() & pl.col("source_id").is_not_null())
+    if frame["source_id"].n_unique() < frame.height:  # a page rarely repeats an id; the check is far cheaper than unique
+        frame = frame.unique("source_id", keep="last", maintain_order=True)
     lon = frame["lon"].fill_null(np.nan).to_numpy().astype(np.float64)
     lat = frame["lat"].fill_null(np.nan).to_numpy().astype(np.float64)
     tract_ids, units = locate(spec.city, lon, lat)

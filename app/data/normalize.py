@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,11 +20,14 @@ __all__ = [
     "WORLD_BOUNDS",
     "attrs_json",
     "attrs_json_columns",
+    "finish_local_to_utc",
     "get_path",
     "local_to_utc",
     "parse_points",
     "points_from_columns",
+    "points_from_values",
     "project_to_wgs84",
+    "soda_to_utc",
 ]
 
 #: Points outside these bounds, or at exactly (0, 0), are treated as unlocated.
@@ -41,15 +44,26 @@ def local_to_utc(values: pl.Series, timezone: str) -> pl.Series:
     repeat the earlier instant is taken, and a time in the spring gap (which no clock showed) is read
     as the instant one hour later, as the clock would have shown it. Unparseable values become null.
     """
-    df = pl.DataFrame({"s": values.cast(pl.String).str.strip_chars()})
-    # Fast path for SODA's fixed shape (its exact ``.%3f`` parses ~3x faster than ``%.f``); rows it
-    # leaves null (other shapes, zones, the spring gap, junk) take the general path below.
-    soda = pl.col("s").str.to_datetime(_SODA_FORMAT, time_unit="us", strict=False)
-    utc = df.select(soda.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")).to_series()
-    rest = np.flatnonzero((utc.is_null() & df["s"].is_not_null()).to_numpy())
+    text = values.cast(pl.String)
+    utc = text.to_frame("s").select(soda_to_utc(pl.col("s"), timezone)).to_series()
+    return finish_local_to_utc(utc, text, timezone).alias(values.name or "ts")
+
+
+def soda_to_utc(text: pl.Expr, timezone: str) -> pl.Expr:
+    """The fast path of :func:`local_to_utc` as an expression: SODA's fixed floating shape only (its
+    exact ``.%3f`` parses ~3x faster than ``%.f``); rows it leaves null (other shapes, zones, the
+    spring gap, surrounding blanks, junk) are read by :func:`finish_local_to_utc`."""
+    soda = text.str.to_datetime(_SODA_FORMAT, time_unit="us", strict=False)
+    return soda.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
+
+
+def finish_local_to_utc(utc: pl.Series, text: pl.Series, timezone: str) -> pl.Series:
+    """``utc`` (from :func:`soda_to_utc` of ``text``) with the rows it left null but ``text`` has
+    read by the general path, trying every known format."""
+    rest = np.flatnonzero((utc.is_null() & text.is_not_null()).to_numpy())
     if len(rest):
-        utc = utc.scatter(rest, _any_to_utc(df[rest], timezone))
-    return utc.alias(values.name or "ts")
+        utc = utc.scatter(rest, _any_to_utc(text[rest].str.strip_chars().to_frame("s"), timezone))
+    return utc
 
 
 def _any_to_utc(df: pl.DataFrame, timezone: str) -> pl.Series:
@@ -69,8 +83,9 @@ _SODA_FORMAT = "%Y-%m-%dT%H:%M:%S.%3f"
 _NAIVE_FORMATS = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%m/%d/%Y %I:%M:%S %p", "%d-%b-%Y %H:%M", "%Y-%m-%d"]
 
 
-def _floats(values: Sequence[Any]) -> NDArray[np.float64]:
-    return pl.Series(values, dtype=pl.String, strict=False).cast(pl.Float64, strict=False).fill_null(np.nan).to_numpy().astype(np.float64)
+def _floats(values: Sequence[Any] | pl.Series) -> NDArray[np.float64]:
+    text = values if isinstance(values, pl.Series) else pl.Series(values, dtype=pl.String, strict=False)
+    return text.cast(pl.Float64, strict=False).to_numpy().astype(np.float64)  # null -> NaN
 
 
 def parse_points(
@@ -79,15 +94,28 @@ def parse_points(
     """Lon/lat per row from explicit fields, falling back to a location field in any SODA shape:
     the legacy object ``{"latitude": .., "longitude": ..}``, GeoJSON ``{"type": "Point", ...}``,
     WKT ``POINT (lon lat)``, or the CSV export's ``(lat, lon)``. NaN where none is usable."""
-    n = len(rows)
-    lon = _floats([get_path(r, lon_field) for r in rows]) if lon_field else np.full(n, np.nan)
-    lat = _floats([get_path(r, lat_field) for r in rows]) if lat_field else np.full(n, np.nan)
-    if location_field:
-        for i in np.flatnonzero(~(np.isfinite(lon) & np.isfinite(lat))):
-            point = _location_point(get_path(rows[int(i)], location_field))
+    return points_from_values(
+        [get_path(r, lon_field) for r in rows] if lon_field else None,
+        [get_path(r, lat_field) for r in rows] if lat_field else None,
+        (lambda i: get_path(rows[i], location_field)) if location_field else None,
+        len(rows),
+    )
+
+
+def points_from_values(
+    lon: Sequence[Any] | pl.Series | None, lat: Sequence[Any] | pl.Series | None, location_of: Callable[[int], Any] | None, n: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """:func:`parse_points` of ``n`` rows from their lon and lat values (text or numbers, or a String
+    column; ``None``: the field is not mapped) and ``location_of(i)``, row ``i``'s location value,
+    asked only of rows without a usable lon/lat pair (a few per cent of a SODA page)."""
+    x = _floats(lon) if lon is not None else np.full(n, np.nan)
+    y = _floats(lat) if lat is not None else np.full(n, np.nan)
+    if location_of is not None:
+        for i in np.flatnonzero(~(np.isfinite(x) & np.isfinite(y))):
+            point = _location_point(location_of(int(i)))
             if point is not None:
-                lon[i], lat[i] = point
-    return _valid(lon, lat)
+                x[i], y[i] = point
+    return _valid(x, y)
 
 
 def points_from_columns(

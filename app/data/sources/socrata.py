@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -32,9 +32,9 @@ import httpx
 import polars as pl
 import structlog
 
-from app.data.normalize import attrs_json, get_path, local_to_utc, parse_points
+from app.data.normalize import get_path
 from app.data.registry import SourceSpec, load_registry
-from app.data.sources._rows import request_frame
+from app.data.sources._rows import PageColumns, chunked, request_frame
 from app.data.sources.base import CANONICAL_COLUMNS, IngestCursor, RawPage, register_adapter
 from app.data.sources.http import RetryPolicy, get_json
 
@@ -84,6 +84,10 @@ def api_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def crime_severity(types: pl.Series) -> pl.Series:
     """Severity of each primary type per :data:`CRIME_SEVERITY` (unknown types: 1)."""
+    return types.to_frame("type").select(_severity(pl.col("type"))).to_series()
+
+
+def _severity(types: pl.Expr) -> pl.Expr:
     key = types.cast(pl.String).str.strip_chars().str.to_uppercase()
     return key.replace_strict(CRIME_SEVERITY, default=DEFAULT_SEVERITY, return_dtype=pl.Int16).alias("severity")
 
@@ -183,28 +187,29 @@ class SocrataAdapter:
 
     # ---- normalising ---------------------------------------------------------------------------
     def normalize(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
-        """Canonical frame of ``spec.table``; export rows with portal headers are renamed first."""
+        """Canonical frame of ``spec.table``, read column-wise (:class:`PageColumns`); export rows
+        with portal headers are renamed first."""
         if rows and any(api_field_name(k) != k for k in rows[0]):
             rows = [api_row(r) for r in rows]
         if self.spec.table == "request":
             return request_frame(self.spec, rows)
-        f, tz = self.spec.fields, self.spec.timezone
-        lon, lat = parse_points(rows, f.lon, f.lat, f.location)
-        if self.spec.table == "incident":
-            types = pl.Series("type", _texts(rows, f.category), dtype=pl.String)
-            severity = (
-                pl.Series(_texts(rows, f.severity), dtype=pl.String).cast(pl.Int16, strict=False) if f.severity else crime_severity(types)
-            )
-            data: dict[str, Any] = {"ts": _utc(rows, f.time, tz), "type": types, "severity": severity}
+        return chunked(rows, self._plan)
+
+    def _plan(self, rows: Sequence[dict[str, Any]]) -> Callable[[], pl.DataFrame]:
+        """Read an incident or closure chunk; the returned call makes its frame (see :func:`chunked`)."""
+        f, table = self.spec.fields, self.spec.table
+        page = PageColumns(rows, [f.id, f.time, f.end_time, f.category, f.descriptor, f.severity, f.lon, f.lat, *f.attrs])
+        columns = {"source_id": page.text(f.id, lower_bools=True)}
+        if table == "incident":
+            types = page.text(f.category, lower_bools=True)
+            severity = page.text(f.severity, lower_bools=True).cast(pl.Int16, strict=False) if f.severity else _severity(types)
+            columns |= {"type": types, "severity": severity}
+            times: dict[str, str | None] = {"ts": f.time}
         else:
-            data = {
-                "start_ts": _utc(rows, f.time, tz),
-                "end_ts": _utc(rows, f.end_time, tz),
-                "kind": _texts(rows, f.category),
-                "description": _texts(rows, f.descriptor),
-            }
-        frame = pl.DataFrame({"source_id": _texts(rows, f.id), **data, "lon": lon, "lat": lat, "attrs": attrs_json(rows, f.attrs)})
-        return frame.select(CANONICAL_COLUMNS[self.spec.table].keys()).cast(CANONICAL_COLUMNS[self.spec.table]).fill_nan(None)  # type: ignore[arg-type]  # polars accepts a name->dtype mapping
+            columns |= {"kind": page.text(f.category, lower_bools=True), "description": page.text(f.descriptor, lower_bools=True)}
+            times = {"start_ts": f.time, "end_ts": f.end_time}
+        columns["attrs"] = page.attrs(f.attrs)
+        return partial(page.frame, CANONICAL_COLUMNS[table], columns, times, self.spec.timezone, (f.lon, f.lat, f.location))
 
 
 def covering_sources(spec: SourceSpec, since: str | None, registry: Mapping[str, SourceSpec] | None = None) -> list[SourceSpec]:
@@ -230,17 +235,6 @@ def covering_sources(spec: SourceSpec, since: str | None, registry: Mapping[str,
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-def _texts(rows: Sequence[dict[str, Any]], path: str | None) -> list[str | None]:
-    """One field of every row as text (SODA booleans become ``true``/``false``); absent -> ``None``."""
-    if path is None:
-        return [None] * len(rows)
-    return [None if (v := get_path(r, path)) is None or v == "" else (str(v).lower() if isinstance(v, bool) else str(v)) for r in rows]
-
-
-def _utc(rows: Sequence[dict[str, Any]], path: str | None, timezone: str) -> pl.Series:
-    return local_to_utc(pl.Series("t", _texts(rows, path), dtype=pl.String), timezone)
-
-
 def _key(row: dict[str, Any], cursor_field: str, id_field: str) -> tuple[str, str] | None:
     cursor, ident = get_path(row, cursor_field), get_path(row, id_field)
     return (str(cursor), str(ident)) if cursor not in (None, "") and ident not in (None, "") else None
