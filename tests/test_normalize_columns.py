@@ -59,7 +59,10 @@ def _real_rows() -> list[dict[str, Any]]:
 
 def _as_text_frame(rows: list[dict[str, Any]], fields: list[str] | tuple[str, ...]) -> pl.DataFrame:
     """Rows as String columns, objects as JSON text (a page read column-wise from text)."""
-    cell = lambda v: json.dumps(v) if isinstance(v, dict) else v  # noqa: E731
+
+    def cell(v: Any) -> Any:
+        return json.dumps(v) if isinstance(v, dict) else v
+
     return pl.DataFrame({f: [cell(r.get(f)) for r in rows] for f in fields}, schema=dict.fromkeys(fields, pl.String))
 
 

@@ -16,10 +16,22 @@ from numpy.typing import NDArray
 from app.data._pointindex import GridIndex
 from app.data.boundaries import BoundarySet, LevelSource, LookupLevel, build_levels
 
-__all__ = ["CHICAGO", "CITIES", "LEVELS", "CityGeography", "from_boundary_set", "load_geography", "tract_join"]
+__all__ = ["CHICAGO", "CITIES", "LEVELS", "UNIT_SCHEMA", "CityGeography", "from_boundary_set", "load_geography", "tract_join"]
 
 #: Admin levels from finest to coarsest; each unit's ``parent_id`` points one step up.
 LEVELS: tuple[str, ...] = ("tract", "neighborhood", "borough", "city")
+
+#: Columns of the unit table (``geo_unit``), shared by boundary sets and the H3 fallback.
+UNIT_SCHEMA: dict[str, pl.DataType] = {
+    "city": pl.String(),
+    "level": pl.String(),
+    "unit_id": pl.String(),
+    "name": pl.String(),
+    "parent_id": pl.String(),
+    "lon": pl.Float64(),
+    "lat": pl.Float64(),
+    "geom_wkb": pl.Binary(),
+}
 
 #: NYC borough codes (DCP numbering) -> short ids used as borough unit ids.
 _NYC_BOROUGHS = {1: ("MN", "Manhattan"), 2: ("BX", "Bronx"), 3: ("BK", "Brooklyn"), 4: ("QN", "Queens"), 5: ("SI", "Staten Island")}
@@ -73,16 +85,7 @@ def _units_frame(
             "lat": shapely.get_y(points),
             "geom_wkb": list(shapely.to_wkb(geoms)),
         },
-        schema={
-            "city": pl.String,
-            "level": pl.String,
-            "unit_id": pl.String,
-            "name": pl.String,
-            "parent_id": pl.String,
-            "lon": pl.Float64,
-            "lat": pl.Float64,
-            "geom_wkb": pl.Binary,
-        },
+        schema=UNIT_SCHEMA,
     )
 
 

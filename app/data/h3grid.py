@@ -30,21 +30,14 @@ import shapely
 from h3.api import basic_int as h3int
 from numpy.typing import NDArray
 
+from app.data.geography import UNIT_SCHEMA
+
 __all__ = ["H3_RESOLUTIONS", "h3_locate", "h3_units"]
 
 #: Unit level -> H3 resolution (``city`` is the region itself, not a cell).
 H3_RESOLUTIONS: dict[str, int] = {"tract": 7, "neighborhood": 5, "borough": 3}
 
-_UNIT_SCHEMA = {
-    "city": pl.String,
-    "level": pl.String,
-    "unit_id": pl.String,
-    "name": pl.String,
-    "parent_id": pl.String,
-    "lon": pl.Float64,
-    "lat": pl.Float64,
-    "geom_wkb": pl.Binary,
-}
+_UNIT_SCHEMA = UNIT_SCHEMA  # one definition of the unit table, in app.data.geography
 
 
 def h3_locate(city: str, lon: NDArray[np.float64], lat: NDArray[np.float64]) -> tuple[NDArray[np.object_], pl.DataFrame]:
