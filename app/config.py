@@ -31,10 +31,14 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(300.0, gt=0, description="Interval of the scheduler's poll-and-publish job.")
     scheduler_enabled: bool = Field(True, description="Start the in-process scheduler with the app.")
     keep_snapshots: int = Field(3, ge=2, description="Snapshots kept on disk; older ones are pruned.")
-    privacy_mode: Literal["none", "suppress"] = Field(
-        "suppress", description="How counts are released: 'none' (internal) or 'suppress' (hide 1..k-1)."
+    privacy_mode: Literal["none", "suppress", "dp"] = Field(
+        "suppress",
+        description="How counts are released: 'none' (internal), 'suppress' (hide 1..k-1 and complements) or 'dp' "
+        "(differentially private noisy counts, budgeted).",
     )
     privacy_k: int = Field(11, ge=1, description="Smallest count published in 'suppress' mode.")
+    privacy_epsilon: float = Field(1.0, gt=0, le=10, description="Privacy-loss parameter of one 'dp' release.")
+    privacy_budget: float = Field(10.0, gt=0, description="Total epsilon the 'dp' ledger allows per instant of data.")
     sources: str = Field("", description="Comma-separated registry sources the scheduler polls (empty: the demo feed only).")
     http_timeout: float = Field(30.0, gt=0, description="Seconds before a provider request times out (then it is retried).")
     geo_dir: Path | None = Field(

@@ -27,7 +27,11 @@ from app.data.ingest import IngestReport, ingest_source
 from app.data.registry import SourceSpec, get_source
 from app.data.snapshot import Snapshot, query, read_events, read_units
 from app.data.store import Store
-from app.engine.scores import score_window
+from app.engine.baselines import BASELINE
+from app.engine.bins import cube_counts
+from app.engine.detect import detect
+from app.engine.evaluate import first_full_day
+from app.engine.explain import explain
 
 __all__ = ["PLANTED_FILE", "build_demo", "ingest_live", "publish", "recompute_anomalies", "refresh", "registered_sources"]
 
@@ -35,7 +39,6 @@ log = structlog.get_logger(__name__)
 PLANTED_FILE = "planted_anomalies.csv"
 _ANOMALY_LEVELS = ("tract", "neighborhood")
 _ANOMALY_DAYS = 14
-_ANOMALY_MIN_Z = 3.0
 
 
 def build_demo(store: Store, spec: DemoSpec, force: bool = False) -> Snapshot:
@@ -144,37 +147,72 @@ def publish(store: Store, cities: set[str], built_by: str) -> Snapshot:
 
 
 def recompute_anomalies(con: duckdb.DuckDBPyConnection, city: str, days: int = _ANOMALY_DAYS) -> int:
-    """Replace ``city``'s stored anomalies with those of the last ``days`` days (daily bins)."""
+    """Replace ``city``'s stored anomalies with those of the last ``days`` days (daily bins,
+    tract and neighborhood levels, the engine's default thresholds; one false-discovery family
+    per week, like the lens' default 7-day window)."""
     events = read_events(con, city)
     con.execute("DELETE FROM anomaly WHERE city = $city", {"city": city})
     if events.height == 0:
         return 0
-    last = events["ts"].max()
-    assert isinstance(last, datetime)
-    until = last.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    parents = tract_parents(read_units(con, city))
-    frames = []
-    for level in _ANOMALY_LEVELS:
-        scored = score_window(events, parents, level, "day", until - timedelta(days=days), until).filter(pl.col("zscore") >= _ANOMALY_MIN_Z)
-        frames.append(
-            scored.select(
-                pl.lit(city).alias("city"),
-                pl.lit(level).alias("level"),
-                "unit_id",
-                "category",
-                pl.col("bin_start").alias("window_start"),
-                (pl.col("bin_start") + pl.duration(days=1)).alias("window_end"),
-                "zscore",
-                pl.struct(observed="count", expected=pl.col("expected").round(3), std=pl.col("std").round(3), bin=pl.lit("day"))
-                .struct.json_encode()
-                .alias("evidence"),
-            )
-        )
-    rows = pl.concat(frames)
-    con.register("_anomalies", rows.to_arrow())
-    con.execute("INSERT INTO anomaly BY NAME SELECT * FROM _anomalies")
-    con.unregister("_anomalies")
+    rows = anomaly_rows(events, read_units(con, city), city, days)
+    if rows.height:
+        con.register("_anomalies", rows.to_arrow())
+        con.execute("INSERT INTO anomaly BY NAME SELECT * FROM _anomalies")
+        con.unregister("_anomalies")
     return rows.height
+
+
+def anomaly_rows(events: pl.DataFrame, units: pl.DataFrame, city: str, days: int = _ANOMALY_DAYS) -> pl.DataFrame:
+    """The anomaly table rows of the last ``days`` days of ``events`` (weekly families, newest first).
+
+    The stored table is internal (raw evidence, no narrative): whatever leaves the process reads it
+    back through the privacy gate."""
+    last = events["ts"].max()
+    first = events["ts"].min()
+    assert isinstance(last, datetime)
+    assert isinstance(first, datetime)
+    until = last.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    earliest = first_full_day(first) + BASELINE
+    parents = tract_parents(units)
+    start = max(until - timedelta(days=days), earliest)
+    cube = cube_counts(events.filter(pl.col("ts") >= start - BASELINE), parents, "day", (*_ANOMALY_LEVELS, "borough", "city"))
+    n_units = {lvl: units.filter(pl.col("level") == lvl).height for lvl in _ANOMALY_LEVELS}
+    frames = []
+    hi = until
+    while hi > start:
+        lo = max(hi - timedelta(days=7), start)
+        run = detect(cube, n_units, _ANOMALY_LEVELS, lo, hi)
+        frames.append(explain(run, run.anomalies))
+        hi = lo
+    found = pl.concat([f for f in frames if f.height], how="diagonal_relaxed") if any(f.height for f in frames) else pl.DataFrame()
+    if found.height == 0:
+        return pl.DataFrame()
+    evidence = pl.struct(
+        observed="observed",
+        expected=pl.col("expected").round(3),
+        variance=pl.col("variance").round(3),
+        # Sums run in parallel, so the last digits of floats may differ between runs: round them.
+        p=pl.col("p").round_sig_figs(6),
+        q=pl.col("q").round_sig_figs(6),
+        baseline_start=pl.col("baseline_start").dt.to_string("%Y-%m-%dT%H:%M:%SZ"),
+        baseline_end=pl.col("baseline_end").dt.to_string("%Y-%m-%dT%H:%M:%SZ"),
+        bin=pl.lit("day"),
+        effect="effect",
+        share=pl.col("share").round(4),
+        drivers=pl.col("drivers").list.eval(
+            pl.struct(pl.element().struct.field("category"), pl.element().struct.field("excess").round(3), pl.element().struct.field("share").round(4))
+        ),
+    )
+    return found.sort("level", "unit_id", "category", "bin_start").select(
+        pl.lit(city).alias("city"),
+        "level",
+        "unit_id",
+        "category",
+        pl.col("bin_start").alias("window_start"),
+        pl.col("bin_end").alias("window_end"),
+        pl.col("zscore").round(6),
+        evidence.struct.json_encode().alias("evidence"),
+    )
 
 
 def _set_state(con: duckdb.DuckDBPyConnection, source: str, cursor: datetime | None, ok: bool) -> None:

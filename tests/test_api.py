@@ -110,7 +110,7 @@ def test_heat_city_total_equals_events_in_window(open_client: TestClient, tiny_s
     expected = events.filter(
         pl.col("ts").is_between(pl.datetime(2026, 10, 20, time_zone="UTC"), pl.datetime(2026, 11, 1, time_zone="UTC"), closed="left")
     ).height
-    assert body["cells"] == [{"unit_id": "nyc", "name": "New York City", "bin_start": None, "count": expected, "suppressed": False}]
+    assert body["cells"] == [{"unit_id": "nyc", "name": "New York City", "bin_start": None, "count": expected, "suppressed": False, "rollup": None}]
 
 
 def test_heat_borough_counts_sum_to_located_events(open_client: TestClient, tiny_store: Store) -> None:
@@ -126,7 +126,7 @@ def test_heat_borough_counts_sum_to_located_events(open_client: TestClient, tiny
 
 def test_heat_suppresses_small_counts(client: TestClient) -> None:
     body = client.get(f"/heat?city=nyc&level=tract&limit=1000&{WINDOW}").json()
-    assert body["privacy"] == {"mode": "suppress", "k": 11}
+    assert body["privacy"] == {"mode": "suppress", "k": 11, "epsilon": None, "epsilon_spent": None}
     counts = [c["count"] for c in body["cells"]]
     assert all(c is None or c == 0 or c >= 11 for c in counts)
     assert any(c["suppressed"] and c["count"] is None for c in body["cells"])  # the tiny city has small tracts
@@ -173,8 +173,8 @@ def test_anomalies_valid_sorted_and_paged(client: TestClient, openapi: dict[str,
 
 
 def test_anomalies_higher_threshold_is_a_subset(client: TestClient) -> None:
-    low = client.get(f"/anomalies?level=neighborhood&min_z=2&limit=1000&{WINDOW}").json()["items"]
-    high = client.get(f"/anomalies?level=neighborhood&min_z=5&limit=1000&{WINDOW}").json()["items"]
+    low = client.get(f"/anomalies?level=neighborhood&min_z=2&q=1&limit=1000&{WINDOW}").json()["items"]
+    high = client.get(f"/anomalies?level=neighborhood&min_z=5&q=1&limit=1000&{WINDOW}").json()["items"]
     assert len(high) < len(low)
     assert all(a in low for a in high)
 

@@ -19,7 +19,7 @@ from app.data.store import Store
 from app.engine.bins import bin_counts, filter_events, unit_counts, with_unit
 from app.engine.lens import ALL, KINDS, Lens
 from app.engine.privacy import Policy, release_anomalies, release_counts
-from app.engine.scores import score_window, trailing_zscores
+from app.engine.scores import rolling_zscores
 from app.pipeline import build_demo
 from conftest import snapshot_sql
 
@@ -191,7 +191,7 @@ def test_trailing_zscores_by_hand(order: str) -> None:
         rows = [rows[i] for i in (4, 2, 0, 5, 1, 3)]
     elif order == "reversed":
         rows = rows[::-1]
-    scored = trailing_zscores(_counts(rows), "day", baseline=timedelta(days=3))
+    scored = rolling_zscores(_counts(rows), "day", baseline=timedelta(days=3))
     assert scored.height == len(_HAND)
     for unit, d, count, expected, std, z in scored.select("unit_id", "bin_start", "count", "expected", "std", "zscore").iter_rows():
         want = _HAND[(unit, (d - D0).days)]
@@ -205,7 +205,7 @@ def test_trailing_zscores_by_hand(order: str) -> None:
 def test_trailing_zscores_floor_by_expected_for_a_flat_series(last: int, z: float) -> None:
     # A flat series of 4s has var 0 < mean 4, so the denominator is sqrt(4) = 2.
     rows = [("A", d, 4) for d in range(3)] + ([("A", 3, last)] if last else [])
-    scored = trailing_zscores(_counts(rows), "day", baseline=timedelta(days=3)).filter(pl.col("bin_start") == day(3))
+    scored = rolling_zscores(_counts(rows), "day", baseline=timedelta(days=3)).filter(pl.col("bin_start") == day(3))
     if last == 0:
         assert scored.height == 0  # zero bins are not materialised, hence never scored
     else:
@@ -215,25 +215,8 @@ def test_trailing_zscores_floor_by_expected_for_a_flat_series(last: int, z: floa
 
 def test_trailing_zscores_never_mix_groups() -> None:
     rows = [("A", d, 100) for d in range(3)] + [("B", 3, 5)]
-    scored = trailing_zscores(_counts(rows), "day", baseline=timedelta(days=3)).filter(pl.col("unit_id") == "B")
+    scored = rolling_zscores(_counts(rows), "day", baseline=timedelta(days=3)).filter(pl.col("unit_id") == "B")
     assert scored.select("expected", "zscore").row(0) == (0.0, 5.0)
-
-
-@pytest.mark.parametrize(("first_hour", "first_scored_day"), [(0, 28), (6, 29)])
-def test_score_window_only_scores_bins_with_a_full_baseline(first_hour: int, first_scored_day: int) -> None:
-    # One event per day for 40 days in t1: the history starts on day 0 at ``first_hour``.
-    evs = events([("request", "Noise", "t1", day(d) + timedelta(hours=first_hour)) for d in range(40)])
-    scored = score_window(evs, PARENTS, "tract", "day", since=day(10), until=day(35))
-    assert scored["bin_start"].min() == day(first_scored_day)
-    assert scored["bin_start"].max() == day(34)
-    assert scored.height == 35 - first_scored_day
-    # A steady one-a-day series over a full 28-day baseline: expected 1, std 0, z 0.
-    assert scored["expected"].to_list() == [pytest.approx(1.0)] * scored.height
-    assert scored["zscore"].to_list() == [pytest.approx(0.0)] * scored.height
-
-
-def test_score_window_of_no_events_is_empty() -> None:
-    assert score_window(events([]), PARENTS, "tract", "day", day(0), day(1)).height == 0
 
 
 # ---- privacy -----------------------------------------------------------------------------------
@@ -357,22 +340,34 @@ def test_lens_suppress_mode_releases_no_small_counts(tiny_snap: Snapshot, level:
     shown = released["count"].drop_nulls()
     assert not shown.is_between(1, k - 1).any()
     both = released.join(raw.select("unit_id", pl.col("count").alias("raw")), on="unit_id")
-    # Exactly the raw counts 1..k-1 are withheld; everything else is the raw count.
-    assert (both["suppressed"] == both["raw"].is_between(1, k - 1)).all()
+    # Every raw total 1..k-1 is withheld; whatever is shown is the raw count. (More may be withheld:
+    # a window total hides when any of its bins does, so two windows never difference into a bin.)
+    assert both.filter(pl.col("raw").is_between(1, k - 1))["suppressed"].all()
     assert (both.filter(~pl.col("suppressed"))["count"] == both.filter(~pl.col("suppressed"))["raw"]).all()
+    # A withheld unit names its parent's released total when there is one.
+    rolled = both.filter(pl.col("rollup_count").is_not_null())
+    assert rolled["suppressed"].all()
+    assert not rolled["rollup_count"].is_between(1, k - 1).any()
     if level == "tract":
         assert both["suppressed"].any()  # small tract counts exist in a week of the tiny city
 
 
 def test_lens_anomalies_hide_small_counts(tiny_snap: Snapshot) -> None:
-    lens = Lens(snapshot=tiny_snap, level="tract", min_z=2.0)
+    lens = Lens(snapshot=tiny_snap, level="tract", min_z=2.0, q=0.5)
     released, withheld = lens.anomalies()
-    open_lens = Lens(snapshot=tiny_snap, level="tract", min_z=2.0, privacy_mode="none")
+    open_lens = Lens(snapshot=tiny_snap, level="tract", min_z=2.0, q=0.5, privacy_mode="none")
     everything, none_withheld = open_lens.anomalies()
     assert none_withheld == 0
-    assert everything.height == released.height + withheld
-    assert withheld > 0
-    assert not released["count"].is_between(1, lens.privacy_k - 1).any()
+    assert everything.height > 0
+    keys = ["level", "unit_id", "category", "bin_start"]
+    at_tract = released.filter(pl.col("rolled_up_from").is_null())
+    assert at_tract.join(everything, on=keys, how="anti").height == 0  # nothing invented
+    assert at_tract.height + withheld <= everything.height
+    assert at_tract.height < everything.height  # the tiny city's tract anomalies are mostly small
+    assert not released["observed"].is_between(1, lens.privacy_k - 1).any()
+    rolled = released.filter(pl.col("rolled_up_from").is_not_null())
+    assert (rolled["level"] == "neighborhood").all()
+    assert (rolled["rolled_up_from"] == "tract").all()
     assert (everything["zscore"] >= 2.0).all()
 
 

@@ -67,7 +67,15 @@ def get_lens(
     if city not in snapshot.cities():
         raise unprocessable("city", f"unknown city {city!r}; known: {', '.join(snapshot.cities())}", city)
     settings: Settings = request.app.state.settings
-    lens = Lens(snapshot=snapshot, city=city, level=level, privacy_mode=settings.privacy_mode, privacy_k=settings.privacy_k)
+    lens = Lens(
+        snapshot=snapshot,
+        city=city,
+        level=level,
+        privacy_mode=settings.privacy_mode,
+        privacy_k=settings.privacy_k,
+        epsilon=settings.privacy_epsilon,
+        ledger=getattr(request.app.state, "ledger", None),
+    )
     since, until = _utc(since), _utc(until)
     if until is not None:
         lens.until = until

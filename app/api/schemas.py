@@ -25,8 +25,12 @@ __all__ = [
 class PrivacyOut(BaseModel):
     """How the numbers in a response were released."""
 
-    mode: Literal["none", "suppress"] = Field(description="'suppress' hides counts 1..k-1; 'none' is internal use.")
+    mode: Literal["none", "suppress", "dp"] = Field(
+        description="'suppress' hides counts 1..k-1 and their complements; 'dp' publishes noisy counts; 'none' is internal use."
+    )
     k: int = Field(description="Smallest count published in 'suppress' mode.")
+    epsilon: float | None = Field(None, description="Privacy-loss parameter of each 'dp' release (null in other modes).")
+    epsilon_spent: float | None = Field(None, description="Epsilon charged so far for this city in 'dp' mode.")
 
 
 class WindowOut(BaseModel):
@@ -40,6 +44,22 @@ class WindowOut(BaseModel):
     snapshot_id: str
 
 
+class RollupOut(BaseModel):
+    """Where a count is too small to publish, the finest coarser unit whose count can be."""
+
+    level: str
+    unit_id: str
+    count: int
+
+
+class DriverOut(BaseModel):
+    """A category that drives an anomaly's unit-window excess."""
+
+    category: str
+    excess: float = Field(description="Observed minus expected events of this category.")
+    share: float = Field(description="Its part of the unit-window's positive excess (0..1).")
+
+
 class HeatCell(BaseModel):
     """One released count: a unit (and a time bin when one was asked for)."""
 
@@ -48,6 +68,7 @@ class HeatCell(BaseModel):
     bin_start: datetime | None = Field(None, description="Start of the time bin (UTC), when time_bin was given.")
     count: int | None = Field(description="Released count; null when withheld by the privacy rule.")
     suppressed: bool = Field(description="True when the count was withheld.")
+    rollup: RollupOut | None = Field(None, description="For a withheld window total: the parent unit's released total.")
 
 
 class HeatOut(BaseModel):
@@ -64,18 +85,27 @@ class HeatOut(BaseModel):
 
 
 class AnomalyOut(BaseModel):
-    """One anomalous (unit, category, time bin) with its evidence."""
+    """One anomalous (unit, category, time bin) with its evidence, all of it privacy-released."""
 
-    level: str
+    level: str = Field(description="Level the anomaly is shown at.")
     unit_id: str
     name: str | None
-    category: str
+    category: str = Field(description="Category; '*' means all categories (the 'dp' mode scores the lens selection).")
     window_start: datetime
     window_end: datetime
-    observed: int
-    expected: float = Field(description="Trailing 28-day baseline mean for this bin width.")
-    std: float = Field(description="Trailing baseline standard deviation.")
+    observed: int = Field(description="Released count of the cell.")
+    expected: float = Field(description="Seasonal baseline expectation for this bin (trailing window, same weekday/hour).")
+    variance: float = Field(description="Baseline predictive variance (over-dispersion and estimation uncertainty included).")
     zscore: float
+    p: float = Field(description="Exact negative-binomial upper-tail p-value.")
+    q: float = Field(description="Benjamini-Hochberg q-value over every cell tested in the window.")
+    baseline_start: datetime
+    baseline_end: datetime
+    effect: str = Field(description="'volume' (events added), 'mix' (taken from other categories, total unchanged) or 'volume+mix'.")
+    share: float | None = Field(description="This category's part of its unit-window's positive excess.")
+    drivers: list[DriverOut] = Field(description="Categories with the largest excess in the unit-window (published cells only).")
+    rolled_up_from: str | None = Field(description="Set when the finer cell was too small to publish and its parent is shown.")
+    narrative: str = Field(description="One sentence built from the released numbers above.")
 
 
 class AnomaliesOut(BaseModel):
@@ -85,6 +115,7 @@ class AnomaliesOut(BaseModel):
     privacy: PrivacyOut
     time_bin: str
     min_z: float
+    q: float = Field(description="Largest q-value listed.")
     withheld: int = Field(description="Anomalies not published because their count is withheld by the privacy rule.")
     total: int
     limit: int

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import polars as pl
 
-__all__ = ["TIME_BINS", "bin_counts", "filter_events", "unit_counts", "with_unit"]
+__all__ = ["ALL_CATEGORIES", "TIME_BINS", "bin_counts", "cube_counts", "filter_events", "unit_counts", "with_unit"]
 
 #: Time-bin name -> polars duration string (weeks start on Monday, UTC).
 TIME_BINS: dict[str, str] = {"hour": "1h", "day": "1d", "week": "1w"}
@@ -67,3 +67,47 @@ def bin_counts(events: pl.DataFrame, parents: pl.DataFrame, level: str, time_bin
 def unit_counts(events: pl.DataFrame, parents: pl.DataFrame, level: str) -> pl.DataFrame:
     """Window totals per ``unit_id`` (the spatial heat behind ``/heat``)."""
     return with_unit(events, parents, level).group_by("unit_id").agg(count=pl.len().cast(pl.Int64)).sort("unit_id")
+
+
+#: The fixed release cube's category value for "all categories" (a real category never starts with '*').
+ALL_CATEGORIES = "*"
+
+
+def cube_counts(events: pl.DataFrame, parents: pl.DataFrame, time_bin: str, levels: Sequence[str]) -> pl.DataFrame:
+    """The fixed grid every released count comes from: sparse counts per ``level``, ``unit_id``,
+    ``category`` (plus ``"*"``, all categories) and ``bin_start``, with each unit's ``parent_id``
+    at the next level of ``levels`` (null at the top).
+
+    Absent rows are zero. Fixing the grid (levels x bins x categories) is what lets the privacy gate
+    protect cells against differencing: every published number is a cell of this cube or a sum of them.
+    Events are counted once per tract and bin; coarser levels sum those (unlocated events only
+    count at ``city``).
+    """
+    cols = ["level", "unit_id", "parent_id", "category", "bin_start", "count"]
+    base = events.group_by("tract_id", "category", bin_start=pl.col("ts").dt.truncate(TIME_BINS[time_bin])).agg(
+        count=pl.len().cast(pl.Int64)
+    )
+    city = parents["city_id"].drop_nulls().first() if parents.height else None
+    frames = []
+    for i, level in enumerate(levels):
+        if level == "tract":
+            cells = base.filter(pl.col("tract_id").is_not_null()).rename({"tract_id": "unit_id"})
+        elif level == "city":
+            cells = base.with_columns(unit_id=pl.lit(city, pl.String))
+        else:
+            lookup = parents.select("tract_id", unit_id=pl.col(f"{level}_id"))
+            cells = base.join(lookup, on="tract_id", how="inner").filter(pl.col("unit_id").is_not_null())
+        by_cat = cells.group_by("unit_id", "category", "bin_start").agg(pl.col("count").sum())
+        total = by_cat.group_by("unit_id", "bin_start").agg(pl.col("count").sum()).with_columns(category=pl.lit(ALL_CATEGORIES))
+        cells = pl.concat([by_cat, total.select(by_cat.columns)])
+        up = levels[i + 1] if i + 1 < len(levels) else None
+        if up is None:
+            cells = cells.with_columns(parent_id=pl.lit(None, pl.String))
+        elif up == "city":
+            cells = cells.with_columns(parent_id=pl.lit(city, pl.String))
+        else:
+            own = "tract_id" if level == "tract" else f"{level}_id"
+            mapping = parents.select(unit_id=pl.col(own), parent_id=pl.col(f"{up}_id")).unique("unit_id")
+            cells = cells.join(mapping, on="unit_id", how="left")
+        frames.append(cells.with_columns(level=pl.lit(level)).select(cols))
+    return pl.concat(frames) if frames else pl.DataFrame(schema=dict.fromkeys(cols, pl.String))

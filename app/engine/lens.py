@@ -14,9 +14,13 @@ import polars as pl
 
 from app.data.geography import LEVELS, tract_parents
 from app.data.snapshot import Snapshot
-from app.engine.bins import TIME_BINS, bin_counts, filter_events, unit_counts
-from app.engine.privacy import Policy, release_anomalies, release_counts
-from app.engine.scores import score_window
+from app.engine.baselines import BIN_LENGTH
+from app.engine.bins import ALL_CATEGORIES, TIME_BINS, cube_counts, filter_events
+from app.engine.detect import Detection, DetectionSettings, detect
+from app.engine.explain import explain
+from app.engine.narratives import narrate
+from app.engine.privacy import BudgetLedger, Policy, snap_window, suppress_cube, window_totals
+from app.engine.scores import DEFAULT_Q
 
 __all__ = ["ALL", "KINDS", "Lens"]
 
@@ -44,10 +48,16 @@ class Lens(param.Parameterized):
     kinds = param.ListSelector(default=list(KINDS), objects=list(KINDS), doc="Event kinds included: 311 requests, incidents, closures.")
     time_bin = param.Selector[str](default="day", objects=list(TIME_BINS), doc="Width of the time bins that are counted and scored.")
     min_z = param.Number(default=3.0, bounds=(0.0, 1000.0), doc="Smallest z-score listed as an anomaly.")
+    q = param.Number(default=DEFAULT_Q, bounds=(1e-9, 1.0), doc="Largest false-discovery q-value listed as an anomaly.")
+    baseline_days = param.Integer(default=28, bounds=(7, 91), doc="Length of the trailing baseline window in days.")
     privacy_mode = param.Selector[str](
-        default="suppress", objects=["none", "suppress"], doc="Release rule for counts ('suppress' hides 1..k-1)."
+        default="suppress",
+        objects=["none", "suppress", "dp"],
+        doc="Release rule: 'none' (internal), 'suppress' (hide 1..k-1 plus complements), 'dp' (noisy counts, budgeted).",
     )
     privacy_k = param.Integer(default=11, bounds=(1, None), doc="Smallest count published in 'suppress' mode.")
+    epsilon = param.Number(default=1.0, bounds=(0.01, 10.0), doc="Privacy-loss parameter of one 'dp' release.")
+    ledger = param.ClassSelector(class_=BudgetLedger, allow_None=True, doc="Budget ledger of 'dp' releases (required in 'dp' mode).")
 
     def __init__(self, **params: object) -> None:
         self._window_city: str | None = None
@@ -79,7 +89,11 @@ class Lens(param.Parameterized):
     # ---- derived frames ----------------------------------------------------------------------
     @property
     def policy(self) -> Policy:
-        return Policy(self.privacy_mode, self.privacy_k)
+        return Policy(self.privacy_mode, self.privacy_k, epsilon=self.epsilon)
+
+    @property
+    def baseline(self) -> timedelta:
+        return timedelta(days=self.baseline_days)
 
     def window(self) -> tuple[datetime | None, datetime | None]:
         """``(since, until)`` as UTC datetimes (``param.Date`` also admits plain dates)."""
@@ -89,6 +103,14 @@ class Lens(param.Parameterized):
                 value = datetime(value.year, value.month, value.day, tzinfo=UTC)
             bounds.append(value)
         return bounds[0], bounds[1]
+
+    def grid_window(self) -> tuple[datetime, datetime] | None:
+        """The window snapped outwards to the time-bin grid: every count is a whole-bin count, so
+        two overlapping queries can never isolate part of a bin."""
+        since, until = self.window()
+        if since is None or until is None or since >= until:
+            return None
+        return snap_window(since, until, self.time_bin)
 
     def categories(self) -> list[str]:
         """Categories in the current snapshot and city (without 'All')."""
@@ -111,34 +133,228 @@ class Lens(param.Parameterized):
         """Located event points (lon, lat) in the window: input of the heat raster, no counts."""
         return self.events().filter(pl.col("lon").is_not_null()).select("lon", "lat")
 
-    def unit_counts(self) -> pl.DataFrame:
-        """Released window totals per unit at the lens level, with unit names and centroids."""
-        assert self.snapshot is not None
-        units = self.snapshot.units(self.city, self.level).select("unit_id", "name", "lon", "lat")
-        counts = units.join(unit_counts(self.events(), self.parents(), self.level), on="unit_id", how="left").with_columns(
-            pl.col("count").fill_null(0)
+    # ---- the fixed cube and what of it may be released ------------------------------------------
+    def _levels(self) -> tuple[str, ...]:
+        return tuple(LEVELS)
+
+    def cube(self) -> pl.DataFrame:
+        """Raw counts of every level x category (and '*') x bin from the baseline's start to the
+        end of the grid window. Engine-internal: only :meth:`released` numbers leave the lens."""
+        snap, grid = self.snapshot, self.grid_window()
+        if snap is None or grid is None:
+            return pl.DataFrame()
+        lo, hi = grid[0] - self.baseline, grid[1]
+        city, time_bin = self.city, self.time_bin
+        return snap.memo(
+            ("cube", city, time_bin, lo, hi),
+            lambda: cube_counts(filter_events(snap.events(city), lo, hi), tract_parents(snap.units(city)), time_bin, tuple(LEVELS)),
         )
-        return release_counts(counts, self.policy)
+
+    def _kind_of(self) -> pl.DataFrame:
+        assert self.snapshot is not None
+        snap, city = self.snapshot, self.city
+        return snap.memo(("kind_of", city), lambda: snap.events(city).select("category", "kind").unique("category"))
+
+    def released(self) -> pl.DataFrame:
+        """Released cells of the grid window at every level: ``level, unit_id, parent_id,
+        category, bin_start, count`` (null where withheld) and ``suppressed``.
+
+        ``suppress`` and ``none`` release the fixed cube (``none`` unchanged); ``dp`` releases the
+        lens' category (or '*') with noise, through the budget ledger.
+        """
+        snap, grid = self.snapshot, self.grid_window()
+        if snap is None or grid is None:
+            return pl.DataFrame()
+        if self.privacy_mode == "dp":
+            return self._dp_released(*grid)
+        lo, hi = grid
+        window = self.cube().filter((pl.col("bin_start") >= lo) & (pl.col("bin_start") < hi))
+        if self.privacy_mode == "none":
+            return window.with_columns(suppressed=pl.lit(False))
+        key = ("released", self.city, self.time_bin, lo, hi, self.privacy_k)
+        return snap.memo(key, lambda: suppress_cube(window, self.privacy_k))
+
+    def _dp_released(self, lo: datetime, hi: datetime) -> pl.DataFrame:
+        """Noisy counts of the lens category (all levels, bins from the baseline start) via the ledger."""
+        if self.ledger is None:
+            raise ValueError("privacy_mode 'dp' needs a budget ledger")
+        assert self.snapshot is not None
+        cat = ALL_CATEGORIES if self.category == ALL else self.category
+        events = filter_events(self.snapshot.events(self.city), lo - self.baseline, hi, None if cat == ALL_CATEGORIES else [cat])
+        parents = self.parents()
+        tracts = (
+            events.filter(pl.col("tract_id").is_not_null())
+            .group_by(unit_id=pl.col("tract_id"), bin_start=pl.col("ts").dt.truncate(TIME_BINS[self.time_bin]))
+            .agg(count=pl.len().cast(pl.Int64))
+        )
+        step = BIN_LENGTH[self.time_bin]
+        n = int((hi - (lo - self.baseline)) / step)
+        bins = [lo - self.baseline + i * step for i in range(n)]
+        noisy = self.ledger.release(self.city, cat, self.time_bin, tracts, parents, bins, self.policy)
+        return noisy.with_columns(category=pl.lit(cat), suppressed=pl.lit(False))
+
+    def _selection(self, cells: pl.DataFrame) -> pl.DataFrame:
+        """Cells of the lens' category selection per unit and bin: one category, '*' for all kinds,
+        or the released sum of the chosen kinds' categories (withheld if any part is)."""
+        if self.category != ALL or self.privacy_mode == "dp":
+            cat = ALL_CATEGORIES if self.category == ALL else self.category
+            return cells.filter(pl.col("category") == cat)
+        if set(self.kinds) == set(KINDS):
+            return cells.filter(pl.col("category") == ALL_CATEGORIES)
+        cats = self._kind_of().filter(pl.col("kind").is_in(list(self.kinds)))["category"]
+        return window_totals(cells.filter(pl.col("category").is_in(cats)), ["level", "unit_id", "parent_id", "bin_start"])
 
     def series(self) -> pl.DataFrame:
-        """Released counts per unit and time bin (all categories of the lens summed)."""
-        binned = bin_counts(self.events(), self.parents(), self.level, self.time_bin, by_category=False)
-        return release_counts(binned, self.policy)
+        """Released counts per unit and time bin at the lens level (``unit_id, bin_start, count,
+        suppressed``); absent rows are zeros."""
+        cells = self.released()
+        if cells.height == 0:
+            return pl.DataFrame(
+                schema={"unit_id": pl.String, "bin_start": pl.Datetime("us", "UTC"), "count": pl.Int64, "suppressed": pl.Boolean}
+            )
+        chosen = self._selection(cells.filter(pl.col("level") == self.level))
+        return chosen.select("unit_id", "bin_start", "count", "suppressed").sort("unit_id", "bin_start")
+
+    def unit_counts(self) -> pl.DataFrame:
+        """Window totals per unit at the lens level with unit names and centroids.
+
+        A total is the sum of released bins (withheld when any bin is), so no two windows can be
+        differenced into a hidden bin. A withheld unit carries its parent's released total in
+        ``rollup_level, rollup_unit_id, rollup_count``: the finest level that can be shown.
+        """
+        assert self.snapshot is not None
+        units = self.snapshot.units(self.city, self.level).select("unit_id", "name", "lon", "lat", "parent_id")
+        cells = self.released()
+        if cells.height == 0:
+            return units.drop("parent_id").with_columns(
+                count=pl.lit(0, pl.Int64),
+                suppressed=pl.lit(False),
+                rollup_level=pl.lit(None, pl.String),
+                rollup_unit_id=pl.lit(None, pl.String),
+                rollup_count=pl.lit(None, pl.Int64),
+            )
+        chosen = self._selection(cells)
+        totals = window_totals(chosen, ["level", "unit_id"])
+        mine = totals.filter(pl.col("level") == self.level).select("unit_id", "count", "suppressed")
+        out = units.join(mine, on="unit_id", how="left").with_columns(pl.col("count").fill_null(0), pl.col("suppressed").fill_null(False))
+        out = out.with_columns(pl.when(pl.col("suppressed")).then(None).otherwise(pl.col("count")).alias("count"))
+        up = _parent_level(self.level)
+        if up is None:
+            return out.drop("parent_id").with_columns(
+                rollup_level=pl.lit(None, pl.String), rollup_unit_id=pl.lit(None, pl.String), rollup_count=pl.lit(None, pl.Int64)
+            )
+        parent = totals.filter((pl.col("level") == up) & ~pl.col("suppressed")).select(
+            pl.col("unit_id").alias("parent_id"), pl.col("count").alias("rollup_count")
+        )
+        out = out.join(parent, on="parent_id", how="left")
+        rolled = pl.col("suppressed") & pl.col("rollup_count").is_not_null()
+        return out.with_columns(
+            rollup_level=pl.when(rolled).then(pl.lit(up)),
+            rollup_unit_id=pl.when(rolled).then(pl.col("parent_id")),
+            rollup_count=pl.when(rolled).then(pl.col("rollup_count")),
+        ).drop("parent_id")
+
+    # ---- anomalies -----------------------------------------------------------------------------
+    def detection(self) -> Detection | None:
+        """Scores of the grid window at the lens level and its parent (for roll-ups); memoised."""
+        snap, grid = self.snapshot, self.grid_window()
+        if snap is None or grid is None:
+            return None
+        levels = tuple(lvl for lvl in (self.level, _parent_level(self.level)) if lvl is not None)
+        dp = self.privacy_mode == "dp"
+        settings = DetectionSettings(
+            self.time_bin, self.baseline, self.q, self.min_z, self.policy.noise_variance(len(LEVELS)), totals=dp and self.category == ALL
+        )
+        n_units = {lvl: snap.units(self.city, lvl).height for lvl in levels}
+        if dp:
+            cube = self._dp_released(*grid).select("level", "unit_id", "category", "bin_start", "count")
+            key: tuple[object, ...] = ("dp-detect", self.city, self.category, grid, levels, settings, self.epsilon)
+        else:
+            cube = self.cube()
+            key = ("detect", self.city, grid, levels, settings)
+        return snap.memo(key, lambda: detect(cube, n_units, levels, grid[0], grid[1], settings))
 
     def anomalies(self) -> tuple[pl.DataFrame, int]:
-        """Released anomalies in the window (highest z first) and the number withheld by privacy."""
-        snap, city, (since, until) = self.snapshot, self.city, self.window()
-        if snap is None or since is None or until is None:
+        """Released anomalies of the window, strongest first, and how many were withheld.
+
+        An anomaly whose cell the privacy gate withholds is replaced by its parent unit's anomaly in
+        the same category and bin when that one is significant and publishable (``rolled_up_from``
+        says so); drivers and shares use published cells only; the narrative is built last, from
+        released numbers.
+        """
+        det = self.detection()
+        if det is None or det.scored.height == 0:
             return pl.DataFrame(), 0
-        cats = None if self.category == ALL else (self.category,)
-        key = (self.level, self.time_bin, since, until, cats, tuple(self.kinds))
-        scored = snap.memo(
-            ("scored", city, *key),
-            lambda: score_window(
-                snap.events(city), tract_parents(snap.units(city)), self.level, self.time_bin, since, until, cats, self.kinds
+        assert self.snapshot is not None
+        found = det.anomalies
+        if self.privacy_mode == "dp":
+            pass  # the release holds the lens selection only
+        elif self.category != ALL:
+            found = found.filter(pl.col("category") == self.category)
+        elif set(self.kinds) != set(KINDS):
+            found = found.filter(pl.col("category").is_in(self._kind_of().filter(pl.col("kind").is_in(list(self.kinds)))["category"]))
+        gate = self.released().select("level", "unit_id", "category", "bin_start", "suppressed")
+        found = found.join(gate, on=["level", "unit_id", "category", "bin_start"], how="left").with_columns(
+            pl.col("suppressed").fill_null(False)
+        )
+        mine = found.filter(pl.col("level") == self.level)
+        shown = mine.filter(~pl.col("suppressed")).with_columns(rolled_up_from=pl.lit(None, pl.String))
+        hidden = mine.filter(pl.col("suppressed"))
+        up = _parent_level(self.level)
+        if up is not None and hidden.height:
+            parents = self.snapshot.units(self.city, self.level).select("unit_id", "parent_id")
+            wanted = hidden.join(parents, on="unit_id").select(pl.col("parent_id").alias("unit_id"), "category", "bin_start").unique()
+            rolled = found.filter((pl.col("level") == up) & ~pl.col("suppressed")).join(wanted, on=["unit_id", "category", "bin_start"])
+            shown = pl.concat([shown, rolled.with_columns(rolled_up_from=pl.lit(self.level))], how="diagonal_relaxed")
+            withheld = (
+                hidden.join(parents, on="unit_id")
+                .join(
+                    rolled.select(pl.col("unit_id").alias("parent_id"), "category", "bin_start"),
+                    on=["parent_id", "category", "bin_start"],
+                    how="anti",
+                )
+                .height
+            )
+        else:
+            withheld = hidden.height
+        if shown.height == 0:
+            return shown, withheld
+        withheld_cells = self.released().filter(pl.col("suppressed")).select("level", "unit_id", "category", "bin_start")
+        if self.privacy_mode == "dp":
+            explained = shown.with_columns(
+                effect=pl.lit("volume"),
+                drivers=pl.lit([], pl.List(pl.Struct({"category": pl.String, "excess": pl.Float64, "share": pl.Float64}))),
+                share=pl.lit(None, pl.Float64),
+            )
+        else:
+            explained = explain(det, shown, hidden=withheld_cells)
+        names = self.snapshot.units(self.city).select("unit_id", pl.col("name").alias("unit_name"))
+        out = explained.join(names, on="unit_id", how="left").with_columns(
+            name=pl.col("unit_name"),
+            count=pl.col("observed"),
+            time_bin=pl.lit(self.time_bin),
+            baseline_days=pl.lit(self.baseline_days),
+            # Published precision (parallel float sums may differ in the last digits between runs).
+            expected=pl.col("expected").round(2),
+            variance=pl.col("variance").round(2),
+            zscore=pl.col("zscore").round(2),
+            p=pl.col("p").round_sig_figs(4),
+            q=pl.col("q").round_sig_figs(4),
+            share=pl.col("share").round(4),
+            drivers=pl.col("drivers").list.eval(
+                pl.struct(
+                    pl.element().struct.field("category"),
+                    pl.element().struct.field("excess").round(2),
+                    pl.element().struct.field("share").round(4),
+                )
             ),
         )
-        hits = scored.filter(pl.col("zscore") >= self.min_z)
-        released, withheld = release_anomalies(hits, self.policy)
-        units = snap.units(city, self.level).select("unit_id", "name")
-        return released.join(units, on="unit_id", how="left").sort(["zscore", "unit_id"], descending=[True, False]), withheld
+        out = out.with_columns(narrative=narrate(out))
+        return out.sort(["zscore", "unit_id", "category", "bin_start"], descending=[True, False, False, False]), withheld
+
+
+def _parent_level(level: str) -> str | None:
+    """The next coarser admin level (None above borough: the city is one unit)."""
+    order = list(LEVELS)
+    i = order.index(level)
+    return order[i + 1] if i + 1 < len(order) - 1 else None

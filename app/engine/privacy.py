@@ -1,40 +1,813 @@
 """The privacy gate: every count (and every number derived from a count) passes here before it
 leaves the engine for the API, the views or an export.
 
-Modes: ``none`` (internal analysis) and ``suppress`` (small-cell suppression: counts 1..k-1 are
-withheld, 0 may show; default k = 11, the CMS rule). Complementary suppression and differential
-privacy arrive with the full engine and plug in here.
+Modes (:class:`Policy`):
+
+``none``
+    internal analysis; counts leave unchanged.
+``suppress``
+    cell suppression on the fixed release cube (:func:`app.engine.bins.cube_counts`). Counts
+    ``1..k-1`` are withheld (*primary*, default k = 11, the CMS rule) and further cells are
+    withheld (*complementary*) so that no withheld count can be recomputed from the published
+    totals, parents or category sums (:func:`suppress_cube`). Windows are snapped to the bin grid
+    (:func:`snap_window`) and every multi-bin or multi-category total is a sum of released cells
+    (:func:`window_totals`), so overlapping queries cannot be differenced into a hidden cell.
+``dp``
+    differential privacy: integer discrete-Laplace noise from OpenDP on every cell of every level,
+    post-processed to consistent non-negative integers (:func:`dp_release`), with a persisted
+    budget ledger that re-serves released bins for free and refuses to overspend
+    (:class:`BudgetLedger`).
+
+Why suppression is audited exactly
+----------------------------------
+The release cube of one bin is a two-dimensional table (the unit tree x the categories with their
+``"*"`` total). Group rules of thumb ("at least two hidden cells per sum, hidden sum >= k") are not
+airtight in two dimensions: a hidden cell bridging two cycles of hidden cells can be solved by a
+linear combination of published sums. The audit decides derivability exactly. Its linear system is
+a graph: keep the spatial equations (parent = sum of children, per category and ``"*"``), the
+category equations of the finest units only (the coarser units' category equations are linear
+combinations of these, so the row space is unchanged) and one "rest" unknown per parent cell whose
+count exceeds its children's sum (events counted at a parent but in no child, e.g. unlocated events
+at the city). Then every unknown appears in at most two equations with opposite signs (after
+flipping the signs of the ``"*"`` and category equations), i.e. the coefficient matrix is the
+incidence matrix of a graph whose nodes are equations (plus one ground node per bin) and whose
+edges are hidden cells. An unknown is determined by the equations exactly when its unit vector is in
+the row space, i.e. when no cycle of unknowns runs through it: when it is a *bridge*. Bridges are
+found in linear time, so the audit is exact for any component size (no dense rank test needed).
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
+import structlog
 
-__all__ = ["Policy", "release_anomalies", "release_counts"]
+from app.data.geography import LEVELS
+from app.engine.bins import ALL_CATEGORIES
 
-Mode = Literal["none", "suppress"]
+__all__ = [
+    "LEDGER_FILE",
+    "BudgetExceeded",
+    "BudgetLedger",
+    "Mode",
+    "Policy",
+    "dp_noise_variance",
+    "dp_release",
+    "release_anomalies",
+    "release_counts",
+    "snap_window",
+    "sum_released",
+    "suppress_cube",
+    "window_totals",
+]
+
+log = structlog.get_logger(__name__)
+
+Mode = Literal["none", "suppress", "dp"]
+
+#: File name of the budget ledger inside a data directory.
+LEDGER_FILE = "privacy_ledger.duckdb"
+
+#: Length of one bin of each time-bin name (the grid :func:`snap_window` snaps to).
+_BIN_STEP: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
+
+_I64 = npt.NDArray[np.int64]
+_BOOL = npt.NDArray[np.bool_]
+
+
+def dp_noise_variance(scale: float) -> float:
+    """Variance of the integer discrete Laplace distribution with ``scale`` b (pmf ~ e^{-|x|/b}):
+    ``2 e^{-1/b} / (1 - e^{-1/b})^2``; 0 for ``scale <= 0``.
+
+    Shared by :meth:`Policy.noise_variance` (the detector widens its z-scores with it) and the tests
+    (which check the noise actually drawn against it)."""
+    if scale <= 0:
+        return 0.0
+    p = math.exp(-1.0 / scale)
+    return 2.0 * p / (1.0 - p) ** 2
 
 
 @dataclass(frozen=True)
 class Policy:
-    """How numbers are released: ``mode`` and the smallest publishable count ``k``."""
+    """How numbers are released.
+
+    ``mode``: ``none | suppress | dp``. ``k``: the smallest publishable count under ``suppress``.
+    ``epsilon``: privacy loss of one ``dp`` release (of one bin; bins are disjoint, so a release of
+    many bins costs ``epsilon`` per instant). ``threshold``: ``dp`` post-thresholding; ``None``
+    (default) means off. Thresholding is post-processing, so privacy does not need it, and keeping
+    the hierarchy additive forces the mass of sub-threshold cells onto their siblings, which fakes
+    hot spots and breaks the additive-noise model the detector uses
+    (:meth:`noise_variance`); set it (e.g. to ``k``) only for displays that must not show small
+    noisy numbers.
+    """
 
     mode: Mode = "suppress"
     k: int = 11
+    epsilon: float = 1.0
+    threshold: int | None = None
 
     def hides(self, col: str) -> pl.Expr:
-        """True where ``col`` holds a count this policy withholds."""
-        if self.mode == "none":
+        """True where ``col`` holds a count this policy withholds on its own (primary suppression).
+
+        ``dp`` counts are already noisy, so nothing is withheld here."""
+        if self.mode != "suppress":
             return pl.lit(False)
         return pl.col(col).is_between(1, self.k - 1)
 
+    @property
+    def dp_threshold(self) -> int:
+        """The effective ``dp`` post-threshold (0: off)."""
+        return 0 if self.threshold is None else max(int(self.threshold), 0)
 
+    def noise_scale(self, n_levels: int) -> float:
+        """Discrete Laplace scale of ``dp``: one event is in one cell per level, so the L1
+        sensitivity of a release over ``n_levels`` levels is ``n_levels``."""
+        return n_levels / self.epsilon
+
+    def noise_variance(self, n_levels: int) -> float:
+        """Variance of the noise added to each released cell (0 outside ``dp``)."""
+        if self.mode != "dp":
+            return 0.0
+        return dp_noise_variance(self.noise_scale(n_levels))
+
+
+# ---- the bin grid ------------------------------------------------------------------------------
+def _floor_bin(ts: datetime, time_bin: str) -> datetime:
+    ts = ts.astimezone(UTC)
+    if time_bin == "hour":
+        return ts.replace(minute=0, second=0, microsecond=0)
+    day = ts.replace(hour=0, minute=0, second=0, microsecond=0)
+    if time_bin == "day":
+        return day
+    return day - timedelta(days=day.weekday())  # weeks start Monday 00:00 UTC, like dt.truncate("1w")
+
+
+def snap_window(since: datetime, until: datetime, time_bin: str) -> tuple[datetime, datetime]:
+    """``(since, until)`` snapped outwards to the fixed bin grid of ``time_bin`` (UTC).
+
+    Every released count is a whole-bin count, so differencing two windows can only ever isolate
+    whole cells of the cube, and those are protected cell by cell."""
+    if time_bin not in _BIN_STEP:
+        raise ValueError(f"unknown time bin {time_bin!r}; expected one of {sorted(_BIN_STEP)}")
+    if since.tzinfo is None or until.tzinfo is None:
+        raise ValueError("snap_window needs timezone-aware datetimes")
+    if since > until:
+        raise ValueError(f"window starts after it ends: {since} > {until}")
+    lo, hi = _floor_bin(since, time_bin), _floor_bin(until, time_bin)
+    if hi < until.astimezone(UTC):
+        hi += _BIN_STEP[time_bin]
+    return lo, hi
+
+
+# ---- released sums -----------------------------------------------------------------------------
+def window_totals(released_cells: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
+    """Totals of released cells per ``by`` (summing over every other key: bins, categories, units).
+
+    A total is published only as the sum of released cells and is withheld (``count`` null,
+    ``suppressed`` true) when any summed cell is: a total over a window with a hidden bin would
+    reveal that bin when differenced with an overlapping window. Output: ``by`` columns, ``count``
+    (Int64), ``suppressed``."""
+    keys = list(by)
+    hidden = pl.col("count").is_null()
+    if "suppressed" in released_cells.columns:
+        hidden = hidden | pl.col("suppressed")
+    agg = released_cells.with_columns(_hidden=hidden).group_by(keys)
+    out = agg.agg(count=pl.col("count").sum().cast(pl.Int64), suppressed=pl.col("_hidden").any())
+    out = out.with_columns(count=pl.when(pl.col("suppressed")).then(None).otherwise(pl.col("count")))
+    return out.sort(keys) if keys else out
+
+
+#: The name the lens uses for :func:`window_totals`.
+sum_released = window_totals
+
+
+# ---- suppression -------------------------------------------------------------------------------
+def _bridges(n_nodes: int, eu: _I64, ev: _I64) -> _BOOL:
+    """Bridges of the undirected multigraph with edges ``(eu[i], ev[i])`` (no self-loops).
+
+    Vectorised, exact and linear-ish: a BFS spanning forest (scipy); a tree edge is a bridge
+    unless some non-tree edge has exactly one endpoint in the subtree below it. That count is the
+    subtree sum of ``(non-tree endpoints) - 2 (non-tree edges whose lowest common ancestor is
+    here)``, with LCAs by binary lifting and subtree sums level by level (BFS trees are shallow).
+    Parallel edges are never bridges."""
+    from scipy import sparse
+    from scipy.sparse import csgraph
+
+    m = eu.shape[0]
+    if m == 0:
+        return np.zeros(0, np.bool_)
+    lo, hi = np.minimum(eu, ev).astype(np.int64), np.maximum(eu, ev).astype(np.int64)
+    pairs, first, inverse, multiplicity = np.unique(lo * n_nodes + hi, return_index=True, return_inverse=True, return_counts=True)
+    pu, pv = lo[first], hi[first]
+    n_pairs = pairs.shape[0]
+    shape = (n_nodes + 1, n_nodes + 1)
+    _, label = csgraph.connected_components(sparse.coo_matrix((np.ones(n_pairs), (pu, pv)), shape=shape).tocsr(), directed=False)
+    roots = np.unique(label[:n_nodes], return_index=True)[1]
+    root = n_nodes  # a super-root joined to one node of every component makes the forest one tree
+    rows, cols = np.concatenate([pu, np.full(roots.shape[0], root)]), np.concatenate([pv, roots])
+    graph = sparse.coo_matrix((np.ones(rows.shape[0]), (rows, cols)), shape=shape).tocsr()
+    _, pred = csgraph.breadth_first_order(graph, root, directed=False, return_predecessors=True)
+    pred = pred.astype(np.int64)
+    pred[root] = root
+    dist = csgraph.shortest_path(graph, directed=False, unweighted=True, indices=root)
+    depth = np.where(np.isfinite(dist), dist, 0).astype(np.int64)
+
+    child = np.flatnonzero(pred[:n_nodes] != root)
+    parent = pred[child]
+    tree_pair = np.searchsorted(pairs, np.minimum(parent, child) * n_nodes + np.maximum(parent, child))
+    is_tree = np.zeros(n_pairs, np.bool_)
+    is_tree[tree_pair] = True
+    a, b = pu[~is_tree], pv[~is_tree]
+    n_up = max(1, int(depth.max()).bit_length())
+    up = [pred]
+    for _ in range(n_up):
+        up.append(up[-1][up[-1]])
+    x, y = np.where(depth[a] >= depth[b], a, b), np.where(depth[a] >= depth[b], b, a)
+    diff = depth[x] - depth[y]
+    for j in range(n_up + 1):
+        jump = ((diff >> j) & 1) == 1
+        x[jump] = up[j][x[jump]]
+    for j in range(n_up, -1, -1):
+        apart = up[j][x] != up[j][y]
+        x[apart], y[apart] = up[j][x[apart]], up[j][y[apart]]
+    lca = np.where(x == y, x, pred[x])
+    cover = np.zeros(n_nodes + 1, np.int64)
+    np.add.at(cover, a, 1)
+    np.add.at(cover, b, 1)
+    np.add.at(cover, lca, -2)
+    deepest_first = np.argsort(-depth[:n_nodes], kind="stable")
+    for layer in np.split(deepest_first, np.flatnonzero(np.diff(depth[deepest_first])) + 1):
+        if layer.size and depth[layer[0]] > 0:
+            np.add.at(cover, pred[layer], cover[layer])
+    bridge_pair = np.zeros(n_pairs, np.bool_)
+    bridge_pair[tree_pair] = (cover[child] == 0) & (multiplicity[tree_pair] == 1)
+    out: _BOOL = bridge_pair[inverse]
+    return out
+
+
+@dataclass
+class _CubeGraph:
+    """Index arrays of one cube: counts, the additive groups and the audit graph's endpoints.
+
+    Groups are numbered by their total cell: spatial group of cell r (r at a level above the finest)
+    is ``r``, category group of the ``"*"`` cell r is ``n + r``."""
+
+    count: _I64
+    rank: _I64  # position in the deterministic tie-break order (count, level, unit, category, bin)
+    by_rank: _I64  # row at each rank
+    child: _I64  # child row of each (child, group) membership
+    group: _I64  # group of each membership
+    total: _I64  # total row of each group id (0..2n-1)
+    valid: _BOOL  # group id is a group (a parent cell or a "*" cell)
+    rest: _I64  # count of the group's total minus its children's sum (events in no child)
+    end1: _I64  # audit-graph endpoints of each cell
+    end2: _I64
+    rest_end1: _I64  # endpoints of the rest unknowns (always unknown, never published)
+    rest_end2: _I64
+    n_nodes: int
+
+
+def _cube_graph(cube: pl.DataFrame, levels: Sequence[str] | None) -> _CubeGraph:
+    present = set(cube["level"].unique().to_list())
+    order = list(levels) if levels is not None else [lvl for lvl in LEVELS if lvl in present]
+    if not present <= set(order):
+        raise ValueError(f"cube levels {sorted(present - set(order))} not in the level order {order}")
+    top = len(order) - 1
+    if cube.filter((pl.col("level") == order[top]) & pl.col("parent_id").is_not_null()).height:
+        raise ValueError(f"inconsistent cube: top-level ({order[top]}) cells have parents; pass the cube's levels")
+    frame = cube.with_row_index("_row").with_columns(
+        _row=pl.col("_row").cast(pl.Int64),
+        _li=pl.col("level").replace_strict(order, list(range(len(order))), return_dtype=pl.Int64),
+        _bin=pl.col("bin_start").rank("dense").cast(pl.Int64) - 1,
+    )
+    n = frame.height
+    cells = frame.select("_li", "unit_id", "category", "bin_start", "_row")
+    sp = frame.filter((pl.col("_li") < top) & pl.col("parent_id").is_not_null()).select(
+        "_row", _li=pl.col("_li") + 1, unit_id=pl.col("parent_id"), category=pl.col("category"), bin_start=pl.col("bin_start")
+    )
+    sp = sp.join(cells.rename({"_row": "_total"}), on=["_li", "unit_id", "category", "bin_start"], how="left")
+    if sp["_total"].null_count():
+        raise ValueError("inconsistent cube: a cell's parent cell is missing")
+    stars = cells.filter(pl.col("category") == ALL_CATEGORIES).select("_li", "unit_id", "bin_start", _star="_row")
+    star_of = frame.select("_row", "_li", "unit_id", "bin_start").join(stars, on=["_li", "unit_id", "bin_start"], how="left").sort("_row")
+    if star_of["_star"].null_count():
+        raise ValueError(f"inconsistent cube: a unit has category cells but no {ALL_CATEGORIES!r} total")
+    count = frame["count"].cast(pl.Int64).to_numpy()
+    li = frame["_li"].to_numpy()
+    bin_id = frame["_bin"].to_numpy()
+    star = star_of["_star"].to_numpy()
+    is_star = (frame["category"] == ALL_CATEGORIES).to_numpy()
+    sp_total = np.full(n, -1, np.int64)
+    sp_total[sp["_row"].to_numpy()] = sp["_total"].to_numpy()
+
+    cat_rows = np.flatnonzero(~is_star)
+    sp_rows = np.flatnonzero(sp_total >= 0)
+    child = np.concatenate([sp_rows, cat_rows])
+    group = np.concatenate([sp_total[sp_rows], n + star[cat_rows]])
+    total = np.concatenate([np.arange(n), np.arange(n)])
+    valid = np.concatenate([li > 0, is_star])
+    sums = np.bincount(group, weights=count[child], minlength=2 * n).astype(np.int64)
+    rest = np.where(valid, count[total] - sums, 0)
+    if (rest < 0).any():
+        raise ValueError("inconsistent cube: children add up to more than their total")
+    if (rest[n:] != 0).any():
+        raise ValueError(f"inconsistent cube: categories do not add up to {ALL_CATEGORIES!r}")
+
+    # Audit graph nodes: spatial equation of cell r -> r; category equation of finest unit with "*"
+    # cell s -> n + s; rest equation of unit with "*" cell s -> 2n + s; ground of bin b -> 3n + b.
+    ground = 3 * n + bin_id
+    end1 = np.where(sp_total >= 0, sp_total, ground)
+    end2 = np.where(li == 0, n + star, np.arange(n))
+    with_rest = np.flatnonzero(rest[:n] > 0)
+    rest_end1 = with_rest
+    rest_end2 = 2 * n + star[with_rest]
+    order_rows = frame.sort(["count", "_li", "unit_id", "category", "bin_start"])["_row"].to_numpy()
+    rank = np.empty(n, np.int64)
+    rank[order_rows] = np.arange(n)
+    n_nodes = 3 * n + (int(bin_id.max()) + 1 if n else 0)
+    return _CubeGraph(count, rank, order_rows, child, group, total, valid, rest, end1, end2, rest_end1, rest_end2, n_nodes)
+
+
+def _apply_group_rule(g: _CubeGraph, hidden: _BOOL, k: int) -> None:
+    """Hide cells (in place) until every group with a visible total is safe.
+
+    Safe: no hidden child, or at least two hidden "children" (a positive rest counts as one, it is
+    never published) whose sum as the public sees it (total minus visible children, i.e. hidden sum
+    plus rest) is 0 or at least ``k``. Otherwise the smallest visible child is hidden (or, when all
+    children are hidden, the total). Every step is one vectorised pass over all groups."""
+    n = g.count.shape[0]
+    n_groups = 2 * n
+    while True:
+        hid_c = hidden[g.child]
+        n_hid = np.bincount(g.group[hid_c], minlength=n_groups)
+        vis_sum = np.bincount(g.group[~hid_c], weights=g.count[g.child[~hid_c]], minlength=n_groups)
+        seen = g.count[g.total] - vis_sum
+        n_eff = n_hid + (g.rest > 0)
+        bad = g.valid & ~hidden[g.total] & (n_hid >= 1) & ((n_eff == 1) | ((seen >= 1) & (seen <= k - 1)))
+        if not bad.any():
+            return
+        sel = bad[g.group] & ~hid_c
+        best = np.full(n_groups, n, np.int64)
+        np.minimum.at(best, g.group[sel], g.rank[g.child[sel]])
+        bad_groups = np.flatnonzero(bad)
+        picks = best[bad_groups]
+        hidden[g.by_rank[picks[picks < n]]] = True
+        hidden[g.total[bad_groups[picks == n]]] = True
+
+
+def _disclosed(g: _CubeGraph, hidden: _BOOL) -> _I64:
+    """Rows of hidden cells a linear combination of the published cells determines (the bridges of
+    the graph of unknowns, see the module docstring)."""
+    rows = np.flatnonzero(hidden)
+    if rows.size == 0:
+        return rows
+    eu = np.concatenate([g.end1[rows], g.rest_end1])
+    ev = np.concatenate([g.end2[rows], g.rest_end2])
+    nodes, inverse = np.unique(np.concatenate([eu, ev]), return_inverse=True)
+    m = eu.shape[0]
+    is_bridge = _bridges(nodes.shape[0], inverse[:m], inverse[m:])
+    out: _I64 = rows[is_bridge[: rows.size]]
+    return out
+
+
+def _complement_bridges(g: _CubeGraph, hidden: _BOOL, disclosed: _I64) -> int:
+    """Hide, for each disclosed cell, the smallest visible cell sharing one of its two equations;
+    returns how many cells were newly hidden."""
+    n = g.count.shape[0]
+    vis = np.flatnonzero(~hidden)
+    best = np.full(g.n_nodes, n, np.int64)
+    np.minimum.at(best, g.end1[vis], g.rank[vis])
+    np.minimum.at(best, g.end2[vis], g.rank[vis])
+    picks = np.minimum(best[g.end1[disclosed]], best[g.end2[disclosed]])
+    stuck = disclosed[picks == n]
+    if stuck.size:
+        log.warning("privacy.audit_unresolved", cells=int(stuck.size), detail="disclosed hidden cells with no visible neighbour to hide")
+    new = np.unique(g.by_rank[picks[picks < n]])
+    hidden[new] = True
+    return int(new.size)
+
+
+def suppress_cube(cube: pl.DataFrame, k: int, *, levels: Sequence[str] | None = None, audit: bool = True) -> pl.DataFrame:
+    """The release cube with primary and complementary suppression.
+
+    ``cube``: as :func:`app.engine.bins.cube_counts` (``level, unit_id, parent_id, category,
+    bin_start, count``; absent rows are zeros, which are published). ``levels``: the level order,
+    finest first (default: :data:`app.data.geography.LEVELS` restricted to the cube's levels).
+
+    Primary: counts ``1..k-1``. Complementary: the group rule (:func:`_apply_group_rule`) over the
+    spatial groups (a parent and its children, per category and bin) and the category groups (a
+    unit's categories and its ``"*"``, per bin), iterated to a fixpoint; then, with ``audit``, the
+    exact linear-algebra audit: while some hidden cell is derivable, hide a neighbour and re-run the
+    rule. Every decision involves cells of one bin and a deterministic order, so a bin's cells are
+    suppressed the same whatever window the cube covers: overlapping queries agree.
+
+    Output: the input columns (same row order) with ``count`` null where withheld, plus
+    ``suppressed`` (Boolean)."""
+    if cube.height == 0:
+        return cube.with_columns(suppressed=pl.lit(False, pl.Boolean))
+    g = _cube_graph(cube, levels)
+    hidden: _BOOL = (g.count >= 1) & (g.count <= k - 1)
+    while True:
+        _apply_group_rule(g, hidden, k)
+        if not audit:
+            break
+        disclosed = _disclosed(g, hidden)
+        if disclosed.size == 0 or _complement_bridges(g, hidden, disclosed) == 0:
+            break
+    flag = pl.Series("suppressed", hidden)
+    return cube.with_columns(flag).with_columns(count=pl.when(pl.col("suppressed")).then(None).otherwise(pl.col("count")))
+
+
+# ---- differential privacy ------------------------------------------------------------------------
+def _opendp_noise(values: _I64, scale: float) -> _I64:
+    """``values`` plus discrete Laplace noise of ``scale`` from OpenDP (one call per vector)."""
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    meas = dp.m.make_laplace(dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int), scale=scale)
+    return np.asarray(meas(values.tolist()), dtype=np.int64)
+
+
+def dp_epsilon(policy: Policy, n_levels: int) -> float:
+    """The ε OpenDP accounts for one release over ``n_levels`` levels (L1 sensitivity
+    ``n_levels``), as charged by the ledger; equals ``policy.epsilon`` up to float rounding up."""
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    meas = dp.m.make_laplace(dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int), scale=policy.noise_scale(n_levels))
+    return float(meas.map(n_levels))
+
+
+def _seeded_noise(values: _I64, scale: float, seed: int) -> _I64:
+    """The same distribution from numpy (difference of two geometrics): reproducible, for tests
+    only: a seeded, non-cryptographic generator is no privacy protection."""
+    rng = np.random.default_rng(seed)
+    p = math.exp(-1.0 / scale)
+    size = values.shape[0]
+    noise = np.asarray(rng.geometric(1.0 - p, size), np.int64) - np.asarray(rng.geometric(1.0 - p, size), np.int64)
+    out: _I64 = values + noise
+    return out
+
+
+def _hierarchy(units: pl.DataFrame) -> tuple[list[str], pl.DataFrame]:
+    """Level names and the units frame with missing ancestors filled by per-parent placeholders
+    (``"~"`` + the parent's id), so the hierarchy is a tree and every level adds up."""
+    cols = list(units.columns)
+    if not cols or any(not c.endswith("_id") for c in cols):
+        raise ValueError(f"units needs '<level>_id' columns, finest first; got {cols}")
+    frame = units.select(cols).unique(cols[0], keep="first").filter(pl.col(cols[0]).is_not_null())
+    for i in range(len(cols) - 1, 0, -1):
+        above = pl.lit("~") if i == len(cols) - 1 else pl.lit("~") + pl.col(cols[i + 1])
+        frame = frame.with_columns(pl.col(cols[i]).fill_null(above))
+    return [c.removesuffix("_id") for c in cols], frame
+
+
+def _distribute(children: pl.DataFrame, threshold: int) -> pl.DataFrame:
+    """Integer children adding up exactly to their parent's value ``parent``.
+
+    ``children``: ``unit_id, parent_id, bin_start, noisy, parent``. The parent's value is split in
+    proportion to the clipped noisy values (equal shares when all are 0) and rounded by largest
+    remainder (ties by unit id), in exact integer arithmetic. With a threshold t >= 1 only children
+    with noisy >= t share, and a share below t drops out (its mass goes to its siblings; if none is
+    left the largest child takes all), so every child is 0 or >= t."""
+    key = ["parent_id", "bin_start"]
+    frame = children.with_columns(w=pl.col("noisy").clip(lower_bound=0).cast(pl.Int64))
+    if threshold >= 1:
+        frame = frame.with_columns(member=(pl.col("w") >= threshold) & (pl.col("parent") > 0))
+    else:
+        zero = pl.col("w").sum().over(key) == 0
+        frame = frame.with_columns(w=pl.when(zero).then(1).otherwise(pl.col("w")), member=pl.col("parent") > 0)
+    largest = (pl.col("w").rank("ordinal", descending=True).over(key) == 1) & (pl.col("parent") > 0)
+    if threshold >= 1:
+        # a parent >= t whose children are all below t: the largest child takes it all
+        frame = frame.with_columns(member=pl.col("member") | (largest & ~pl.col("member").any().over(key)))
+        while True:
+            weight = pl.when(pl.col("member")).then(pl.col("w")).otherwise(0)
+            frame = frame.with_columns(_wsum=weight.sum().over(key))
+            small = pl.col("member") & (pl.col("parent") * pl.col("w") < threshold * pl.col("_wsum"))
+            frame = frame.with_columns(_drop=small)
+            if not frame["_drop"].any():
+                break
+            keep = pl.col("member") & ~pl.col("_drop")
+            tie = pl.when(pl.col("member")).then(pl.col("w")).otherwise(-1).rank("ordinal", descending=True).over(key) == 1
+            frame = frame.with_columns(member=keep | (tie & ~keep.any().over(key) & pl.col("member")))
+    weight = pl.when(pl.col("member")).then(pl.col("w")).otherwise(0)
+    frame = frame.with_columns(_w=pl.when(weight.sum().over(key) == 0).then(pl.col("member").cast(pl.Int64)).otherwise(weight))
+    frame = frame.with_columns(_wsum=pl.col("_w").sum().over(key))
+    prod = pl.col("parent") * pl.col("_w")
+    frame = frame.with_columns(
+        _floor=pl.when(pl.col("_wsum") > 0).then(prod // pl.col("_wsum")).otherwise(0),
+        _rem=pl.when(pl.col("member") & (pl.col("_wsum") > 0)).then(prod % pl.col("_wsum")).otherwise(-1),
+    )
+    frame = frame.with_columns(_deficit=pl.col("parent") - pl.col("_floor").sum().over(key))
+    frame = frame.sort([*key, "_rem", "unit_id"], descending=[False, False, True, False])
+    frame = frame.with_columns(_pos=pl.int_range(pl.len()).over(key))
+    bump = pl.col("member") & (pl.col("_pos") < pl.col("_deficit"))
+    return frame.with_columns(count=pl.col("_floor") + bump.cast(pl.Int64)).drop(
+        "w", "member", "_wsum", "_w", "_floor", "_rem", "_deficit", "_pos", "_drop", strict=False
+    )
+
+
+def dp_release(
+    counts: pl.DataFrame,
+    units: pl.DataFrame,
+    bins: Sequence[datetime] | pl.Series,
+    policy: Policy,
+    rng_seed: int | None = None,
+) -> pl.DataFrame:
+    """A differentially private release of one category (or ``"*"``) of one city.
+
+    ``counts``: sparse finest-level counts ``unit_id, bin_start, count`` (units or bins not in
+    ``units``/``bins`` are ignored: e.g. unlocated events, which no unit below the city holds, are not
+    released). ``units``: one row per finest unit with its ancestors, columns ``<level>_id`` finest
+    first (the :func:`app.data.geography.tract_parents` frame, or a suffix of it); a missing
+    ancestor becomes the placeholder unit ``"~" + parent id``. ``bins``: the bin starts to release.
+
+    The grid is dense (zeros get noise too, or the absence of noise would reveal them). Every cell
+    of every level gets OpenDP discrete Laplace noise of scale ``n_levels / epsilon`` (one event is
+    in one cell per level). Post-processing (free under DP) then goes top-down: the top clipped at
+    0, each level's children split their parent's value in proportion to their clipped noisy values
+    with largest-remainder rounding, so every level is non-negative integers adding up exactly to its
+    parent; an optional threshold (:attr:`Policy.dp_threshold`) zeroes small children
+    (``thresholded``). ``rng_seed`` switches to a seeded numpy generator of the same distribution,
+    for tests only.
+
+    Output: ``level, unit_id, parent_id, bin_start, count`` (Int64), ``thresholded`` (Boolean),
+    finest level first."""
+    if policy.epsilon <= 0:
+        raise ValueError("dp needs epsilon > 0")
+    levels, tree = _hierarchy(units)
+    cols = [f"{lvl}_id" for lvl in levels]
+    bin_frame = pl.DataFrame({"bin_start": pl.Series(list(bins), dtype=pl.Datetime("us", "UTC"))}).unique().sort("bin_start")
+    sparse = counts.group_by(pl.col("unit_id").alias(cols[0]), "bin_start").agg(count=pl.col("count").sum().cast(pl.Int64))
+    dense = tree.join(bin_frame, how="cross").join(sparse, on=[cols[0], "bin_start"], how="left").with_columns(pl.col("count").fill_null(0))
+    per_level = []
+    for i, (lvl, col) in enumerate(zip(levels, cols, strict=True)):
+        parent = pl.col(cols[i + 1]) if i + 1 < len(cols) else pl.lit(None, pl.String)
+        agg = dense.group_by(col, "bin_start").agg(parent_id=parent.first(), true=pl.col("count").sum())
+        per_level.append(agg.select(level=pl.lit(lvl), unit_id=pl.col(col), parent_id="parent_id", bin_start="bin_start", true="true"))
+    cells = pl.concat(per_level).sort("level", "unit_id", "bin_start")
+    truth = cells["true"].to_numpy().astype(np.int64)
+    scale = policy.noise_scale(len(levels))
+    noisy = _opendp_noise(truth, scale) if rng_seed is None else _seeded_noise(truth, scale, rng_seed)
+    cells = cells.with_columns(noisy=pl.Series(noisy, dtype=pl.Int64)).drop("true")
+
+    t = policy.dp_threshold
+    top = cells.filter(pl.col("level") == levels[-1]).with_columns(count=pl.col("noisy").clip(lower_bound=0))
+    if t >= 1:
+        top = top.with_columns(count=pl.when(pl.col("count") < t).then(0).otherwise(pl.col("count")))
+    done = [top]
+    above = top
+    for lvl in reversed(levels[:-1]):
+        parent_values = above.select(pl.col("unit_id").alias("parent_id"), "bin_start", parent="count")
+        kids = cells.filter(pl.col("level") == lvl).join(parent_values, on=["parent_id", "bin_start"], how="left")
+        above = _distribute(kids, t).drop("parent")
+        done.append(above)
+    out = pl.concat([d.select("level", "unit_id", "parent_id", "bin_start", "count", "noisy") for d in done])
+    rank = {lvl: i for i, lvl in enumerate(levels)}
+    out = out.with_columns(
+        count=pl.col("count").cast(pl.Int64), thresholded=(pl.lit(t >= 1) & (pl.col("count") == 0) & (pl.col("noisy") >= 1))
+    )
+    out = out.with_columns(_lvl=pl.col("level").replace_strict(rank, return_dtype=pl.Int64)).sort("_lvl", "unit_id", "bin_start")
+    return out.select("level", "unit_id", "parent_id", "bin_start", "count", "thresholded")
+
+
+class BudgetExceeded(RuntimeError):  # noqa: N818  # name fixed by the API routes that catch it
+    """A ``dp`` release would push the privacy loss of some instant of a city over the budget."""
+
+    def __init__(self, city: str, bin_start: datetime, spent: float, epsilon: float, budget: float) -> None:
+        self.city, self.bin_start, self.spent, self.epsilon, self.budget = city, bin_start, spent, epsilon, budget
+        super().__init__(
+            f"privacy budget of {city!r} exhausted at bin {bin_start.isoformat()}: "
+            f"ε spent {spent:g} + requested {epsilon:g} > budget {budget:g}"
+        )
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS releases (
+    city VARCHAR NOT NULL, category VARCHAR NOT NULL, time_bin VARCHAR NOT NULL,
+    bin_start TIMESTAMP NOT NULL, bin_end TIMESTAMP NOT NULL,
+    epsilon DOUBLE NOT NULL, released_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (city, category, time_bin, bin_start)
+);
+CREATE TABLE IF NOT EXISTS release_cells (
+    city VARCHAR NOT NULL, category VARCHAR NOT NULL, time_bin VARCHAR NOT NULL, bin_start TIMESTAMP NOT NULL,
+    level VARCHAR NOT NULL, unit_id VARCHAR NOT NULL, parent_id VARCHAR, count BIGINT NOT NULL, thresholded BOOLEAN NOT NULL
+);
+"""
+
+
+def _naive(ts: datetime) -> datetime:
+    return ts.astimezone(UTC).replace(tzinfo=None)
+
+
+class BudgetLedger:
+    """The persisted record of every ``dp`` release, and the guard of the privacy budget.
+
+    A small DuckDB file holds, per ``(city, category, time_bin, bin_start)``, the ε charged and the
+    released (post-processed) values. A repeated query re-serves the stored values, which costs
+    nothing (post-processing of a past release), so only bins never released before are charged.
+    ``category`` is the key of the released series and must identify the whole query predicate.
+
+    The budget is per (city, instant): the ε of all releases whose bins cover an instant adds up
+    (sequential composition across categories and bin widths; disjoint bins compose in parallel),
+    and a release is refused whole (:class:`BudgetExceeded`, nothing recorded) when any of its bins
+    would take some instant over ``budget``. Stored values are never refreshed: late events for an
+    already released bin are not reflected (refreshing would cost budget again).
+
+    Writes run in one DuckDB transaction per release, under a lock for threads; DuckDB's file lock
+    keeps the ledger to one writing process.
+    """
+
+    def __init__(self, path: Path | str, budget: float = 10.0) -> None:
+        self.path = Path(path)
+        self.budget = float(budget)
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute(_SCHEMA)
+
+    def _connect(self) -> Any:
+        import duckdb
+
+        return duckdb.connect(str(self.path))
+
+    def spent(self, city: str, at: datetime | None = None) -> float:
+        """ε charged to ``city``: in total (for display) or, with ``at``, by the releases covering
+        that instant (the number the budget bounds)."""
+        with self._lock, self._connect() as con:
+            if at is None:
+                row = con.execute("SELECT coalesce(sum(epsilon), 0) FROM releases WHERE city = ?", [city]).fetchone()
+            else:
+                row = con.execute(
+                    "SELECT coalesce(sum(epsilon), 0) FROM releases WHERE city = ? AND bin_start <= ? AND bin_end > ?",
+                    [city, _naive(at), _naive(at)],
+                ).fetchone()
+        return float(row[0]) if row else 0.0
+
+    def stored(self, city: str, category: str, time_bin: str, bins: Sequence[datetime] | None = None) -> pl.DataFrame:
+        """The stored release cells of a series (of ``bins`` only, when given): the columns of
+        :func:`dp_release`."""
+        with self._lock, self._connect() as con:
+            return self._stored(con, city, category, time_bin, bins)
+
+    def charge(self, city: str, category: str, time_bin: str, released: pl.DataFrame, epsilon: float) -> None:
+        """Record ``released`` (cells of :func:`dp_release`, bins never released before) at
+        ``epsilon`` per bin, or raise :class:`BudgetExceeded` and record nothing."""
+        with self._lock, self._connect() as con:
+            con.begin()
+            try:
+                self._charge(con, city, category, time_bin, released, epsilon)
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+
+    def release(
+        self,
+        city: str,
+        category: str,
+        time_bin: str,
+        counts: pl.DataFrame,
+        units: pl.DataFrame,
+        bins: Sequence[datetime] | pl.Series,
+        policy: Policy,
+    ) -> pl.DataFrame:
+        """The ``dp`` release of ``bins`` of one series: stored bins as stored, new bins released
+        by :func:`dp_release` and charged, all in one transaction (refused whole when over budget).
+
+        Output: the columns of :func:`dp_release`, for every requested bin."""
+        if policy.mode != "dp":
+            raise ValueError(f"the ledger releases 'dp' only, not {policy.mode!r}")
+        wanted = sorted({b.astimezone(UTC) for b in bins})
+        levels, _ = _hierarchy(units)
+        with self._lock, self._connect() as con:
+            con.begin()
+            try:
+                old = self._stored(con, city, category, time_bin, wanted)
+                have = set(old["bin_start"].unique().to_list())
+                new_bins = [b for b in wanted if b not in have]
+                if new_bins:
+                    epsilon = dp_epsilon(policy, len(levels))
+                    self._check(con, city, time_bin, new_bins, epsilon)
+                    fresh = dp_release(counts, units, new_bins, policy)
+                    self._charge(con, city, category, time_bin, fresh, epsilon)
+                    old = pl.concat([old, fresh])
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+        rank = {lvl: i for i, lvl in enumerate(levels)}
+        old = old.with_columns(_lvl=pl.col("level").replace_strict(rank, default=len(rank), return_dtype=pl.Int64))
+        return old.sort("_lvl", "unit_id", "bin_start").drop("_lvl")
+
+    # ---- internals (callers hold the lock and the transaction) ----
+    @staticmethod
+    def _stored(con: Any, city: str, category: str, time_bin: str, bins: Sequence[datetime] | None) -> pl.DataFrame:
+        sql = (
+            "SELECT level, unit_id, parent_id, bin_start, count, thresholded FROM release_cells "
+            "WHERE city = ? AND category = ? AND time_bin = ?"
+        )
+        params: list[object] = [city, category, time_bin]
+        if bins is not None:
+            sql += " AND bin_start IN (SELECT unnest(?::TIMESTAMP[]))"
+            params.append([_naive(b) for b in bins])
+        frame: pl.DataFrame = con.sql(sql, params=params).pl()
+        schema = pl.Schema(
+            {
+                "level": pl.String(),
+                "unit_id": pl.String(),
+                "parent_id": pl.String(),
+                "bin_start": pl.Datetime("us"),
+                "count": pl.Int64(),
+                "thresholded": pl.Boolean(),
+            }
+        )
+        frame = frame.cast(schema) if frame.height else pl.DataFrame(schema=schema)
+        return frame.with_columns(pl.col("bin_start").dt.replace_time_zone("UTC"))
+
+    def _check(self, con: Any, city: str, time_bin: str, bins: Sequence[datetime], epsilon: float) -> None:
+        """Raise :class:`BudgetExceeded` when adding ``epsilon`` on ``bins`` takes some instant of
+        ``city`` over the budget: the loss at an instant is the sum of ε of the releases covering
+        it, a step function whose maximum over a bin is found by a sweep over interval ends."""
+        step = _BIN_STEP[time_bin]
+        starts = [_naive(b) for b in bins]
+        lo, hi = min(starts), max(starts) + step
+        rows = con.execute(
+            "SELECT bin_start, bin_end, epsilon FROM releases WHERE city = ? AND bin_start < ? AND bin_end > ?", [city, hi, lo]
+        ).fetchall()
+        new_s = np.array(starts, dtype="datetime64[us]")
+        new_e = new_s + np.timedelta64(int(step / timedelta(microseconds=1)), "us")
+        old_s = np.array([r[0] for r in rows], dtype="datetime64[us]")
+        old_e = np.array([r[1] for r in rows], dtype="datetime64[us]")
+        eps = np.array([r[2] for r in rows], dtype=np.float64)
+        points = np.unique(np.concatenate([new_s, new_e, old_s, old_e]))
+        delta = np.zeros(points.shape[0], np.float64)
+        np.add.at(delta, np.searchsorted(points, old_s), eps)
+        np.add.at(delta, np.searchsorted(points, old_e), -eps)
+        loss = np.cumsum(delta)  # loss on [points[j], points[j + 1])
+        for s, e, b in zip(np.searchsorted(points, new_s), np.searchsorted(points, new_e), bins, strict=True):
+            peak = float(loss[s:e].max()) if e > s else 0.0
+            if peak + epsilon > self.budget + 1e-9:
+                raise BudgetExceeded(city, b, peak, epsilon, self.budget)
+
+    def _charge(self, con: Any, city: str, category: str, time_bin: str, released: pl.DataFrame, epsilon: float) -> None:
+        bins = sorted(set(released["bin_start"].to_list()))
+        if not bins:
+            return
+        placeholders = [_naive(b) for b in bins]
+        dup = con.execute(
+            "SELECT count(*) FROM releases WHERE city = ? AND category = ? AND time_bin = ? AND bin_start IN (SELECT unnest(?::TIMESTAMP[]))",
+            [city, category, time_bin, placeholders],
+        ).fetchone()
+        if dup and dup[0]:
+            raise ValueError(f"bins of {city}/{category}/{time_bin} already released: re-serve them, do not charge twice")
+        self._check(con, city, time_bin, bins, epsilon)
+        step = _BIN_STEP[time_bin]
+        now = datetime.now(UTC).replace(tzinfo=None)
+        heads = pl.DataFrame(
+            {
+                "city": city,
+                "category": category,
+                "time_bin": time_bin,
+                "bin_start": placeholders,
+                "bin_end": [b + step for b in placeholders],
+                "epsilon": epsilon,
+                "released_at": now,
+            }
+        )
+        cells = released.select(
+            city=pl.lit(city),
+            category=pl.lit(category),
+            time_bin=pl.lit(time_bin),
+            bin_start=pl.col("bin_start").dt.convert_time_zone("UTC").dt.replace_time_zone(None),
+            level="level",
+            unit_id="unit_id",
+            parent_id="parent_id",
+            count=pl.col("count").cast(pl.Int64),
+            thresholded="thresholded",
+        )
+        con.register("_new_heads", heads.to_arrow())
+        con.register("_new_cells", cells.to_arrow())
+        con.execute("INSERT INTO releases SELECT * FROM _new_heads")
+        con.execute("INSERT INTO release_cells SELECT * FROM _new_cells")
+        con.unregister("_new_heads")
+        con.unregister("_new_cells")
+
+
+# ---- the simple gate of frames that are not cube cells --------------------------------------------
 def release_counts(frame: pl.DataFrame, policy: Policy, columns: Sequence[str] = ("count",)) -> pl.DataFrame:
-    """Null out withheld counts in ``columns`` and add a ``suppressed`` flag per row."""
+    """Null out withheld counts in ``columns`` and add a ``suppressed`` flag per row (primary
+    suppression only: for frames that are not cells of the release cube)."""
     hidden = pl.any_horizontal([policy.hides(c) for c in columns]) if columns else pl.lit(False)
     out = frame.with_columns(suppressed=hidden)
     return out.with_columns([pl.when(policy.hides(c)).then(None).otherwise(pl.col(c)).alias(c) for c in columns])

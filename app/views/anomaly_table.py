@@ -15,10 +15,19 @@ from app.views.base import LensView
 __all__ = ["COLUMNS", "AnomalyTable", "anomaly_frame"]
 
 #: Lens column -> table heading, in display order.
-COLUMNS = {"name": "name", "category": "category", "bin_start": "day", "count": "observed", "expected": "expected", "zscore": "z"}
+COLUMNS = {
+    "name": "name",
+    "category": "category",
+    "bin_start": "day",
+    "count": "observed",
+    "expected": "expected",
+    "zscore": "z",
+    "effect": "effect",
+    "narrative": "narrative",
+}
 
 #: Lens parameters the anomalies depend on (every one of them re-renders the table).
-_DEPENDS_ON = ("snapshot", "city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "privacy_mode", "privacy_k")
+_DEPENDS_ON = ("snapshot", "city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q", "privacy_mode", "privacy_k")
 
 _TABLE_CSS = """
 .tabulator .tabulator-cell, .tabulator .tabulator-col-title { font-size: 13px; }
@@ -54,8 +63,9 @@ class AnomalyTable(LensView):
         if lens.since is not None and lens.until is not None and lens.since >= lens.until:
             return "**No window:** the start must be before the end."
         frame, withheld = self._released()
-        rule = f"privacy rule *suppress*, k = {lens.privacy_k}" if lens.privacy_mode == "suppress" else "privacy rule *none* (internal)"
-        shown = f"**{len(frame)}** anomalies with z ≥ {lens.min_z:g} at {lens.level} level"
+        rules = {"suppress": f"privacy rule *suppress*, k = {lens.privacy_k}", "dp": f"privacy rule *dp*, ε = {lens.epsilon:g}"}
+        rule = rules.get(lens.privacy_mode, "privacy rule *none* (internal)")
+        shown = f"**{len(frame)}** anomalies with q ≤ {lens.q:g} and z ≥ {lens.min_z:g} at {lens.level} level"
         return f"{shown}; **{withheld}** withheld by the {rule}."
 
     def _table(self, *_: Any) -> pd.DataFrame:
@@ -72,10 +82,20 @@ class AnomalyTable(LensView):
             pagination="local",
             page_size=10,
             configuration={"columnDefaults": {"headerSort": False}},
-            widths={"name": "25%", "category": "24%", "day": "16%", "observed": "14%", "expected": "14%", "z": "7%"},
+            widths={
+                "name": "14%",
+                "category": "13%",
+                "day": "9%",
+                "observed": "7%",
+                "expected": "7%",
+                "z": "5%",
+                "effect": "7%",
+                "narrative": "38%",
+            },
             formatters={
                 "name": {"type": "textarea"},
                 "category": {"type": "textarea"},
+                "narrative": {"type": "textarea"},
                 "expected": NumberFormatter(format="0.0"),
                 "z": NumberFormatter(format="0.0"),
             },

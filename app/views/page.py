@@ -17,6 +17,7 @@ from app.config import Settings
 from app.data.snapshot import Snapshot
 from app.data.store import Store
 from app.engine.lens import Lens
+from app.engine.privacy import BudgetLedger
 from app.views.anomaly_table import AnomalyTable
 from app.views.base import LensView
 from app.views.heat import HeatView
@@ -109,7 +110,11 @@ class Controls(LensView):
 def _provenance(snap: Snapshot | None, privacy_mode: str, privacy_k: int) -> str:
     """Which snapshot and which release rule produced the numbers on screen."""
     assert snap is not None
-    rule = f"suppress (counts 1 to {privacy_k - 1} withheld, k = {privacy_k})" if privacy_mode == "suppress" else "none (internal use)"
+    rules = {
+        "suppress": f"suppress (counts 1 to {privacy_k - 1} withheld, with complements, k = {privacy_k})",
+        "dp": "differential privacy (noisy counts, budgeted)",
+    }
+    rule = rules.get(privacy_mode, "none (internal use)")
     return f"Snapshot `{snap.id}` · built {snap.created_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC · privacy: {rule}"
 
 
@@ -128,12 +133,19 @@ def dashboard_page(lens: Lens) -> BasicTemplate:
     return _template(main=[body], sidebar=[Controls(lens=lens)])
 
 
-def build_dashboard(store: Store, settings: Settings) -> BasicTemplate:
-    """A fresh lens and page for one browser session; a clear notice when nothing is published yet."""
+def build_dashboard(store: Store, settings: Settings, ledger: BudgetLedger | None = None) -> BasicTemplate:
+    """A fresh lens and page for one browser session; a clear notice when nothing is published yet.
+    ``ledger`` is the server's 'dp' budget ledger (required in 'dp' mode)."""
     snapshot = store.current()
     if snapshot is None:
         return _template(main=[pn.pane.Alert(NO_DATA, alert_type="warning")])
-    lens = Lens(snapshot=snapshot, privacy_mode=settings.privacy_mode, privacy_k=settings.privacy_k)
+    lens = Lens(
+        snapshot=snapshot,
+        privacy_mode=settings.privacy_mode,
+        privacy_k=settings.privacy_k,
+        epsilon=settings.privacy_epsilon,
+        ledger=ledger,
+    )
     if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:  # a live browser session
 
         def tick() -> None:

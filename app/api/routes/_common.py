@@ -23,4 +23,6 @@ def lens_out(lens: Lens) -> WindowOut:
 
 def privacy_out(lens: Lens) -> PrivacyOut:
     """The release rule applied."""
-    return PrivacyOut(mode=lens.privacy_mode, k=lens.privacy_k)
+    dp = lens.privacy_mode == "dp"
+    spent = lens.ledger.spent(lens.city) if dp and lens.ledger is not None else None
+    return PrivacyOut(mode=lens.privacy_mode, k=lens.privacy_k, epsilon=lens.epsilon if dp else None, epsilon_spent=spent)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from app.api.deps import LensDep, PageDep, TimeBin
+from app.api.errors import unprocessable
 from app.api.routes._common import lens_out, privacy_out
-from app.api.schemas import AnomaliesOut, AnomalyOut
+from app.api.schemas import AnomaliesOut, AnomalyOut, DriverOut
+from app.engine.privacy import BudgetExceeded
+from app.engine.scores import DEFAULT_Q
 
 router = APIRouter(tags=["anomalies"])
-_BIN = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
 
 
 @router.get("/anomalies", response_model=AnomaliesOut)
@@ -20,25 +21,41 @@ def anomalies(
     lens: LensDep,
     page: PageDep,
     min_z: Annotated[float, Query(ge=0, le=1000, allow_inf_nan=False, description="Smallest z-score listed (0..1000).")] = 3.0,
+    q: Annotated[
+        float, Query(gt=0, le=1, allow_inf_nan=False, description="Largest Benjamini-Hochberg q-value listed (0 < q <= 1).")
+    ] = DEFAULT_Q,
     time_bin: Annotated[TimeBin, Query(description="Bin width scored: hour, day or week.")] = "day",
 ) -> AnomaliesOut:
-    """Released anomalies against each series' trailing 28-day baseline; paged."""
-    lens.min_z, lens.time_bin = min_z, time_bin
-    found, withheld = lens.anomalies()
+    """Released anomalies of the window against seasonal baselines (exact tail p-values, FDR), with
+    drivers and a narrative each; paged. Cells too small to publish roll up to their parent."""
+    lens.param.update(min_z=min_z, q=q, time_bin=time_bin)
+    try:
+        found, withheld = lens.anomalies()
+    except BudgetExceeded as exc:
+        raise unprocessable("epsilon", f"privacy budget exhausted: {exc}", lens.epsilon) from exc
     total = found.height
     rows = found.slice(page.offset, page.limit) if total else found
     items = [
         AnomalyOut(
-            level=lens.level,
+            level=r["level"],
             unit_id=r["unit_id"],
             name=r["name"],
             category=r["category"],
             window_start=r["bin_start"],
-            window_end=r["bin_start"] + _BIN[time_bin],
-            observed=r["count"],
+            window_end=r["bin_end"],
+            observed=r["observed"],
             expected=r["expected"],
-            std=r["std"],
+            variance=r["variance"],
             zscore=r["zscore"],
+            p=r["p"],
+            q=r["q"],
+            baseline_start=r["baseline_start"],
+            baseline_end=r["baseline_end"],
+            effect=r["effect"],
+            share=r["share"],
+            drivers=[DriverOut(**d) for d in (r["drivers"] or [])],
+            rolled_up_from=r["rolled_up_from"],
+            narrative=r["narrative"],
         )
         for r in rows.iter_rows(named=True)
     ]
@@ -47,6 +64,7 @@ def anomalies(
         privacy=privacy_out(lens),
         time_bin=time_bin,
         min_z=min_z,
+        q=q,
         withheld=withheld,
         total=total,
         limit=page.limit,

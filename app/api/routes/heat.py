@@ -8,8 +8,10 @@ import polars as pl
 from fastapi import APIRouter, Query
 
 from app.api.deps import BBoxDep, LensDep, PageDep, TimeBin
+from app.api.errors import unprocessable
 from app.api.routes._common import lens_out, privacy_out
-from app.api.schemas import HeatCell, HeatOut
+from app.api.schemas import HeatCell, HeatOut, RollupOut
+from app.engine.privacy import BudgetExceeded
 
 router = APIRouter(tags=["counts"])
 
@@ -21,13 +23,19 @@ def heat(
     bbox: BBoxDep,
     time_bin: Annotated[TimeBin | None, Query(description="Split counts by hour, day or week; omit for window totals.")] = None,
 ) -> HeatOut:
-    """Counts per unit for the window, after the privacy gate; bbox selects whole units."""
-    counts = lens.unit_counts()
-    if bbox is not None:
-        counts = counts.filter(pl.col("lon").is_between(bbox.min_lon, bbox.max_lon) & pl.col("lat").is_between(bbox.min_lat, bbox.max_lat))
+    """Counts per unit for the window (snapped to whole time bins), after the privacy gate; bbox
+    selects whole units. A withheld total carries its parent's released total (``rollup``)."""
     if time_bin is not None:
         lens.time_bin = time_bin
-        cells = lens.series().join(counts.select("unit_id", "name"), on="unit_id", how="inner").sort(["unit_id", "bin_start"])
+    try:
+        counts = lens.unit_counts()
+        series = lens.series() if time_bin is not None else None
+    except BudgetExceeded as exc:
+        raise unprocessable("epsilon", f"privacy budget exhausted: {exc}", lens.epsilon) from exc
+    if bbox is not None:
+        counts = counts.filter(pl.col("lon").is_between(bbox.min_lon, bbox.max_lon) & pl.col("lat").is_between(bbox.min_lat, bbox.max_lat))
+    if series is not None:
+        cells = series.join(counts.select("unit_id", "name"), on="unit_id", how="inner").sort(["unit_id", "bin_start"])
     else:
         cells = counts.sort("unit_id")
     total = cells.height
@@ -41,7 +49,16 @@ def heat(
         offset=page.offset,
         next_offset=page.next_offset(total),
         cells=[
-            HeatCell(unit_id=r["unit_id"], name=r.get("name"), bin_start=r.get("bin_start"), count=r["count"], suppressed=r["suppressed"])
+            HeatCell(
+                unit_id=r["unit_id"],
+                name=r.get("name"),
+                bin_start=r.get("bin_start"),
+                count=r["count"],
+                suppressed=r["suppressed"],
+                rollup=RollupOut(level=r["rollup_level"], unit_id=r["rollup_unit_id"], count=r["rollup_count"])
+                if r.get("rollup_level")
+                else None,
+            )
             for r in rows.iter_rows(named=True)
         ],
     )
