@@ -30,7 +30,7 @@ from app.data.store import Store
 from app.engine.baselines import BASELINE
 from app.engine.bins import cube_counts
 from app.engine.detect import detect
-from app.engine.evaluate import first_full_day
+from app.engine.evaluate import history_start
 from app.engine.explain import explain
 
 __all__ = ["PLANTED_FILE", "build_demo", "ingest_live", "publish", "recompute_anomalies", "refresh", "registered_sources"]
@@ -172,7 +172,7 @@ def anomaly_rows(events: pl.DataFrame, units: pl.DataFrame, city: str, days: int
     assert isinstance(last, datetime)
     assert isinstance(first, datetime)
     until = last.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    earliest = first_full_day(first) + BASELINE
+    earliest = history_start(first) + BASELINE
     parents = tract_parents(units)
     start = max(until - timedelta(days=days), earliest)
     cube = cube_counts(events.filter(pl.col("ts") >= start - BASELINE), parents, "day", (*_ANOMALY_LEVELS, "borough", "city"))
@@ -200,7 +200,11 @@ def anomaly_rows(events: pl.DataFrame, units: pl.DataFrame, city: str, days: int
         effect="effect",
         share=pl.col("share").round(4),
         drivers=pl.col("drivers").list.eval(
-            pl.struct(pl.element().struct.field("category"), pl.element().struct.field("excess").round(3), pl.element().struct.field("share").round(4))
+            pl.struct(
+                pl.element().struct.field("category"),
+                pl.element().struct.field("excess").round(3),
+                pl.element().struct.field("share").round(4),
+            )
         ),
     )
     return found.sort("level", "unit_id", "category", "bin_start").select(

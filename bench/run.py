@@ -1,4 +1,5 @@
-"""Measure the figures that decide whether the app feels instant, on the default-size demo city.
+"""Measure the figures that decide whether the app feels instant, and whether its anomalies are
+worth reading, on the default-size demo city.
 
     python -m bench.run            # prints one ``BENCH <name> <value> <unit>`` line per figure
                                    # and writes bench/results.json ({"<name>": {"value": v, "unit": u}})
@@ -10,6 +11,21 @@ Figures: ``demo_build_s`` (cold build of the default demo, geography load includ
 a SODA page gives them, through the product's path: ``SocrataAdapter.normalize`` then
 :func:`app.data.ingest.canonical_rows`, the tract join included).
 Warm figures are medians of several runs after one untimed call.
+
+Detection quality against the demo's planted anomalies (``planted_anomalies.csv``, scored by
+:func:`app.engine.evaluate.evaluate`): ``planted_precision``, ``planted_recall`` and ``planted_f1``
+of what the lens publishes window by window (:func:`~app.engine.evaluate.engine_detections`),
+``planted_f1_rolling_z`` of the plain 28-day rolling z detector on the same cells
+(:func:`~app.engine.evaluate.rolling_z_detections`) and ``planted_f1_ratio`` (engine F1 / rolling F1).
+
+Detection cost: ``recompute_s`` (a refresh's anomaly recompute of the demo city: events read from the
+working database, cube, detection and explanation of the last 14 days, rows stored; median of 3 runs
+after one warm-up), ``scoring_polars_ms`` (the engine's :func:`~app.engine.scores.score_cells` of
+the tract level over the lens' default 7-day window, fitted model given; median of 3 after one
+warm-up), ``scoring_pandas_s`` (the same scoring written per series in pandas,
+:mod:`bench.pandas_reference`, timed on a deterministic sample of 3,000 of the scored series and
+scaled linearly by the number of scored series, plus its one-off lookup tables timed in full) and
+``recompute_speedup_vs_pandas`` (``scoring_pandas_s`` / the polars time).
 """
 
 from __future__ import annotations
@@ -21,14 +37,32 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import structlog
 
-__all__ = ["RESULTS", "Figures", "format_line", "ingest_rows_per_s", "main", "measure", "report", "soda_rows"]
+if TYPE_CHECKING:
+    from app.data.snapshot import Snapshot
+    from app.data.store import Store
+    from app.engine.evaluate import Evaluation
+
+__all__ = [
+    "RESULTS",
+    "Figures",
+    "format_line",
+    "ingest_rows_per_s",
+    "main",
+    "measure",
+    "planted_figures",
+    "recompute_seconds",
+    "report",
+    "scoring_speedup",
+    "soda_rows",
+]
 
 RESULTS = Path(__file__).with_name("results.json")
 #: Figure name -> (value, unit).
@@ -37,6 +71,7 @@ _TOKEN = re.compile(r"^\S+$")
 _RUNS = 7
 _JOIN_POINTS = 1_000_000
 _INGEST_ROWS = 1_000_000
+_PANDAS_SAMPLE = 3_000
 
 
 def format_line(name: str, value: float, unit: str) -> str:
@@ -79,10 +114,11 @@ def measure(data_dir: Path) -> Figures:
     from app.data.geography import load_geography, tract_join
     from app.data.store import Store
     from app.engine.lens import Lens
-    from app.pipeline import build_demo
+    from app.pipeline import PLANTED_FILE, build_demo
 
     t0 = time.perf_counter()
-    snap = build_demo(Store(data_dir), DemoSpec(), force=True)
+    store = Store(data_dir)
+    snap = build_demo(store, DemoSpec(), force=True)
     build_s = time.perf_counter() - t0
     counts = snap.row_counts()
     n_events = counts["request"] + counts["incident"] + counts["closure"]
@@ -109,6 +145,111 @@ def measure(data_dir: Path) -> Figures:
         "heat_raster_ms": (raster_ms, "ms"),
         "tract_join_rows_per_s": (round(_JOIN_POINTS / (join_ms / 1000)), "rows/s"),
         "ingest_rows_per_s": (ingest_rows_per_s(snap.events("nyc")), "rows/s"),
+        **planted_quality(snap, data_dir / PLANTED_FILE),
+        "recompute_s": (round(recompute_seconds(store), 2), "s"),
+        **scoring_speedup(snap),
+    }
+
+
+def planted_quality(snap: Snapshot, truth_path: Path, city: str = "nyc") -> Figures:
+    """Precision, recall and F1 of the lens' published anomalies and of the rolling z reference
+    against the planted ground truth (see :func:`planted_figures`)."""
+    from app.data.geography import tract_parents
+    from app.engine.evaluate import engine_detections, evaluate, rolling_z_detections
+
+    truth = pl.read_csv(truth_path, try_parse_dates=True)
+    parents = tract_parents(snap.units(city))
+    engine = evaluate(engine_detections(snap, city), truth, parents)
+    rolling = evaluate(rolling_z_detections(snap, city), truth, parents)
+    return planted_figures(engine, rolling)
+
+
+def planted_figures(engine: Evaluation, rolling: Evaluation) -> Figures:
+    """The planted-anomaly figures of two evaluations; the ratio is undefined (an error, not a
+    figure) when the reference found nothing, so a broken reference cannot print a flattering inf."""
+    if rolling.f1 <= 0:
+        raise ValueError(f"the rolling z reference has F1 {rolling.f1}: no ratio to report ({rolling})")
+    return {
+        "planted_precision": (round(engine.precision, 4), "ratio"),
+        "planted_recall": (round(engine.recall, 4), "ratio"),
+        "planted_f1": (round(engine.f1, 4), "ratio"),
+        "planted_f1_rolling_z": (round(rolling.f1, 4), "ratio"),
+        "planted_f1_ratio": (round(engine.f1 / rolling.f1, 3), "x"),
+    }
+
+
+def recompute_seconds(store: Store, city: str = "nyc", runs: int = 3) -> float:
+    """Median wall time in seconds, over ``runs`` after one warm-up, of the anomaly recompute a
+    refresh runs on the working database (:func:`app.pipeline.recompute_anomalies`: read events,
+    cube, detect and explain the last 14 days, replace the stored rows)."""
+    from app.pipeline import recompute_anomalies
+
+    with store.writer() as con:
+        recompute_anomalies(con, city)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            recompute_anomalies(con, city)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def scoring_speedup(snap: Snapshot, city: str = "nyc", sample: int = _PANDAS_SAMPLE, days: int = 7) -> Figures:
+    """Polars engine vs the per-series pandas reference on the same scoring: the tract level's cells
+    over the lens' default window (the ``days`` up to the end of the newest event's day), the
+    baseline model fitted once and given to both.
+
+    The polars time is the full :func:`~app.engine.scores.score_cells` (median of 3 after one
+    warm-up). The pandas time is :func:`bench.pandas_reference.pandas_score_cells` on ``sample``
+    series drawn deterministically among the scored ones, scaled linearly to all scored series
+    (:func:`~bench.pandas_reference.extrapolated_seconds`), plus its lookup tables built once in
+    full. The sample's numbers are checked against the engine's first, so the ratio compares the
+    same computation."""
+    from datetime import timedelta
+
+    from app.data.geography import tract_parents
+    from app.engine.baselines import BASELINE, fit_baseline
+    from app.engine.bins import cube_counts, filter_events
+    from app.engine.detect import level_cells
+    from app.engine.scores import score_cells
+    from bench.pandas_reference import extrapolated_seconds, lookups, pandas_score_cells, sample_series, to_pandas_cells
+
+    events = snap.events(city)
+    last = events["ts"].max()
+    assert isinstance(last, datetime)
+    until = last.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    since = until - timedelta(days=days)
+    cube = cube_counts(filter_events(events, since - BASELINE, until), tract_parents(snap.units(city)), "day", ("tract",))
+    cells = level_cells(cube, "tract")
+    n_units = snap.units(city, "tract").height
+    model = fit_baseline(cells, "day", since)
+    engine = score_cells(cells, since, until, "day", n_units, model=model)
+    polars_s = _median_ms(lambda: score_cells(cells, since, until, "day", n_units, model=model), runs=3) / 1000
+
+    keys = ["unit_id", "category"]
+    total_series = engine.select(keys).n_unique()
+    chosen = sample_series(cells, since, until, sample)
+    frame = to_pandas_cells(cells.join(chosen, on=keys, how="semi"))
+    n_categories = cells["category"].n_unique()
+    t0 = time.perf_counter()
+    tables = lookups(model)
+    fixed_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = pandas_score_cells(frame, since, until, "day", n_units, model, n_categories=n_categories, tables=tables)
+    sample_s = time.perf_counter() - t0
+
+    both = engine.join(pl.from_pandas(ref), on=[*keys, "bin_start"], how="inner", suffix="_pd")
+    if both.height != len(ref) or both.height == 0:
+        raise RuntimeError(f"pandas reference scored {len(ref)} cells, {both.height} of them matched the engine's")
+    for col in ("trailing", "expected", "variance", "zscore", "p"):
+        a, b = both[col].to_numpy(), both[f"{col}_pd"].to_numpy()
+        if not np.allclose(a, b, rtol=1e-9, atol=0):
+            raise RuntimeError(f"pandas reference disagrees with the engine on {col}")
+    pandas_s = extrapolated_seconds(sample_s, chosen.height, total_series, fixed_s)
+    return {
+        "scoring_polars_ms": (round(polars_s * 1000, 1), "ms"),
+        "scoring_pandas_s": (round(pandas_s, 2), "s"),
+        "recompute_speedup_vs_pandas": (round(pandas_s / polars_s, 1), "x"),
     }
 
 

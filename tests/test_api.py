@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,9 @@ def test_heat_city_total_equals_events_in_window(open_client: TestClient, tiny_s
     expected = events.filter(
         pl.col("ts").is_between(pl.datetime(2026, 10, 20, time_zone="UTC"), pl.datetime(2026, 11, 1, time_zone="UTC"), closed="left")
     ).height
-    assert body["cells"] == [{"unit_id": "nyc", "name": "New York City", "bin_start": None, "count": expected, "suppressed": False, "rollup": None}]
+    assert body["cells"] == [
+        {"unit_id": "nyc", "name": "New York City", "bin_start": None, "count": expected, "suppressed": False, "rollup": None}
+    ]
 
 
 def test_heat_borough_counts_sum_to_located_events(open_client: TestClient, tiny_store: Store) -> None:
@@ -179,6 +182,32 @@ def test_anomalies_higher_threshold_is_a_subset(client: TestClient) -> None:
     assert all(a in low for a in high)
 
 
+def test_anomalies_carry_their_evidence_drivers_and_narrative(client: TestClient) -> None:
+    items = client.get(f"/anomalies?city=nyc&level=neighborhood&min_z=2&q=0.5&limit=1000&{WINDOW}").json()["items"]
+    assert items
+    for a in items:
+        start = datetime.fromisoformat(a["window_start"])
+        assert datetime.fromisoformat(a["baseline_end"]) == start  # the bin is not in its own baseline
+        assert datetime.fromisoformat(a["baseline_start"]) == start - timedelta(days=28)
+        assert 0 <= a["p"] <= a["q"] <= 0.5
+        assert a["variance"] > 0
+        assert a["zscore"] == pytest.approx((a["observed"] - a["expected"]) / a["variance"] ** 0.5, abs=0.02)
+        assert a["effect"] in {"volume", "mix", "volume+mix"}
+        assert all(0 <= d["share"] <= 1 and d["excess"] > 0 for d in a["drivers"])
+        assert sum(d["share"] for d in a["drivers"]) <= 1 + 1e-6
+        assert a["category"] in a["narrative"]
+        assert str(a["observed"]) in a["narrative"]
+        assert (a["rolled_up_from"] is None) or ("too small to publish" in a["narrative"])
+
+
+def test_stricter_q_lists_fewer_anomalies(client: TestClient) -> None:
+    loose = client.get(f"/anomalies?level=neighborhood&min_z=0&q=1&limit=1000&{WINDOW}").json()
+    strict = client.get(f"/anomalies?level=neighborhood&min_z=0&q=0.001&limit=1000&{WINDOW}").json()
+    assert strict["total"] < loose["total"]
+    assert all(a["q"] <= 0.001 for a in strict["items"])
+    assert strict["q"] == 0.001
+
+
 # ---- every 422 rule --------------------------------------------------------------------------
 BAD_INPUTS = [
     # (path, query, parameter named, words of the rule)
@@ -208,6 +237,9 @@ BAD_INPUTS = [
     ("/anomalies", "min_z=5000", "min_z", "less than or equal"),
     ("/anomalies", "min_z=nan", "min_z", "finite"),
     ("/anomalies", "time_bin=minute", "time_bin", "hour"),
+    ("/anomalies", "q=0", "q", "greater than"),
+    ("/anomalies", "q=1.5", "q", "less than or equal"),
+    ("/anomalies", "q=inf", "q", "finite"),
     ("/anomalies", "limit=100000", "limit", "less than or equal"),
     ("/anomalies", "offset=-5", "offset", "greater than or equal"),
     ("/tracts", "city=paris", "city", "unknown city"),

@@ -269,7 +269,7 @@ def _plan_anomalies(city: DemoCity) -> pl.DataFrame:
     ntas = parents.group_by("neighborhood_id").len().filter(pl.col("len") >= 6)["neighborhood_id"].sort().to_list()
     req, inc = city._catalog["request"].names, city._catalog["incident"].names
     designs = (
-        [("spike", "request", "tract", "small", 3, 12, 8, 12)] * 4
+        [("spike", "request", "tract", "small", 3, 12, 11, 15)] * 4
         + [("spike", "request", "tract", "medium", 6, 48, 20, 40)] * 4
         + [("spike", "request", "tract", "large", 12, 72, 60, 150)] * 3
         + [("spike", "incident", "tract", "medium", 6, 24, 15, 30)] * 2
@@ -289,7 +289,8 @@ def _plan_anomalies(city: DemoCity) -> pl.DataFrame:
             # A dozen extra events is only an anomaly where the cell is normally quiet: a dozen more
             # noise complaints on a block that logs five a day is ordinary variation, invisible among
             # millions of cells at any honest false-discovery rate. So small spikes take a less common
-            # category (ranks 10-40) and stay inside one UTC day.
+            # category (ranks 10-40) and stay inside one UTC day; and they add at least 11 events,
+            # the default publication threshold (k = 11): a smaller tract-day spike could not be shown.
             day0 = start - start % 24
             day0 = day0 + 24 if day0 < first_hour else day0 - 24 if day0 + 24 > last_hour else day0
             start = day0 + int(rng.integers(0, 24 - hours + 1))

@@ -35,12 +35,13 @@ BASELINE = timedelta(days=28)
 BIN_LENGTH = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
 _SLOTS = {"hour": 168, "day": 7, "week": 1}
 _KEYS = ["unit_id", "category"]
+_MIN_FACTOR = 0.05
 
 
 def slot_expr(time_bin: str, col: str = "bin_start") -> pl.Expr:
     """Seasonal slot of a bin: hour-of-week for hourly bins, day-of-week for daily, none for weekly."""
     if time_bin == "hour":
-        return ((pl.col(col).dt.weekday() - 1) * 24 + pl.col(col).dt.hour()).cast(pl.Int32)
+        return (pl.col(col).dt.weekday().cast(pl.Int32) - 1) * 24 + pl.col(col).dt.hour().cast(pl.Int32)
     if time_bin == "day":
         return (pl.col(col).dt.weekday() - 1).cast(pl.Int32)
     return pl.lit(0, pl.Int32)
@@ -71,7 +72,11 @@ def seasonal_profile(counts: pl.DataFrame, time_bin: str, since: datetime, until
     grid = grid.with_columns(rate=pl.col("n_cs") / pl.col("n_bins"))
     mean_rate = pl.col("rate").mean().over("category")
     factor = (pl.col("rate") + smoothing / slots * pl.col("f_all")) / (mean_rate + smoothing / slots)
-    out = grid.with_columns(factor=factor).with_columns(pl.col("factor") / pl.col("factor").mean().over("category"))
+    # A slot the whole city never saw in the pre-window would expect exactly 0 and make one event
+    # infinitely unusual: floor each factor at 5 % of an average slot before renormalising.
+    out = grid.with_columns(factor=factor.clip(lower_bound=_MIN_FACTOR)).with_columns(
+        pl.col("factor") / pl.col("factor").mean().over("category")
+    )
     return out.select("category", "slot", "factor").sort("category", "slot")
 
 

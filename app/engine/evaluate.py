@@ -22,7 +22,16 @@ from app.engine.bins import cube_counts
 from app.engine.detect import level_cells
 from app.engine.scores import rolling_zscores
 
-__all__ = ["EVAL_LEVELS", "Evaluation", "engine_detections", "evaluate", "first_full_day", "match_planted", "rolling_z_detections", "weekly_windows"]
+__all__ = [
+    "EVAL_LEVELS",
+    "Evaluation",
+    "engine_detections",
+    "evaluate",
+    "history_start",
+    "match_planted",
+    "rolling_z_detections",
+    "weekly_windows",
+]
 
 
 @dataclass(frozen=True)
@@ -110,12 +119,13 @@ def _scoreable(snapshot: Snapshot, city: str, baseline: timedelta) -> tuple[date
     first, last = ts.min(), ts.max()
     assert isinstance(first, datetime)
     assert isinstance(last, datetime)
-    return first_full_day(first) + baseline, _midnight(last) + timedelta(days=1)
+    return history_start(first) + baseline, _midnight(last) + timedelta(days=1)
 
 
-def first_full_day(ts: datetime) -> datetime:
-    """The first midnight at or after ``ts``: the first day the history covers whole."""
-    return ts if ts == _midnight(ts) else _midnight(ts) + timedelta(days=1)
+def history_start(ts: datetime) -> datetime:
+    """The midnight that starts the history's first day (the day of the first event: a partial first
+    day makes the earliest baselines slightly low, which is better than losing a day of scoring)."""
+    return _midnight(ts)
 
 
 def _midnight(ts: datetime) -> datetime:
@@ -155,5 +165,9 @@ def rolling_z_detections(snapshot: Snapshot, city: str = "nyc", min_z: float = 3
         frames.append(hits.with_columns(level=pl.lit(level)))
     found = pl.concat(frames)
     return found.select(
-        "level", "unit_id", "category", pl.col("bin_start").alias("window_start"), (pl.col("bin_start") + timedelta(days=1)).alias("window_end")
+        "level",
+        "unit_id",
+        "category",
+        pl.col("bin_start").alias("window_start"),
+        (pl.col("bin_start") + timedelta(days=1)).alias("window_end"),
     )

@@ -48,9 +48,9 @@ def explain(detection: Detection, anomalies: pl.DataFrame, hidden: pl.DataFrame 
     category's part of its unit-window's positive excess) and ``drivers`` (top categories by excess).
 
     ``effect`` of a category anomaly: ``"mix"`` when the other categories of the unit-window fell
-    by at least half this category's excess (and ``others_z <= -1``) and its total did not rise
-    significantly (a mix shift with the total
-    unchanged), ``"volume+mix"`` when they fell and the total rose too, else ``"volume"`` (events
+    by at least half this category's excess (and ``others_z <= -1``) while its total did not rise
+    significantly (a mix shift with the total unchanged); ``"volume+mix"`` when the total rose and
+    the others fell (by half the excess, or by 3 standard deviations); else ``"volume"`` (events
     added on top of an ordinary mix). :func:`app.engine.attribution.decompose` gives the mix test.
 
     ``hidden``: withheld cells (``level, unit_id, category, bin_start``) to merge into :data:`OTHER`.
@@ -100,5 +100,7 @@ def explain(detection: Detection, anomalies: pl.DataFrame, hidden: pl.DataFrame 
     # Nearer to "the others lost all of it" than to "they lost nothing", and clearly below normal.
     took = (pl.col("others_deficit") >= 0.5 * (pl.col("observed") - pl.col("expected"))) & (pl.col("others_z") <= -OTHERS_DROP_Z)
     total_up = pl.col("volume_z") >= TOTAL_UP_Z
-    effect = pl.when(took & total_up).then(pl.lit("volume+mix")).when(took).then(pl.lit("mix")).otherwise(pl.lit("volume"))
+    # The total rose *and* the others clearly lost events (even if less than half the excess): both.
+    both = total_up & (took | (pl.col("others_z") <= -TOTAL_UP_Z))
+    effect = pl.when(both).then(pl.lit("volume+mix")).when(took).then(pl.lit("mix")).otherwise(pl.lit("volume"))
     return out.with_columns(effect=effect).drop("others_deficit")

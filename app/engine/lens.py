@@ -19,7 +19,7 @@ from app.engine.bins import ALL_CATEGORIES, TIME_BINS, cube_counts, filter_event
 from app.engine.detect import Detection, DetectionSettings, detect
 from app.engine.explain import explain
 from app.engine.narratives import narrate
-from app.engine.privacy import BudgetLedger, Policy, snap_window, suppress_cube, window_totals
+from app.engine.privacy import BudgetLedger, Policy, gate_anomalies, release_cube, snap_window, window_totals
 from app.engine.scores import DEFAULT_Q
 
 __all__ = ["ALL", "KINDS", "Lens"]
@@ -169,10 +169,8 @@ class Lens(param.Parameterized):
             return self._dp_released(*grid)
         lo, hi = grid
         window = self.cube().filter((pl.col("bin_start") >= lo) & (pl.col("bin_start") < hi))
-        if self.privacy_mode == "none":
-            return window.with_columns(suppressed=pl.lit(False))
-        key = ("released", self.city, self.time_bin, lo, hi, self.privacy_k)
-        return snap.memo(key, lambda: suppress_cube(window, self.privacy_k))
+        key = ("released", self.city, self.time_bin, lo, hi, self.privacy_mode, self.privacy_k)
+        return snap.memo(key, lambda: release_cube(window, self.policy))
 
     def _dp_released(self, lo: datetime, hi: datetime) -> pl.DataFrame:
         """Noisy counts of the lens category (all levels, bins from the baseline start) via the ledger."""
@@ -254,13 +252,26 @@ class Lens(param.Parameterized):
             rollup_count=pl.when(rolled).then(pl.col("rollup_count")),
         ).drop("parent_id")
 
+    def _ancestors(self) -> pl.DataFrame:
+        """``unit_id`` at the lens level with each coarser unit: ``anc_level, anc_id, depth``."""
+        assert self.snapshot is not None
+        parents = self.parents()
+        own = "tract_id" if self.level == "tract" else f"{self.level}_id"
+        frames = [
+            parents.select(unit_id=pl.col(own), anc_level=pl.lit(up), anc_id=pl.col(f"{up}_id"), depth=pl.lit(i + 1)).unique()
+            for i, up in enumerate(_coarser_levels(self.level))
+        ]
+        schema = {"unit_id": pl.String, "anc_level": pl.String, "anc_id": pl.String, "depth": pl.Int32}
+        return pl.concat(frames, how="vertical_relaxed").drop_nulls() if frames else pl.DataFrame(schema=schema)
+
     # ---- anomalies -----------------------------------------------------------------------------
     def detection(self) -> Detection | None:
-        """Scores of the grid window at the lens level and its parent (for roll-ups); memoised."""
+        """Scores of the grid window at the lens level and each coarser level up to borough (for
+        roll-ups); memoised."""
         snap, grid = self.snapshot, self.grid_window()
         if snap is None or grid is None:
             return None
-        levels = tuple(lvl for lvl in (self.level, _parent_level(self.level)) if lvl is not None)
+        levels = (self.level, *_coarser_levels(self.level))
         dp = self.privacy_mode == "dp"
         settings = DetectionSettings(
             self.time_bin, self.baseline, self.q, self.min_z, self.policy.noise_variance(len(LEVELS)), totals=dp and self.category == ALL
@@ -277,10 +288,10 @@ class Lens(param.Parameterized):
     def anomalies(self) -> tuple[pl.DataFrame, int]:
         """Released anomalies of the window, strongest first, and how many were withheld.
 
-        An anomaly whose cell the privacy gate withholds is replaced by its parent unit's anomaly in
-        the same category and bin when that one is significant and publishable (``rolled_up_from``
-        says so); drivers and shares use published cells only; the narrative is built last, from
-        released numbers.
+        An anomaly whose cell the privacy gate withholds is replaced by its nearest ancestor's anomaly
+        in the same category and bin that is significant and publishable (``rolled_up_from`` says
+        so; see :func:`app.engine.privacy.gate_anomalies`); drivers and shares use published cells
+        only; the narrative is built last, from released numbers.
         """
         det = self.detection()
         if det is None or det.scored.height == 0:
@@ -293,32 +304,7 @@ class Lens(param.Parameterized):
             found = found.filter(pl.col("category") == self.category)
         elif set(self.kinds) != set(KINDS):
             found = found.filter(pl.col("category").is_in(self._kind_of().filter(pl.col("kind").is_in(list(self.kinds)))["category"]))
-        gate = self.released().select("level", "unit_id", "category", "bin_start", "suppressed")
-        found = found.join(gate, on=["level", "unit_id", "category", "bin_start"], how="left").with_columns(
-            pl.col("suppressed").fill_null(False)
-        )
-        mine = found.filter(pl.col("level") == self.level)
-        shown = mine.filter(~pl.col("suppressed")).with_columns(rolled_up_from=pl.lit(None, pl.String))
-        hidden = mine.filter(pl.col("suppressed"))
-        up = _parent_level(self.level)
-        if up is not None and hidden.height:
-            parents = self.snapshot.units(self.city, self.level).select("unit_id", "parent_id")
-            wanted = hidden.join(parents, on="unit_id").select(pl.col("parent_id").alias("unit_id"), "category", "bin_start").unique()
-            rolled = found.filter((pl.col("level") == up) & ~pl.col("suppressed")).join(wanted, on=["unit_id", "category", "bin_start"])
-            shown = pl.concat([shown, rolled.with_columns(rolled_up_from=pl.lit(self.level))], how="diagonal_relaxed")
-            withheld = (
-                hidden.join(parents, on="unit_id")
-                .join(
-                    rolled.select(pl.col("unit_id").alias("parent_id"), "category", "bin_start"),
-                    on=["parent_id", "category", "bin_start"],
-                    how="anti",
-                )
-                .height
-            )
-        else:
-            withheld = hidden.height
-        if shown.height == 0:
-            return shown, withheld
+        shown, withheld = gate_anomalies(found, self.released(), self.level, self._ancestors())
         withheld_cells = self.released().filter(pl.col("suppressed")).select("level", "unit_id", "category", "bin_start")
         if self.privacy_mode == "dp":
             explained = shown.with_columns(
@@ -355,6 +341,11 @@ class Lens(param.Parameterized):
 
 def _parent_level(level: str) -> str | None:
     """The next coarser admin level (None above borough: the city is one unit)."""
-    order = list(LEVELS)
-    i = order.index(level)
-    return order[i + 1] if i + 1 < len(order) - 1 else None
+    coarser = _coarser_levels(level)
+    return coarser[0] if coarser else None
+
+
+def _coarser_levels(level: str) -> tuple[str, ...]:
+    """Coarser admin levels up to borough (the city is one unit: nothing to roll up to)."""
+    order = list(LEVELS)[:-1]
+    return tuple(order[order.index(level) + 1 :]) if level in order else ()

@@ -33,14 +33,22 @@ flipping the signs of the ``"*"`` and category equations), i.e. the coefficient 
 incidence matrix of a graph whose nodes are equations (plus one ground node per bin) and whose
 edges are hidden cells. An unknown is determined by the equations exactly when its unit vector is in
 the row space, i.e. when no cycle of unknowns runs through it: when it is a *bridge*. Bridges are
-found in linear time, so the audit is exact for any component size (no dense rank test needed).
+found in near-linear time, so the audit is exact for any component size (no dense rank test, no
+size cap). A disclosed cell is protected by hiding the cheapest visible cells (by count) that close
+a cycle through it: a shortest path between its two equations.
+
+What the audit does not cover: bounds. Counts are non-negative, so an attacker can still bound a
+hidden cell (e.g. by a total minus its visible siblings); the group rule keeps each group's hidden
+sum at 0 or >= k, but bounds combined across groups are not audited (that would take one linear
+program per cell).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,10 +68,13 @@ __all__ = [
     "BudgetLedger",
     "Mode",
     "Policy",
+    "dp_epsilon",
     "dp_noise_variance",
     "dp_release",
+    "gate_anomalies",
     "release_anomalies",
     "release_counts",
+    "release_cube",
     "snap_window",
     "sum_released",
     "suppress_cube",
@@ -82,6 +93,7 @@ _BIN_STEP: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(
 
 _I64 = npt.NDArray[np.int64]
 _BOOL = npt.NDArray[np.bool_]
+_F64 = npt.NDArray[np.float64]
 
 
 def dp_noise_variance(scale: float) -> float:
@@ -273,7 +285,10 @@ class _CubeGraph:
     end2: _I64
     rest_end1: _I64  # endpoints of the rest unknowns (always unknown, never published)
     rest_end2: _I64
-    n_nodes: int
+    bin: _I64  # bin of each cell (bins are independent: no equation spans two)
+    rest_bin: _I64
+    jitter: _F64  # per-cell tie-breaker in [0, 1) from a hash of its key (window-independent)
+    rest_jitter: _F64
 
 
 def _cube_graph(cube: pl.DataFrame, levels: Sequence[str] | None) -> _CubeGraph:
@@ -333,8 +348,27 @@ def _cube_graph(cube: pl.DataFrame, levels: Sequence[str] | None) -> _CubeGraph:
     order_rows = frame.sort(["count", "_li", "unit_id", "category", "bin_start"])["_row"].to_numpy()
     rank = np.empty(n, np.int64)
     rank[order_rows] = np.arange(n)
-    n_nodes = 3 * n + (int(bin_id.max()) + 1 if n else 0)
-    return _CubeGraph(count, rank, order_rows, child, group, total, valid, rest, end1, end2, rest_end1, rest_end2, n_nodes)
+    hashed = frame.select(pl.struct("level", "unit_id", "category", "bin_start").hash(seed=11))[:, 0].to_numpy()
+    jitter = (hashed >> np.uint64(11)).astype(np.float64) / 2.0**53
+    rest_jitter = ((hashed[with_rest] ^ np.uint64(0x5DEECE66D)) >> np.uint64(11)).astype(np.float64) / 2.0**53
+    return _CubeGraph(
+        count,
+        rank,
+        order_rows,
+        child,
+        group,
+        total,
+        valid,
+        rest,
+        end1,
+        end2,
+        rest_end1,
+        rest_end2,
+        bin_id,
+        bin_id[with_rest],
+        jitter,
+        rest_jitter,
+    )
 
 
 def _apply_group_rule(g: _CubeGraph, hidden: _BOOL, k: int) -> None:
@@ -364,14 +398,15 @@ def _apply_group_rule(g: _CubeGraph, hidden: _BOOL, k: int) -> None:
         hidden[g.total[bad_groups[picks == n]]] = True
 
 
-def _disclosed(g: _CubeGraph, hidden: _BOOL) -> _I64:
-    """Rows of hidden cells a linear combination of the published cells determines (the bridges of
-    the graph of unknowns, see the module docstring)."""
-    rows = np.flatnonzero(hidden)
+def _disclosed(g: _CubeGraph, hidden: _BOOL, bins: _BOOL) -> _I64:
+    """Rows of hidden cells in ``bins`` (a mask over bin ids) that a linear combination of the
+    published cells determines: the bridges of the graph of unknowns (see the module docstring)."""
+    rows = np.flatnonzero(hidden & bins[g.bin])
     if rows.size == 0:
         return rows
-    eu = np.concatenate([g.end1[rows], g.rest_end1])
-    ev = np.concatenate([g.end2[rows], g.rest_end2])
+    rests = np.flatnonzero(bins[g.rest_bin])
+    eu = np.concatenate([g.end1[rows], g.rest_end1[rests]])
+    ev = np.concatenate([g.end2[rows], g.rest_end2[rests]])
     nodes, inverse = np.unique(np.concatenate([eu, ev]), return_inverse=True)
     m = eu.shape[0]
     is_bridge = _bridges(nodes.shape[0], inverse[:m], inverse[m:])
@@ -379,21 +414,63 @@ def _disclosed(g: _CubeGraph, hidden: _BOOL) -> _I64:
     return out
 
 
-def _complement_bridges(g: _CubeGraph, hidden: _BOOL, disclosed: _I64) -> int:
-    """Hide, for each disclosed cell, the smallest visible cell sharing one of its two equations;
-    returns how many cells were newly hidden."""
-    n = g.count.shape[0]
-    vis = np.flatnonzero(~hidden)
-    best = np.full(g.n_nodes, n, np.int64)
-    np.minimum.at(best, g.end1[vis], g.rank[vis])
-    np.minimum.at(best, g.end2[vis], g.rank[vis])
-    picks = np.minimum(best[g.end1[disclosed]], best[g.end2[disclosed]])
-    stuck = disclosed[picks == n]
-    if stuck.size:
-        log.warning("privacy.audit_unresolved", cells=int(stuck.size), detail="disclosed hidden cells with no visible neighbour to hide")
-    new = np.unique(g.by_rank[picks[picks < n]])
-    hidden[new] = True
-    return int(new.size)
+def _close_cycles(g: _CubeGraph, hidden: _BOOL, disclosed: _I64) -> int:
+    """For the first disclosed cell of each bin, hide the cheapest set of visible cells that closes
+    a cycle of unknowns through it (so it is no longer a bridge); returns how many were hidden.
+
+    Cheapest: a shortest path between the cell's two equations avoiding the cell itself, where a
+    visible cell costs its count and an unknown (hidden cell, rest) almost nothing. A tiny
+    hash-based jitter makes the shortest path unique, so the choice does not depend on row order
+    and stays the same whatever window the cube covers."""
+    from scipy import sparse
+    from scipy.sparse import csgraph
+
+    order = disclosed[np.argsort(g.rank[disclosed], kind="stable")]
+    _, first = np.unique(g.bin[order], return_index=True)
+    chosen = order[first]
+    cell_order = np.argsort(g.bin, kind="stable")
+    cell_bins = g.bin[cell_order]
+    rest_order = np.argsort(g.rest_bin, kind="stable")
+    rest_bins = g.rest_bin[rest_order]
+    hidden_now = 0
+    for cell in chosen:
+        b = g.bin[cell]
+        cells = cell_order[np.searchsorted(cell_bins, b) : np.searchsorted(cell_bins, b, side="right")]
+        cells = cells[cells != cell]
+        rests = rest_order[np.searchsorted(rest_bins, b) : np.searchsorted(rest_bins, b, side="right")]
+        eu = np.concatenate([g.end1[cells], g.rest_end1[rests], g.end1[[cell]]])
+        ev = np.concatenate([g.end2[cells], g.rest_end2[rests], g.end2[[cell]]])
+        weight = np.concatenate(
+            [
+                np.where(hidden[cells], 1e-6 * (1 + g.jitter[cells]), g.count[cells] + 1e-3 * g.jitter[cells]),
+                1e-6 * (1 + g.rest_jitter[rests]),
+            ]
+        )
+        edge_row = np.concatenate([cells, np.full(rests.shape[0], -1, np.int64)])
+        nodes, inverse = np.unique(np.concatenate([eu, ev]), return_inverse=True)
+        m = eu.shape[0]
+        u, v = inverse[: m - 1], inverse[m : 2 * m - 1]
+        source, target = inverse[m - 1], inverse[2 * m - 1]
+        lo, hi = np.minimum(u, v), np.maximum(u, v)
+        by_pair = np.lexsort((weight, hi, lo))
+        pair_key = lo[by_pair] * nodes.shape[0] + hi[by_pair]
+        best = by_pair[np.r_[True, pair_key[1:] != pair_key[:-1]]]  # the cheapest edge of each pair
+        graph = sparse.coo_matrix((weight[best], (lo[best], hi[best])), shape=(nodes.shape[0],) * 2).tocsr()
+        _, pred = csgraph.dijkstra(graph, directed=False, indices=source, return_predecessors=True)
+        if pred[target] < 0:
+            log.warning("privacy.audit_unresolved", bin=int(b), detail="a disclosed hidden cell has no cycle to join")
+            continue
+        lookup = dict(zip((lo[best] * nodes.shape[0] + hi[best]).tolist(), best.tolist(), strict=True))
+        step = int(target)
+        while step != source:
+            back = int(pred[step])
+            e = lookup[min(step, back) * nodes.shape[0] + max(step, back)]
+            row = int(edge_row[e])
+            if row >= 0 and not hidden[row]:
+                hidden[row] = True
+                hidden_now += 1
+            step = back
+    return hidden_now
 
 
 def suppress_cube(cube: pl.DataFrame, k: int, *, levels: Sequence[str] | None = None, audit: bool = True) -> pl.DataFrame:
@@ -406,8 +483,9 @@ def suppress_cube(cube: pl.DataFrame, k: int, *, levels: Sequence[str] | None = 
     Primary: counts ``1..k-1``. Complementary: the group rule (:func:`_apply_group_rule`) over the
     spatial groups (a parent and its children, per category and bin) and the category groups (a
     unit's categories and its ``"*"``, per bin), iterated to a fixpoint; then, with ``audit``, the
-    exact linear-algebra audit: while some hidden cell is derivable, hide a neighbour and re-run the
-    rule. Every decision involves cells of one bin and a deterministic order, so a bin's cells are
+    exact linear-algebra audit: while some hidden cell is derivable, hide the cheapest cells that
+    put it on a cycle of unknowns and re-run the rule (re-auditing only the bins that changed).
+    Every decision involves cells of one bin and a window-independent order, so a bin's cells are
     suppressed the same whatever window the cube covers: overlapping queries agree.
 
     Output: the input columns (same row order) with ``count`` null where withheld, plus
@@ -416,13 +494,18 @@ def suppress_cube(cube: pl.DataFrame, k: int, *, levels: Sequence[str] | None = 
         return cube.with_columns(suppressed=pl.lit(False, pl.Boolean))
     g = _cube_graph(cube, levels)
     hidden: _BOOL = (g.count >= 1) & (g.count <= k - 1)
-    while True:
+    _apply_group_rule(g, hidden, k)
+    dirty = np.ones(int(g.bin.max()) + 1, np.bool_)  # bins to audit: all, then those that changed
+    while audit and dirty.any():
+        disclosed = _disclosed(g, hidden, dirty)
+        if disclosed.size == 0:
+            break
+        before = hidden.copy()
+        if _close_cycles(g, hidden, disclosed) == 0:
+            break
         _apply_group_rule(g, hidden, k)
-        if not audit:
-            break
-        disclosed = _disclosed(g, hidden)
-        if disclosed.size == 0 or _complement_bridges(g, hidden, disclosed) == 0:
-            break
+        dirty = np.zeros_like(dirty)
+        dirty[np.unique(g.bin[hidden != before])] = True
     flag = pl.Series("suppressed", hidden)
     return cube.with_columns(flag).with_columns(count=pl.when(pl.col("suppressed")).then(None).otherwise(pl.col("count")))
 
@@ -480,7 +563,7 @@ def _distribute(children: pl.DataFrame, threshold: int) -> pl.DataFrame:
     with noisy >= t share, and a share below t drops out (its mass goes to its siblings; if none is
     left the largest child takes all), so every child is 0 or >= t."""
     key = ["parent_id", "bin_start"]
-    frame = children.with_columns(w=pl.col("noisy").clip(lower_bound=0).cast(pl.Int64))
+    frame = children.sort([*key, "unit_id"]).with_columns(w=pl.col("noisy").clip(lower_bound=0).cast(pl.Int64))
     if threshold >= 1:
         frame = frame.with_columns(member=(pl.col("w") >= threshold) & (pl.col("parent") > 0))
     else:
@@ -624,27 +707,41 @@ class BudgetLedger:
     would take some instant over ``budget``. Stored values are never refreshed: late events for an
     already released bin are not reflected (refreshing would cost budget again).
 
-    Writes run in one DuckDB transaction per release, under a lock for threads; DuckDB's file lock
-    keeps the ledger to one writing process.
+    The ledger keeps its DuckDB file open until :meth:`close` (DuckDB's file lock makes it the one
+    writing process); each release runs in one transaction, under a lock for threads.
     """
 
     def __init__(self, path: Path | str, budget: float = 10.0) -> None:
+        import duckdb
+
         self.path = Path(path)
         self.budget = float(budget)
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute(_SCHEMA)
+        self._con = duckdb.connect(str(self.path))
+        self._con.execute(_SCHEMA)
 
-    def _connect(self) -> Any:
-        import duckdb
+    def close(self) -> None:
+        """Release the DuckDB file (and its lock)."""
+        with self._lock:
+            self._con.close()
 
-        return duckdb.connect(str(self.path))
+    def __enter__(self) -> BudgetLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _session(self) -> Iterator[Any]:
+        """The ledger's connection, one thread at a time (a DuckDB connection is not thread-safe)."""
+        with self._lock:
+            yield self._con
 
     def spent(self, city: str, at: datetime | None = None) -> float:
         """ε charged to ``city``: in total (for display) or, with ``at``, by the releases covering
         that instant (the number the budget bounds)."""
-        with self._lock, self._connect() as con:
+        with self._session() as con:
             if at is None:
                 row = con.execute("SELECT coalesce(sum(epsilon), 0) FROM releases WHERE city = ?", [city]).fetchone()
             else:
@@ -654,16 +751,30 @@ class BudgetLedger:
                 ).fetchone()
         return float(row[0]) if row else 0.0
 
+    def peak(self, city: str) -> float:
+        """The largest ε charged to any instant of ``city``: the number the budget bounds."""
+        with self._session() as con:
+            rows = con.execute("SELECT bin_start, bin_end, epsilon FROM releases WHERE city = ?", [city]).fetchall()
+        if not rows:
+            return 0.0
+        points = sorted({r[0] for r in rows} | {r[1] for r in rows})
+        index = {p: i for i, p in enumerate(points)}
+        delta = np.zeros(len(points))
+        for start, end, eps in rows:
+            delta[index[start]] += eps
+            delta[index[end]] -= eps
+        return float(np.cumsum(delta).max())
+
     def stored(self, city: str, category: str, time_bin: str, bins: Sequence[datetime] | None = None) -> pl.DataFrame:
         """The stored release cells of a series (of ``bins`` only, when given): the columns of
         :func:`dp_release`."""
-        with self._lock, self._connect() as con:
+        with self._session() as con:
             return self._stored(con, city, category, time_bin, bins)
 
     def charge(self, city: str, category: str, time_bin: str, released: pl.DataFrame, epsilon: float) -> None:
         """Record ``released`` (cells of :func:`dp_release`, bins never released before) at
         ``epsilon`` per bin, or raise :class:`BudgetExceeded` and record nothing."""
-        with self._lock, self._connect() as con:
+        with self._session() as con:
             con.begin()
             try:
                 self._charge(con, city, category, time_bin, released, epsilon)
@@ -690,7 +801,7 @@ class BudgetLedger:
             raise ValueError(f"the ledger releases 'dp' only, not {policy.mode!r}")
         wanted = sorted({b.astimezone(UTC) for b in bins})
         levels, _ = _hierarchy(units)
-        with self._lock, self._connect() as con:
+        with self._session() as con:
             con.begin()
             try:
                 old = self._stored(con, city, category, time_bin, wanted)
@@ -823,3 +934,56 @@ def release_anomalies(frame: pl.DataFrame, policy: Policy) -> tuple[pl.DataFrame
     kept = frame.filter(~hidden) if frame.height else frame
     kept = kept.with_columns(pl.col("expected").round(2), pl.col("std").round(2), pl.col("zscore").round(2))
     return kept, int(hidden.sum())
+
+
+# ---- the gate as the lens uses it ------------------------------------------------------------------
+_CELL = ["level", "unit_id", "category", "bin_start"]
+
+
+def release_cube(cube: pl.DataFrame, policy: Policy) -> pl.DataFrame:
+    """The released cells of a window of the fixed cube under ``policy``: ``none`` passes counts
+    through, ``suppress`` applies :func:`suppress_cube`. ``dp`` releases go through
+    :meth:`BudgetLedger.release` (they spend budget, so they need the ledger)."""
+    if policy.mode == "none":
+        return cube.with_columns(suppressed=pl.lit(False))
+    if policy.mode == "suppress":
+        return suppress_cube(cube, policy.k)
+    raise ValueError("'dp' releases need the budget ledger: use BudgetLedger.release")
+
+
+def gate_anomalies(found: pl.DataFrame, released: pl.DataFrame, level: str, ancestors: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Publishable anomalies of ``level`` and how many were withheld.
+
+    ``found``: detected cells (``level, unit_id, category, bin_start`` and their evidence) at
+    ``level`` and coarser levels; ``released``: the released cells of the same window. An anomaly
+    is shown with its *released* count as ``observed``; one whose cell is withheld is replaced by
+    the nearest ancestor's anomaly in the same category and bin that is itself publishable
+    (``rolled_up_from`` names the level it stands in for), so an anomaly is found on a bin that can
+    be shown. ``ancestors``: ``unit_id`` (at ``level``), ``anc_level``, ``anc_id``, ``depth``
+    (1 = parent).
+    """
+    gated = found.join(released.select(*_CELL, "count", "suppressed"), on=_CELL, how="left").with_columns(
+        observed=pl.col("count"), suppressed=pl.col("suppressed").fill_null(True) | pl.col("count").is_null()
+    )
+    gated = gated.drop("count")
+    mine = gated.filter(pl.col("level") == level)
+    shown = mine.filter(~pl.col("suppressed")).with_columns(rolled_up_from=pl.lit(None, pl.String))
+    hidden = mine.filter(pl.col("suppressed")).select("unit_id", "category", "bin_start").with_row_index("_hid")
+    if hidden.height == 0:
+        return shown.drop("suppressed"), 0
+    public = gated.filter((pl.col("level") != level) & ~pl.col("suppressed"))
+    reach = (
+        hidden.join(ancestors, on="unit_id")
+        .join(public, left_on=["anc_level", "anc_id", "category", "bin_start"], right_on=["level", "unit_id", "category", "bin_start"])
+        .sort("_hid", "depth")
+        .unique("_hid", keep="first")
+    )
+    rolled = (
+        reach.select("anc_level", "anc_id", "category", "bin_start")
+        .unique()
+        .join(public, left_on=["anc_level", "anc_id", "category", "bin_start"], right_on=["level", "unit_id", "category", "bin_start"])
+        .rename({"anc_level": "level", "anc_id": "unit_id"})
+        .with_columns(rolled_up_from=pl.lit(level))
+    )
+    out = pl.concat([shown, rolled.select(shown.columns)], how="vertical_relaxed")
+    return out.drop("suppressed"), hidden.height - reach.height
