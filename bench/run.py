@@ -14,7 +14,10 @@ Warm figures are medians of several runs after one untimed call.
 
 Detection quality against the demo's planted anomalies (``planted_anomalies.csv``, scored by
 :func:`app.engine.evaluate.evaluate`): ``planted_precision``, ``planted_recall`` and ``planted_f1``
-of what the lens publishes window by window (:func:`~app.engine.evaluate.engine_detections`),
+of the detector at its default settings, window by window as the lens runs it, before the release
+rule (:func:`~app.engine.evaluate.engine_detections` with privacy ``none``);
+``planted_precision_published`` and ``planted_recall_published`` of what the default ``suppress``
+rule lets through (a planted anomaly whose every cell would reveal a small count stays hidden);
 ``planted_f1_rolling_z`` of the plain 28-day rolling z detector on the same cells
 (:func:`~app.engine.evaluate.rolling_z_detections`) and ``planted_f1_ratio`` (engine F1 / rolling F1).
 
@@ -152,16 +155,22 @@ def measure(data_dir: Path) -> Figures:
 
 
 def planted_quality(snap: Snapshot, truth_path: Path, city: str = "nyc") -> Figures:
-    """Precision, recall and F1 of the lens' published anomalies and of the rolling z reference
-    against the planted ground truth (see :func:`planted_figures`)."""
+    """Precision, recall and F1 of the detector (default detection settings, privacy ``none``)
+    and of the rolling z reference against the planted ground truth (see :func:`planted_figures`),
+    plus precision and recall of what the default release rule (``suppress``) publishes."""
     from app.data.geography import tract_parents
     from app.engine.evaluate import engine_detections, evaluate, rolling_z_detections
 
     truth = pl.read_csv(truth_path, try_parse_dates=True)
     parents = tract_parents(snap.units(city))
-    engine = evaluate(engine_detections(snap, city), truth, parents)
+    engine = evaluate(engine_detections(snap, city, privacy_mode="none"), truth, parents)
+    published = evaluate(engine_detections(snap, city), truth, parents)
     rolling = evaluate(rolling_z_detections(snap, city), truth, parents)
-    return planted_figures(engine, rolling)
+    return {
+        **planted_figures(engine, rolling),
+        "planted_precision_published": (round(published.precision, 4), "ratio"),
+        "planted_recall_published": (round(published.recall, 4), "ratio"),
+    }
 
 
 def planted_figures(engine: Evaluation, rolling: Evaluation) -> Figures:

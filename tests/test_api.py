@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -275,3 +276,44 @@ def test_every_route_and_parameter_is_documented(openapi: dict[str, Any]) -> Non
 def test_readme_lists_every_public_route(openapi: dict[str, Any]) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert all(f"`GET {path}" in readme for path in openapi["paths"]), "a route is missing from the README's API table"
+
+
+# ---- differential privacy mode -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dp_client(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    data_dir = tmp_path_factory.mktemp("dp")
+    shutil.copytree(tiny_dir, data_dir, dirs_exist_ok=True)
+    settings = Settings(data_dir=data_dir, scheduler_enabled=False, privacy_mode="dp", privacy_epsilon=1.0, privacy_budget=2.0)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_dp_mode_serves_noisy_consistent_counts_and_charges_the_budget_once(dp_client: TestClient, openapi: dict[str, Any]) -> None:
+    first = dp_client.get(f"/heat?level=borough&{WINDOW}").json()
+    _validate(openapi, "HeatOut", first)
+    assert first["privacy"]["mode"] == "dp"
+    assert first["privacy"]["epsilon"] == 1.0
+    assert first["privacy"]["epsilon_spent"] == 1.0
+    again = dp_client.get(f"/heat?level=borough&{WINDOW}").json()
+    assert again["cells"] == first["cells"]  # re-served from the ledger: same noise, no new charge
+    assert again["privacy"]["epsilon_spent"] == 1.0
+    city = dp_client.get(f"/heat?level=city&{WINDOW}").json()["cells"][0]["count"]
+    assert city == sum(c["count"] for c in first["cells"])  # the released hierarchy adds up
+    assert all(c["count"] >= 0 for c in first["cells"])
+    anomalies = dp_client.get(f"/anomalies?level=neighborhood&{WINDOW}")
+    assert anomalies.status_code == 200
+    _validate(openapi, "AnomaliesOut", anomalies.json())
+    assert all(a["category"] == "*" for a in anomalies.json()["items"])
+
+
+def test_dp_mode_refuses_to_overspend(dp_client: TestClient) -> None:
+    spent = []
+    for category in ("Noise - Residential", "Illegal Parking", "HEAT/HOT WATER"):
+        r = dp_client.get(
+            "/heat", params={"level": "borough", "category": category, "since": "2026-10-20T00:00:00Z", "until": "2026-11-01T00:00:00Z"}
+        )
+        spent.append(r.status_code)
+        if r.status_code == 403:
+            assert "budget" in r.json()["message"]
+            break
+    assert 403 in spent  # budget 2.0 at epsilon 1.0 per release: the third selection of the same days is refused

@@ -151,16 +151,7 @@ def _assert_same_scores(engine: pl.DataFrame, reference: pd.DataFrame, cols: tup
         )
 
 
-_SLOT_OVERFLOW = pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: app.engine.baselines.slot_expr('hour') computes (weekday - 1) * 24 + hour in Int8, so from Saturday "
-    "08:00 on the slots wrap negative; scores stay self-consistent but model.profile's slot labels are wrong",
-)
-
-
-@pytest.mark.parametrize(
-    ("time_bin", "extra_variance"), [("day", 0.0), ("day", 2.5), pytest.param("hour", 0.0, marks=_SLOT_OVERFLOW), ("week", 0.0)]
-)
+@pytest.mark.parametrize(("time_bin", "extra_variance"), [("day", 0.0), ("day", 2.5), ("hour", 0.0), ("week", 0.0)])
 def test_pandas_reference_equals_the_engine(time_bin: str, extra_variance: float) -> None:
     cells, since, until = _synthetic_cells(time_bin)
     model = fit_baseline(cells, time_bin, since)

@@ -96,6 +96,6 @@ def test_controls_update_the_table_in_the_browser(dashboard: tuple[Page, Problem
     minimum = page.get_by_label("Minimum z-score")
     minimum.fill("99")
     minimum.press("Enter")
-    expect(page.get_by_text("0 anomalies with z ≥ 99")).to_be_visible()
+    expect(page.get_by_text("0 anomalies with q ≤ 0.05 and z ≥ 99")).to_be_visible()
     expect(rows).to_have_count(0)
     assert problems.errors == []

@@ -1,5 +1,6 @@
 """Error shapes of the API: every bad input is a 422 that names the parameter and the rule, in
-FastAPI's own validation-error format, so clients handle one shape whoever raised it."""
+FastAPI's own validation-error format, so clients handle one shape whoever raised it; a ``dp``
+release the privacy budget cannot pay for is a 403 saying so."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+from app.engine.privacy import BudgetExceeded
 
 __all__ = ["NoSnapshotError", "install_error_handlers", "unprocessable"]
 
@@ -33,6 +36,11 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": errors, "message": summary})
 
 
+async def _budget_handler(request: Request, exc: Exception) -> JSONResponse:
+    # Not a bad input (the request is well formed): the data it needs may not be released again.
+    return JSONResponse(status_code=403, content={"detail": "privacy budget exhausted", "message": str(exc)})
+
+
 async def _no_snapshot_handler(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         status_code=503,
@@ -42,6 +50,7 @@ async def _no_snapshot_handler(request: Request, exc: Exception) -> JSONResponse
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the 422 and 503 handlers on ``app``."""
+    """Register the 422, 403 (privacy budget) and 503 handlers on ``app``."""
     app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(BudgetExceeded, _budget_handler)
     app.add_exception_handler(NoSnapshotError, _no_snapshot_handler)

@@ -30,7 +30,9 @@ class PrivacyOut(BaseModel):
     )
     k: int = Field(description="Smallest count published in 'suppress' mode.")
     epsilon: float | None = Field(None, description="Privacy-loss parameter of each 'dp' release (null in other modes).")
-    epsilon_spent: float | None = Field(None, description="Epsilon charged so far for this city in 'dp' mode.")
+    epsilon_spent: float | None = Field(
+        None, description="In 'dp' mode: the largest privacy loss any instant of this city's data has accumulated (the budget bounds it)."
+    )
 
 
 class WindowOut(BaseModel):

@@ -178,7 +178,10 @@ class Lens(param.Parameterized):
             raise ValueError("privacy_mode 'dp' needs a budget ledger")
         assert self.snapshot is not None
         cat = ALL_CATEGORIES if self.category == ALL else self.category
-        events = filter_events(self.snapshot.events(self.city), lo - self.baseline, hi, None if cat == ALL_CATEGORIES else [cat])
+        kinds = None if set(self.kinds) == set(KINDS) else sorted(self.kinds)
+        events = filter_events(self.snapshot.events(self.city), lo - self.baseline, hi, None if cat == ALL_CATEGORIES else [cat], kinds)
+        # The ledger keys a release by everything that selects its events.
+        key = cat if kinds is None else f"{cat}|kinds={','.join(kinds)}"
         parents = self.parents()
         tracts = (
             events.filter(pl.col("tract_id").is_not_null())
@@ -188,7 +191,7 @@ class Lens(param.Parameterized):
         step = BIN_LENGTH[self.time_bin]
         n = int((hi - (lo - self.baseline)) / step)
         bins = [lo - self.baseline + i * step for i in range(n)]
-        noisy = self.ledger.release(self.city, cat, self.time_bin, tracts, parents, bins, self.policy)
+        noisy = self.ledger.release(self.city, key, self.time_bin, tracts, parents, bins, self.policy)
         return noisy.with_columns(category=pl.lit(cat), suppressed=pl.lit(False))
 
     def _selection(self, cells: pl.DataFrame) -> pl.DataFrame:
@@ -279,7 +282,16 @@ class Lens(param.Parameterized):
         n_units = {lvl: snap.units(self.city, lvl).height for lvl in levels}
         if dp:
             cube = self._dp_released(*grid).select("level", "unit_id", "category", "bin_start", "count")
-            key: tuple[object, ...] = ("dp-detect", self.city, self.category, grid, levels, settings, self.epsilon)
+            key: tuple[object, ...] = (
+                "dp-detect",
+                self.city,
+                self.category,
+                tuple(sorted(self.kinds)),
+                grid,
+                levels,
+                settings,
+                self.epsilon,
+            )
         else:
             cube = self.cube()
             key = ("detect", self.city, grid, levels, settings)

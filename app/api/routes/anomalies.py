@@ -7,10 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import LensDep, PageDep, TimeBin
-from app.api.errors import unprocessable
 from app.api.routes._common import lens_out, privacy_out
 from app.api.schemas import AnomaliesOut, AnomalyOut, DriverOut
-from app.engine.privacy import BudgetExceeded
 from app.engine.scores import DEFAULT_Q
 
 router = APIRouter(tags=["anomalies"])
@@ -29,10 +27,7 @@ def anomalies(
     """Released anomalies of the window against seasonal baselines (exact tail p-values, FDR), with
     drivers and a narrative each; paged. Cells too small to publish roll up to their parent."""
     lens.param.update(min_z=min_z, q=q, time_bin=time_bin)
-    try:
-        found, withheld = lens.anomalies()
-    except BudgetExceeded as exc:
-        raise unprocessable("epsilon", f"privacy budget exhausted: {exc}", lens.epsilon) from exc
+    found, withheld = lens.anomalies()
     total = found.height
     rows = found.slice(page.offset, page.limit) if total else found
     items = [

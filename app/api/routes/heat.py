@@ -8,10 +8,8 @@ import polars as pl
 from fastapi import APIRouter, Query
 
 from app.api.deps import BBoxDep, LensDep, PageDep, TimeBin
-from app.api.errors import unprocessable
 from app.api.routes._common import lens_out, privacy_out
 from app.api.schemas import HeatCell, HeatOut, RollupOut
-from app.engine.privacy import BudgetExceeded
 
 router = APIRouter(tags=["counts"])
 
@@ -27,11 +25,8 @@ def heat(
     selects whole units. A withheld total carries its parent's released total (``rollup``)."""
     if time_bin is not None:
         lens.time_bin = time_bin
-    try:
-        counts = lens.unit_counts()
-        series = lens.series() if time_bin is not None else None
-    except BudgetExceeded as exc:
-        raise unprocessable("epsilon", f"privacy budget exhausted: {exc}", lens.epsilon) from exc
+    counts = lens.unit_counts()
+    series = lens.series() if time_bin is not None else None
     if bbox is not None:
         counts = counts.filter(pl.col("lon").is_between(bbox.min_lon, bbox.max_lon) & pl.col("lat").is_between(bbox.min_lat, bbox.max_lat))
     if series is not None:
