@@ -22,7 +22,7 @@ from app.engine.lens import ALL, Lens
 from app.pipeline import build_demo, refresh
 from app.views.anomaly_table import COLUMNS, AnomalyTable
 from app.views.heat import HeatView, outline_xy, points_element
-from app.views.page import NO_DATA, TITLE, build_dashboard, dashboard_page, follow_store
+from app.views.page import NO_DATA, TITLE, Controls, build_dashboard, dashboard_page, follow_store
 
 T = TypeVar("T")
 
@@ -97,6 +97,7 @@ def test_dashboard_builds_with_title_controls_and_provenance(tiny_store: Store, 
         "Event kinds",
         "Time bin",
         "Minimum z-score",
+        "Largest q-value (false-discovery rate)",
     } <= labels
 
 
@@ -146,6 +147,17 @@ def test_table_follows_category_and_threshold(lens: Lens) -> None:
     lens.min_z = threshold
     assert _table(layout).empty
     assert _summary(layout).startswith(f"**0** anomalies with q ≤ {lens.q:g} and z ≥ {threshold:g}")
+
+
+def test_q_control_drives_the_table(lens: Lens) -> None:
+    controls = Controls(lens=lens).__panel__()
+    q = _only(controls, pn.widgets.FloatInput, "Largest q-value (false-discovery rate)")
+    layout = AnomalyTable(lens=lens).__panel__()
+    loose = len(_table(layout))
+    q.value = 1e-6
+    assert lens.q == 1e-6
+    assert len(_table(layout)) < loose
+    assert "q ≤ 1e-06" in _summary(layout)
 
 
 @pytest.mark.parametrize("level", ["tract", "borough", "city"])

@@ -103,6 +103,7 @@ class Controls(LensView):
             pn.pane.Markdown(pn.bind(self._kinds_note, p.kinds), margin=(0, 10)),
             pn.widgets.Select.from_param(p.time_bin, label="Time bin"),
             pn.widgets.FloatInput.from_param(p.min_z, label="Minimum z-score", step=0.5),
+            pn.widgets.FloatInput.from_param(p.q, label="Largest q-value (false-discovery rate)", step=0.01),
             sizing_mode="stretch_width",
         )
 
