@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
+from app.engine.bins import CUBE_SCHEMA
 from app.engine.detect import DetectionSettings, detect
 from app.engine.explain import OTHER, explain
 
@@ -27,14 +28,7 @@ def cube(today: dict[str, int]) -> pl.DataFrame:
             "bin_start": [T0 + r[0] * DAY for r in rows],
             "count": [r[2] for r in rows],
         },
-        schema={
-            "level": pl.String,
-            "unit_id": pl.String,
-            "parent_id": pl.String,
-            "category": pl.String,
-            "bin_start": pl.Datetime("us", "UTC"),
-            "count": pl.Int64,
-        },
+        schema=CUBE_SCHEMA,
     )
 
 

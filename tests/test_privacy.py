@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.linalg import null_space
 
+from app.engine.bins import CUBE_SCHEMA
 from app.engine.privacy import (
     BudgetExceeded,
     BudgetLedger,
@@ -73,15 +74,7 @@ def build_cube(
         {"level": lvl, "unit_id": u, "parent_id": parent_of[(lvl, u)], "category": c, "bin_start": b, "count": n}
         for (lvl, u, c, b), n in counts.items()
     ]
-    schema = {
-        "level": pl.String,
-        "unit_id": pl.String,
-        "parent_id": pl.String,
-        "category": pl.String,
-        "bin_start": pl.Datetime("us", "UTC"),
-        "count": pl.Int64,
-    }
-    return pl.DataFrame(rows, schema=schema).sort("level", "unit_id", "category", "bin_start")
+    return pl.DataFrame(rows, schema=CUBE_SCHEMA).sort("level", "unit_id", "category", "bin_start")
 
 
 def keys_of(frame: pl.DataFrame) -> set[Key]:

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import polars as pl
 
-__all__ = ["ALL_CATEGORIES", "TIME_BINS", "bin_counts", "cube_counts", "filter_events", "unit_counts", "with_unit"]
+__all__ = ["ALL_CATEGORIES", "CUBE_SCHEMA", "TIME_BINS", "bin_counts", "cube_counts", "filter_events", "unit_counts", "with_unit"]
 
 #: Time-bin name -> polars duration string (weeks start on Monday, UTC).
 TIME_BINS: dict[str, str] = {"hour": "1h", "day": "1d", "week": "1w"}
@@ -72,6 +72,18 @@ def unit_counts(events: pl.DataFrame, parents: pl.DataFrame, level: str) -> pl.D
 #: The fixed release cube's category value for "all categories" (a real category never starts with '*').
 ALL_CATEGORIES = "*"
 
+#: Columns and types of the fixed release cube (:func:`cube_counts`).
+CUBE_SCHEMA = pl.Schema(
+    {
+        "level": pl.String(),
+        "unit_id": pl.String(),
+        "parent_id": pl.String(),
+        "category": pl.String(),
+        "bin_start": pl.Datetime("us", "UTC"),
+        "count": pl.Int64(),
+    }
+)
+
 
 def cube_counts(events: pl.DataFrame, parents: pl.DataFrame, time_bin: str, levels: Sequence[str]) -> pl.DataFrame:
     """The fixed grid every released count comes from: sparse counts per ``level``, ``unit_id``,
@@ -110,4 +122,4 @@ def cube_counts(events: pl.DataFrame, parents: pl.DataFrame, time_bin: str, leve
             mapping = parents.select(unit_id=pl.col(own), parent_id=pl.col(f"{up}_id")).unique("unit_id")
             cells = cells.join(mapping, on="unit_id", how="left")
         frames.append(cells.with_columns(level=pl.lit(level)).select(cols))
-    return pl.concat(frames) if frames else pl.DataFrame(schema=dict.fromkeys(cols, pl.String))
+    return pl.concat(frames) if frames else pl.DataFrame(schema=CUBE_SCHEMA)
