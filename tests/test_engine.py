@@ -18,7 +18,6 @@ from app.data.snapshot import EVENT_SCHEMA, Snapshot
 from app.data.store import Store
 from app.engine.bins import bin_counts, filter_events, unit_counts, with_unit
 from app.engine.lens import ALL, KINDS, Lens
-from app.engine.privacy import Policy, release_anomalies, release_counts
 from app.engine.scores import rolling_zscores
 from app.pipeline import build_demo
 from conftest import snapshot_sql
@@ -217,54 +216,6 @@ def test_trailing_zscores_never_mix_groups() -> None:
     rows = [("A", d, 100) for d in range(3)] + [("B", 3, 5)]
     scored = rolling_zscores(_counts(rows), "day", baseline=timedelta(days=3)).filter(pl.col("unit_id") == "B")
     assert scored.select("expected", "zscore").row(0) == (0.0, 5.0)
-
-
-# ---- privacy -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("k", [1, 2, 5, 11])
-@pytest.mark.parametrize("value", [0, 1, 2, 4, 5, 6, 10, 11, 12, 1000])
-def test_release_counts_suppress(k: int, value: int) -> None:
-    out = release_counts(pl.DataFrame({"unit_id": ["u"], "count": [value]}), Policy("suppress", k))
-    hidden = 1 <= value <= k - 1
-    assert out["suppressed"].to_list() == [hidden]
-    assert out["count"].to_list() == [None if hidden else value]
-    assert out["unit_id"].to_list() == ["u"]
-
-
-@pytest.mark.parametrize("k", [2, 11, 1000])
-def test_release_counts_none_hides_nothing(k: int) -> None:
-    values = list(range(0, 30))
-    out = release_counts(pl.DataFrame({"count": values}), Policy("none", k))
-    assert out["count"].to_list() == values
-    assert not out["suppressed"].any()
-
-
-def test_release_counts_over_several_columns() -> None:
-    frame = pl.DataFrame({"count": [0, 3, 20, 20], "other": [20, 20, 4, 11]})
-    out = release_counts(frame, Policy("suppress", 5), columns=("count", "other"))
-    assert out["suppressed"].to_list() == [False, True, True, False]
-    assert out["count"].to_list() == [0, None, 20, 20]
-    assert out["other"].to_list() == [20, 20, None, 11]
-
-
-@pytest.mark.parametrize(
-    ("mode", "k", "kept", "withheld"),
-    [
-        ("suppress", 11, [0, 11, 40], 4),
-        ("suppress", 4, [0, 4, 10, 11, 40], 2),
-        ("suppress", 1, [0, 1, 3, 4, 10, 11, 40], 0),
-        ("none", 11, [0, 1, 3, 4, 10, 11, 40], 0),
-    ],
-)
-def test_release_anomalies(mode: str, k: int, kept: list[int], withheld: int) -> None:
-    counts = [0, 1, 3, 4, 10, 11, 40]
-    frame = pl.DataFrame(
-        {"unit_id": [f"u{c}" for c in counts], "count": counts, "expected": [1.23456] * 7, "std": [0.98765] * 7, "zscore": [3.14159] * 7}
-    )
-    released, n_withheld = release_anomalies(frame, Policy(mode, k))
-    assert released["count"].to_list() == kept
-    assert n_withheld == withheld
-    assert released["expected"].to_list() == [1.23] * len(kept)
-    assert released["zscore"].to_list() == [3.14] * len(kept)
 
 
 # ---- lens --------------------------------------------------------------------------------------

@@ -27,10 +27,7 @@ from app.engine.privacy import (
     Policy,
     dp_noise_variance,
     dp_release,
-    release_anomalies,
-    release_counts,
     snap_window,
-    sum_released,
     suppress_cube,
     window_totals,
 )
@@ -177,7 +174,6 @@ def test_window_totals_hide_a_total_with_a_hidden_part() -> None:
     )
     out = window_totals(cells, ["unit_id"])
     assert out.to_dicts() == [{"unit_id": "a", "count": None, "suppressed": True}, {"unit_id": "b", "count": 45, "suppressed": False}]
-    assert sum_released is window_totals
 
 
 # ---- suppression: golden cases -------------------------------------------------------------------------
@@ -366,18 +362,6 @@ def test_suppress_is_fast_and_per_bin_on_a_city_sized_cube() -> None:
 
 
 # ---- the simple gate ---------------------------------------------------------------------------------------
-def test_release_counts_and_anomalies_by_mode() -> None:
-    frame = pl.DataFrame({"count": [0, 3, 11], "expected": [1.234, 2.0, 3.0], "std": [1.0, 1.0, 1.0], "zscore": [0.1, 3.456, 8.0]})
-    assert release_counts(frame, Policy("suppress", 11))["count"].to_list() == [0, None, 11]
-    assert release_counts(frame, Policy("none"))["count"].to_list() == [0, 3, 11]
-    assert release_counts(frame, Policy("dp"))["suppressed"].to_list() == [False, False, False]
-    kept, withheld = release_anomalies(frame, Policy("suppress", 11))
-    assert (kept.height, withheld) == (2, 1)
-    assert kept["zscore"].to_list() == [0.1, 8.0]
-    assert release_anomalies(frame, Policy("dp"))[1] == 0
-
-
-# ---- differential privacy ----------------------------------------------------------------------------------
 def discrete_laplace_moments(scale: float) -> tuple[float, float]:
     """Variance and fourth central moment of the discrete Laplace law, summed from its pmf."""
     p = math.exp(-1.0 / scale)

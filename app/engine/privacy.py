@@ -72,11 +72,8 @@ __all__ = [
     "dp_noise_variance",
     "dp_release",
     "gate_anomalies",
-    "release_anomalies",
-    "release_counts",
     "release_cube",
     "snap_window",
-    "sum_released",
     "suppress_cube",
     "window_totals",
 ]
@@ -199,7 +196,6 @@ def window_totals(released_cells: pl.DataFrame, by: Sequence[str]) -> pl.DataFra
 
 
 #: The name the lens uses for :func:`window_totals`.
-sum_released = window_totals
 
 
 # ---- suppression -------------------------------------------------------------------------------
@@ -913,27 +909,6 @@ class BudgetLedger:
         con.execute("INSERT INTO release_cells SELECT * FROM _new_cells")
         con.unregister("_new_heads")
         con.unregister("_new_cells")
-
-
-# ---- the simple gate of frames that are not cube cells --------------------------------------------
-def release_counts(frame: pl.DataFrame, policy: Policy, columns: Sequence[str] = ("count",)) -> pl.DataFrame:
-    """Null out withheld counts in ``columns`` and add a ``suppressed`` flag per row (primary
-    suppression only: for frames that are not cells of the release cube)."""
-    hidden = pl.any_horizontal([policy.hides(c) for c in columns]) if columns else pl.lit(False)
-    out = frame.with_columns(suppressed=hidden)
-    return out.with_columns([pl.when(policy.hides(c)).then(None).otherwise(pl.col(c)).alias(c) for c in columns])
-
-
-def release_anomalies(frame: pl.DataFrame, policy: Policy) -> tuple[pl.DataFrame, int]:
-    """Anomalies that may be published and how many were withheld.
-
-    A z-score with its baseline would reveal a withheld observed count, so under ``suppress`` an
-    anomaly whose observed count is withheld is withheld whole; expected values are rounded.
-    """
-    hidden = frame.select(policy.hides("count").alias("h"))["h"] if frame.height else pl.Series("h", [], pl.Boolean)
-    kept = frame.filter(~hidden) if frame.height else frame
-    kept = kept.with_columns(pl.col("expected").round(2), pl.col("std").round(2), pl.col("zscore").round(2))
-    return kept, int(hidden.sum())
 
 
 # ---- the gate as the lens uses it ------------------------------------------------------------------
