@@ -361,3 +361,26 @@ def test_switching_city_moves_the_window_to_that_citys_newest_week(tmp_path: Pat
     assert lens.category == ALL  # a NYC complaint type means nothing in the UK
     assert lens.points().height == 2
     assert lens.unit_counts()["count"].sum() == 2
+
+
+# ---- sparkbands -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["suppress", "none"])
+def test_bands_cover_every_unit_and_bin_with_released_counts(tiny_snap: Snapshot, mode: str) -> None:
+    lens = Lens(snapshot=tiny_snap, level="neighborhood", privacy_mode=mode, min_z=2.0, q=0.5)
+    bands = lens.bands()
+    grid = lens.grid_window()
+    assert grid is not None
+    n_bins = (grid[1] - grid[0]).days
+    assert bands.height == tiny_snap.units("nyc", "neighborhood").height * n_bins
+    assert (bands["count"].is_null() == bands["suppressed"]).all()
+    if mode == "suppress":
+        assert not bands["count"].drop_nulls().is_between(1, lens.privacy_k - 1).any()
+    assert (bands["lo"] <= bands["expected"]).all()
+    assert (bands["expected"] <= bands["hi"]).all()
+    assert (bands["lo"] >= 0).all()
+    shown = bands.join(lens.series(), on=["unit_id", "bin_start"], how="inner").filter(~pl.col("suppressed"))
+    assert (shown["count"] == shown["count_right"]).all()
+    found, _ = lens.anomalies()
+    marks = found.filter(pl.col("level") == "neighborhood").select("unit_id", "bin_start").unique()
+    assert set(bands.filter(pl.col("anomalous")).select("unit_id", "bin_start").iter_rows()) == set(marks.iter_rows())
+    assert bands["anomalous"].any()

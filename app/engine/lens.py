@@ -14,7 +14,7 @@ import polars as pl
 
 from app.data.geography import LEVELS, tract_parents
 from app.data.snapshot import Snapshot
-from app.engine.baselines import BIN_LENGTH
+from app.engine.baselines import BIN_LENGTH, expectations, fit_baseline
 from app.engine.bins import ALL_CATEGORIES, TIME_BINS, cube_counts, filter_events
 from app.engine.detect import Detection, DetectionSettings, detect
 from app.engine.explain import explain
@@ -215,6 +215,75 @@ class Lens(param.Parameterized):
             )
         chosen = self._selection(cells.filter(pl.col("level") == self.level))
         return chosen.select("unit_id", "bin_start", "count", "suppressed").sort("unit_id", "bin_start")
+
+    def bands(self) -> pl.DataFrame:
+        """The sparkbands of the lens level: per unit and bin of the grid window, the released
+        ``count`` (null where withheld), the baseline band ``expected, lo, hi`` (expected +- 2
+        standard deviations of the seasonal baseline, the same model the scores use) and
+        ``anomalous`` (the unit has a published anomaly in that bin, any category).
+
+        Counts come from :meth:`series` (the gate); the band is a model output over 28-day sums.
+        """
+        snap, grid = self.snapshot, self.grid_window()
+        schema = pl.Schema(
+            {
+                "unit_id": pl.String(),
+                "bin_start": pl.Datetime("us", "UTC"),
+                "count": pl.Int64(),
+                "suppressed": pl.Boolean(),
+                "expected": pl.Float64(),
+                "lo": pl.Float64(),
+                "hi": pl.Float64(),
+                "anomalous": pl.Boolean(),
+            }
+        )
+        if snap is None or grid is None:
+            return pl.DataFrame(schema=schema)
+        since, until = grid
+        if self.privacy_mode == "dp":
+            cells = self._dp_released(since, until).filter(pl.col("level") == self.level)
+        else:
+            cells = self._raw_selection(self.cube().filter(pl.col("level") == self.level))
+        cells = cells.select("unit_id", pl.lit("selection").alias("category"), "bin_start", "count")
+        model = fit_baseline(cells, self.time_bin, since, self.baseline)
+        step = BIN_LENGTH[self.time_bin]
+        bins = pl.datetime_range(since, until, step, closed="left", eager=True, time_zone="UTC").alias("bin_start")
+        units = snap.units(self.city, self.level).select("unit_id")
+        keys = units.join(bins.to_frame(), how="cross").with_columns(category=pl.lit("selection"))
+        band = expectations(keys, cells, model).select(
+            "unit_id",
+            "bin_start",
+            expected=pl.col("expected").round(2),
+            lo=(pl.col("expected") - 2 * pl.col("variance").sqrt()).clip(lower_bound=0).round(2),
+            hi=(pl.col("expected") + 2 * pl.col("variance").sqrt()).round(2),
+        )
+        released = self.series()
+        found, _ = self.anomalies()
+        marks = (
+            found.filter((pl.col("level") == self.level) if found.height else pl.lit(False))
+            .select("unit_id", "bin_start")
+            .unique()
+            .with_columns(anomalous=pl.lit(True))
+            if found.height
+            else pl.DataFrame(schema={"unit_id": pl.String, "bin_start": pl.Datetime("us", "UTC"), "anomalous": pl.Boolean})
+        )
+        out = (
+            band.join(released, on=["unit_id", "bin_start"], how="left")
+            .with_columns(pl.col("suppressed").fill_null(False))
+            .with_columns(count=pl.when(pl.col("suppressed")).then(None).otherwise(pl.col("count").fill_null(0)))
+            .join(marks, on=["unit_id", "bin_start"], how="left")
+            .with_columns(pl.col("anomalous").fill_null(False))
+        )
+        return out.select(schema.names()).sort("unit_id", "bin_start")
+
+    def _raw_selection(self, cells: pl.DataFrame) -> pl.DataFrame:
+        """Raw (engine-internal) counts of the lens' category selection per unit and bin."""
+        if self.category != ALL:
+            return cells.filter(pl.col("category") == self.category)
+        if set(self.kinds) == set(KINDS):
+            return cells.filter(pl.col("category") == ALL_CATEGORIES)
+        cats = self._kind_of().filter(pl.col("kind").is_in(list(self.kinds)))["category"]
+        return cells.filter(pl.col("category").is_in(cats)).group_by("unit_id", "bin_start").agg(pl.col("count").sum())
 
     def unit_counts(self) -> pl.DataFrame:
         """Window totals per unit at the lens level with unit names and centroids.
