@@ -216,6 +216,26 @@ class Lens(param.Parameterized):
         chosen = self._selection(cells.filter(pl.col("level") == self.level))
         return chosen.select("unit_id", "bin_start", "count", "suppressed").sort("unit_id", "bin_start")
 
+    def city_series(self) -> pl.DataFrame:
+        """Released city-wide counts of the lens selection per bin over the whole history (the
+        overview timeline a window is brushed on): ``bin_start, count``. ``dp`` shows the window's
+        release only (more bins would spend more budget)."""
+        snap = self.snapshot
+        if snap is None:
+            return pl.DataFrame(schema={"bin_start": pl.Datetime("us", "UTC"), "count": pl.Int64})
+        if self.privacy_mode == "dp":
+            grid = self.grid_window()
+            cells = self._dp_released(*grid).filter(pl.col("level") == "city") if grid else pl.DataFrame()
+        else:
+            city, time_bin = self.city, self.time_bin
+            cube = snap.memo(
+                ("city-cube", city, time_bin), lambda: cube_counts(snap.events(city), tract_parents(snap.units(city)), time_bin, ("city",))
+            )
+            cells = snap.memo(("city-released", city, time_bin, self.privacy_mode, self.privacy_k), lambda: release_cube(cube, self.policy))
+        if cells.height == 0:
+            return pl.DataFrame(schema={"bin_start": pl.Datetime("us", "UTC"), "count": pl.Int64})
+        return self._selection(cells).select("bin_start", "count").sort("bin_start")
+
     def bands(self) -> pl.DataFrame:
         """The sparkbands of the lens level: per unit and bin of the grid window, the released
         ``count`` (null where withheld), the baseline band ``expected, lo, hi`` (expected +- 2

@@ -1,0 +1,79 @@
+"""Sparkbands: which units are drawn, what each band holds, and the brush that sets the window."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import holoviews as hv
+import panel as pn
+import polars as pl
+import pytest
+
+from app.data.snapshot import Snapshot
+from app.engine.lens import Lens
+from app.views.sparkbands import Sparkbands, brush_window, pick_units
+
+D = datetime(2026, 10, 20, tzinfo=UTC)
+
+
+def test_pick_units_prefers_anomalous_then_busy() -> None:
+    bands = pl.DataFrame(
+        {
+            "unit_id": ["a", "a", "b", "b", "c", "c"],
+            "count": [5, 5, 50, 60, None, 1],
+            "hi": [10.0, 10.0, 70.0, 70.0, 5.0, 5.0],
+            "anomalous": [False, True, False, False, False, False],
+        }
+    )
+    assert pick_units(bands, 2) == ["a", "b"]
+    assert pick_units(bands, 10) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("x0", "x1", "step", "expected"),
+    [
+        (D + timedelta(hours=5), D + timedelta(days=2, hours=1), timedelta(days=1), (D, D + timedelta(days=3))),
+        (D + timedelta(hours=5), D + timedelta(hours=6), timedelta(days=1), (D, D + timedelta(days=1))),
+        (D + timedelta(days=2), D, timedelta(days=1), (D, D + timedelta(days=2))),  # reversed brush
+        (D.timestamp() * 1000, (D + timedelta(days=1)).timestamp() * 1000, timedelta(days=1), (D, D + timedelta(days=1))),
+        (D + timedelta(days=1), D + timedelta(days=2), timedelta(weeks=1), (D - timedelta(days=1), D + timedelta(days=6))),
+    ],
+)
+def test_brush_snaps_outwards_to_whole_bins(x0: object, x1: object, step: timedelta, expected: tuple[datetime, datetime]) -> None:
+    assert brush_window(x0, x1, step) == expected  # type: ignore[arg-type]  # the parametrised values mix the accepted types
+
+
+def test_empty_brush_does_nothing() -> None:
+    assert brush_window(None, None, timedelta(days=1)) is None
+
+
+def test_band_holds_band_line_and_marks(tiny_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap, level="borough", min_z=2.0, q=0.5)
+    view = Sparkbands(lens=lens)
+    bands = lens.bands()
+    unit = pick_units(bands, 1)[0]
+    overlay = view.band(bands, unit, "name")
+    area, line, marks = overlay.values()
+    assert isinstance(area, hv.Area)
+    assert isinstance(line, hv.Curve)
+    assert len(line) == bands.filter(pl.col("unit_id") == unit).height
+    assert len(marks) == bands.filter((pl.col("unit_id") == unit) & pl.col("anomalous")).height
+
+
+def test_all_boroughs_drawn_and_fine_levels_capped(tiny_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap, level="borough")
+    view = Sparkbands(lens=lens, top=4)
+    grid = view._multiples().objects[1]
+    assert isinstance(grid, pn.GridBox)
+    assert len(grid.objects) == 4  # five boroughs, capped at top
+    lens.level = "tract"
+    assert len(view._multiples().objects[1].objects) == 4
+
+
+def test_brushing_the_overview_sets_the_lens_window(tiny_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap, level="borough")
+    view = Sparkbands(lens=lens)
+    overview = view.overview()
+    assert len(overview.values()[0]) == lens.city_series().height
+    view._brushed(boundsx=(D + timedelta(hours=3), D + timedelta(days=3, hours=2)))
+    assert (lens.since, lens.until) == (D, D + timedelta(days=4))
