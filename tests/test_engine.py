@@ -384,3 +384,39 @@ def test_bands_cover_every_unit_and_bin_with_released_counts(tiny_snap: Snapshot
     marks = found.filter(pl.col("level") == "neighborhood").select("unit_id", "bin_start").unique()
     assert set(bands.filter(pl.col("anomalous")).select("unit_id", "bin_start").iter_rows()) == set(marks.iter_rows())
     assert bands["anomalous"].any()
+
+
+# ---- one shared selection -------------------------------------------------------------------------
+def test_selection_filters_events_anomalies_and_bands(tiny_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap, level="neighborhood", min_z=2.0, q=0.5)
+    everything, _ = lens.anomalies()
+    assert everything.height >= 2
+    pick = everything.filter(pl.col("rolled_up_from").is_null())["unit_id"][0]
+    lens.selection = [pick]
+    found, _ = lens.anomalies()
+    assert 0 < found.height < everything.height
+    assert set(found.filter(pl.col("level") == "neighborhood")["unit_id"]) == {pick}
+    tracts = set(lens.selected_tracts() or [])
+    assert tracts
+    assert set(lens.events()["tract_id"].unique()) <= tracts
+    assert set(lens.bands()["unit_id"]) == {pick}
+
+
+def test_selection_follows_level_changes_and_resets_with_the_city(tiny_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap, level="neighborhood")
+    nta = str(tiny_snap.units("nyc", "neighborhood")["unit_id"][0])
+    lens.selection = [nta]
+    lens.level = "tract"  # finer: the tracts inside it
+    inside = set(tiny_snap.units("nyc", "tract").filter(pl.col("parent_id") == nta)["unit_id"])
+    assert set(lens.selection) == inside
+    lens.level = "borough"  # coarser: its borough
+    assert lens.selection == [str(tiny_snap.units("nyc", "neighborhood").filter(pl.col("unit_id") == nta)["parent_id"][0])]
+    lens.level = "city"
+    assert lens.selection == []
+
+
+def test_unit_at_finds_the_unit_under_a_point(tiny_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap, level="tract")
+    row = tiny_snap.units("nyc", "tract").row(0, named=True)
+    assert lens.unit_at(row["lon"], row["lat"]) == row["unit_id"]  # representative points lie inside
+    assert lens.unit_at(0.0, 0.0) is None

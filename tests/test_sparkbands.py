@@ -77,3 +77,21 @@ def test_brushing_the_overview_sets_the_lens_window(tiny_snap: Snapshot) -> None
     assert len(overview.values()[0]) == lens.city_series().height
     view._brushed(boundsx=(D + timedelta(hours=3), D + timedelta(days=3, hours=2)))
     assert (lens.since, lens.until) == (D, D + timedelta(days=4))
+
+
+def test_clicking_the_map_toggles_the_unit_in_the_selection(tiny_snap: Snapshot) -> None:
+    from holoviews.util.transform import lon_lat_to_easting_northing
+
+    from app.views.heat import HeatView
+
+    lens = Lens(snapshot=tiny_snap, level="neighborhood")
+    row = tiny_snap.units("nyc", "neighborhood").row(3, named=True)
+    x, y = lon_lat_to_easting_northing(row["lon"], row["lat"])
+    view = HeatView(lens=lens)
+    view.tapped(x=float(x), y=float(y))
+    assert lens.selection == [row["unit_id"]]
+    view.tapped(x=float(x), y=float(y))
+    assert lens.selection == []
+    view.tapped(x=float(x), y=float(y))
+    view.tapped(x=0.0, y=0.0)  # the sea off Africa: outside every unit clears
+    assert lens.selection == []

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import param
 import polars as pl
+import shapely
 
 from app.data.geography import LEVELS, tract_parents
 from app.data.snapshot import Snapshot
@@ -56,11 +57,15 @@ class Lens(param.Parameterized):
         doc="Release rule: 'none' (internal), 'suppress' (hide 1..k-1 plus complements), 'dp' (noisy counts, budgeted).",
     )
     privacy_k = param.Integer(default=11, bounds=(1, None), doc="Smallest count published in 'suppress' mode.")
+    selection = param.List(
+        default=[], item_type=str, doc="Selected units at the lens level (tiles, map or keyboard); empty means all. One shared selection."
+    )
     epsilon = param.Number(default=1.0, bounds=(0.01, 10.0), doc="Privacy-loss parameter of one 'dp' release.")
     ledger = param.ClassSelector(class_=BudgetLedger, allow_None=True, doc="Budget ledger of 'dp' releases (required in 'dp' mode).")
 
     def __init__(self, **params: object) -> None:
         self._window_city: str | None = None
+        self._selected_tracts_at_last_level: list[str] | None = None
         super().__init__(**params)
         self._sync_choices()
 
@@ -77,7 +82,7 @@ class Lens(param.Parameterized):
         if self.category not in self.param.category.objects:
             self.category = ALL
         if self._window_city not in (None, self.city):
-            self.param.update(since=None, until=None)
+            self.param.update(since=None, until=None, selection=[])
         self._window_city = self.city
         if self.until is None and events.height:
             last = events["ts"].max()
@@ -127,7 +132,42 @@ class Lens(param.Parameterized):
             return pl.DataFrame()
         cats = None if self.category == ALL else [self.category]
         start, end = self.window()
-        return filter_events(self.snapshot.events(self.city), since or start, end, cats, self.kinds)
+        return filter_events(self.snapshot.events(self.city), since or start, end, cats, self.kinds, self.selected_tracts())
+
+    def selected_tracts(self) -> list[str] | None:
+        """Tracts inside the selected units (None when nothing is selected)."""
+        if not self.selection or self.snapshot is None:
+            return None
+        parents = self.parents()
+        own = "tract_id" if self.level == "tract" else f"{self.level}_id"
+        if own not in parents.columns:  # city level: the whole city
+            return None
+        return parents.filter(pl.col(own).is_in(self.selection))["tract_id"].to_list()
+
+    def unit_at(self, lon: float, lat: float) -> str | None:
+        """The unit of the lens level containing a point (None outside every unit)."""
+        if self.snapshot is None:
+            return None
+        snap, city, level = self.snapshot, self.city, self.level
+        ids, tree = snap.memo(("unit-tree", city, level), lambda: _unit_tree(snap, city, level))
+        hits = tree.query(shapely.Point(lon, lat), predicate="intersects")
+        return str(ids[int(hits[0])]) if len(hits) else None
+
+    @param.depends("level", watch=True)
+    def _carry_selection(self) -> None:
+        """Keep the selection meaningful across levels: units containing, or contained in, the old
+        selection (the tracts it covers say which)."""
+        old = self._selected_tracts_at_last_level
+        self._selected_tracts_at_last_level = None
+        if not old or self.snapshot is None or self.level == "city":
+            self.selection = []
+            return
+        own = "tract_id" if self.level == "tract" else f"{self.level}_id"
+        self.selection = sorted(self.parents().filter(pl.col("tract_id").is_in(old))[own].drop_nulls().unique().to_list())
+
+    @param.depends("selection", watch=True, on_init=True)
+    def _remember_selection(self) -> None:
+        self._selected_tracts_at_last_level = self.selected_tracts()
 
     def points(self) -> pl.DataFrame:
         """Located event points (lon, lat) in the window: input of the heat raster, no counts."""
@@ -294,6 +334,8 @@ class Lens(param.Parameterized):
             .join(marks, on=["unit_id", "bin_start"], how="left")
             .with_columns(pl.col("anomalous").fill_null(False))
         )
+        if self.selection:
+            out = out.filter(pl.col("unit_id").is_in(self.selection))
         return out.select(schema.names()).sort("unit_id", "bin_start")
 
     def _raw_selection(self, cells: pl.DataFrame) -> pl.DataFrame:
@@ -406,6 +448,12 @@ class Lens(param.Parameterized):
         elif set(self.kinds) != set(KINDS):
             found = found.filter(pl.col("category").is_in(self._kind_of().filter(pl.col("kind").is_in(list(self.kinds)))["category"]))
         shown, withheld = gate_anomalies(found, self.released(), self.level, self._ancestors())
+        if self.selection:
+            chosen = self._ancestors().filter(pl.col("unit_id").is_in(self.selection))["anc_id"].to_list()
+            shown = shown.filter(
+                pl.col("unit_id").is_in(self.selection) & (pl.col("level") == self.level)
+                | pl.col("rolled_up_from").is_not_null() & pl.col("unit_id").is_in(chosen)
+            )
         withheld_cells = self.released().filter(pl.col("suppressed")).select("level", "unit_id", "category", "bin_start")
         if self.privacy_mode == "dp":
             explained = shown.with_columns(
@@ -438,6 +486,12 @@ class Lens(param.Parameterized):
         )
         out = out.with_columns(narrative=narrate(out))
         return out.sort(["zscore", "unit_id", "category", "bin_start"], descending=[True, False, False, False]), withheld
+
+
+def _unit_tree(snapshot: Snapshot, city: str, level: str) -> tuple[list[str], shapely.STRtree]:
+    """Unit ids and a spatial index of their polygons (built once per snapshot, city and level)."""
+    frame = snapshot.unit_geometries(city, level)
+    return frame["unit_id"].to_list(), shapely.STRtree(shapely.from_wkb(frame["geom_wkb"].to_numpy()))
 
 
 def _parent_level(level: str) -> str | None:

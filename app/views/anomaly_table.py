@@ -27,7 +27,21 @@ COLUMNS = {
 }
 
 #: Lens parameters the anomalies depend on (every one of them re-renders the table).
-_DEPENDS_ON = ("snapshot", "city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q", "privacy_mode", "privacy_k")
+_DEPENDS_ON = (
+    "snapshot",
+    "city",
+    "level",
+    "since",
+    "until",
+    "category",
+    "kinds",
+    "time_bin",
+    "min_z",
+    "q",
+    "privacy_mode",
+    "privacy_k",
+    "selection",
+)
 
 _TABLE_CSS = """
 .tabulator .tabulator-cell, .tabulator .tabulator-col-title { font-size: 13px; }

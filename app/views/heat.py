@@ -14,7 +14,7 @@ import numpy as np
 import panel as pn
 import shapely
 from holoviews.operation.datashader import rasterize, shade
-from holoviews.util.transform import lon_lat_to_easting_northing
+from holoviews.util.transform import easting_northing_to_lon_lat, lon_lat_to_easting_northing
 from numpy.typing import NDArray
 
 from app.data.snapshot import Snapshot
@@ -81,7 +81,7 @@ class HeatView(LensView):
         """The map for one city. Rebuilt when the city changes, so it frames the new city: a
         datashaded map keeps its ranges across updates (it re-aggregates on pan and zoom)."""
         p = self._lens.param
-        points = hv.DynamicMap(pn.bind(self._points, p.snapshot, p.city, p.since, p.until, p.category, p.kinds))
+        points = hv.DynamicMap(pn.bind(self._points, p.snapshot, p.city, p.since, p.until, p.category, p.kinds, p.selection))
         outlines = hv.DynamicMap(pn.bind(self._outlines, p.snapshot, p.city, p.level))
         heat = shade(rasterize(points), cmap=_CMAP, cnorm="eq_hist").opts(
             tools=[],
@@ -93,9 +93,26 @@ class HeatView(LensView):
             min_height=520,
             data_aspect=1,
         )
-        lines = outlines.opts(color="#8c96a0", line_width=0.6, alpha=0.55, tools=[])
+        lines = outlines.opts(color="#8c96a0", line_width=0.6, alpha=0.55, tools=["tap"])
+        tap = hv.streams.Tap(source=lines, x=None, y=None)
+        tap.add_subscriber(self.tapped)
         overlay: hv.DynamicMap = heat * lines
         return overlay
+
+    def tapped(self, x: float | None = None, y: float | None = None, **_: Any) -> None:
+        """A click on the map toggles the unit under it in the shared selection (tiles, table and
+        sparkbands follow); a click outside every unit clears the selection."""
+        if x is None or y is None:
+            return
+        lon, lat = easting_northing_to_lon_lat(x, y)
+        unit = self._lens.unit_at(float(lon), float(lat))
+        lens = self._lens
+        if unit is None:
+            lens.selection = []
+        elif unit in lens.selection:
+            lens.selection = [u for u in lens.selection if u != unit]
+        else:
+            lens.selection = [*lens.selection, unit]
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.pane.HoloViews(

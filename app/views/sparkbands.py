@@ -26,7 +26,21 @@ _LINE = "#08519c"
 _MARK = "#d95f02"
 hv.extension("bokeh", logo=False)
 
-_DEPENDS_ON = ("snapshot", "city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q", "privacy_mode", "privacy_k")
+_DEPENDS_ON = (
+    "snapshot",
+    "city",
+    "level",
+    "since",
+    "until",
+    "category",
+    "kinds",
+    "time_bin",
+    "min_z",
+    "q",
+    "privacy_mode",
+    "privacy_k",
+    "selection",
+)
 
 
 def pick_units(bands: pl.DataFrame, top: int) -> list[str]:
