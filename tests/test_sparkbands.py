@@ -95,3 +95,29 @@ def test_clicking_the_map_toggles_the_unit_in_the_selection(tiny_snap: Snapshot)
     view.tapped(x=float(x), y=float(y))
     view.tapped(x=0.0, y=0.0)  # the sea off Africa: outside every unit clears
     assert lens.selection == []
+
+
+def test_narratives_list_released_anomalies_and_activating_one_selects_and_zooms(tiny_snap: Snapshot) -> None:
+    from app.views.heat import HeatView
+    from app.views.narratives import Narratives, driver_bars_html
+
+    lens = Lens(snapshot=tiny_snap, level="neighborhood", min_z=2.0, q=0.5)
+    view = Narratives(lens=lens, top=3)
+    found, _ = lens.anomalies()
+    cards = view._cards()
+    assert isinstance(cards, pn.Column)
+    texts = [o.object for o in cards.select(pn.pane.HTML)]
+    assert len(texts) == min(3, found.height)
+    assert found["narrative"][0].replace("'", "&#x27;") in texts[0]
+    buttons = cards.select(pn.widgets.Button)
+    assert len(buttons) == len(texts)
+    heat = HeatView(lens=lens)
+    assert heat.selection_frame() is None
+    buttons[0].clicks += 1  # what a click (or Enter on the focused button) does
+    assert lens.selection == [found["unit_id"][0]]
+    (x0, x1), (y0, y1) = heat.selection_frame() or ((0.0, 0.0), (0.0, 0.0))
+    assert 0 < x1 - x0 < 50_000  # metres: framed on one neighborhood, not the city
+    assert 0 < y1 - y0 < 50_000
+    bars = driver_bars_html([{"category": "Noise <x>", "excess": 3.0, "share": 0.5}])
+    assert "50%" in bars
+    assert "Noise &lt;x&gt;" in bars

@@ -12,6 +12,7 @@ from typing import Any
 import holoviews as hv
 import numpy as np
 import panel as pn
+import polars as pl
 import shapely
 from holoviews.operation.datashader import rasterize, shade
 from holoviews.util.transform import easting_northing_to_lon_lat, lon_lat_to_easting_northing
@@ -77,9 +78,10 @@ class HeatView(LensView):
             return hv.Path([], kdims=["x", "y"])
         return hv.Path([outline_xy(lens.snapshot, lens.city, lens.level)], kdims=["x", "y"])
 
-    def _overlay(self, city: str) -> hv.DynamicMap:
-        """The map for one city. Rebuilt when the city changes, so it frames the new city: a
-        datashaded map keeps its ranges across updates (it re-aggregates on pan and zoom)."""
+    def _overlay(self, city: str, selection: list[str] | None = None) -> hv.DynamicMap:
+        """The map for one city. Rebuilt when the city or the selection changes, so it frames the
+        new city or zooms to the selected units: a datashaded map keeps its ranges across other
+        updates (it re-aggregates on pan and zoom)."""
         p = self._lens.param
         points = hv.DynamicMap(pn.bind(self._points, p.snapshot, p.city, p.since, p.until, p.category, p.kinds, p.selection))
         outlines = hv.DynamicMap(pn.bind(self._outlines, p.snapshot, p.city, p.level))
@@ -97,7 +99,21 @@ class HeatView(LensView):
         tap = hv.streams.Tap(source=lines, x=None, y=None)
         tap.add_subscriber(self.tapped)
         overlay: hv.DynamicMap = heat * lines
-        return overlay
+        frame = self.selection_frame()
+        return overlay.opts(xlim=frame[0], ylim=frame[1]) if frame else overlay
+
+    def selection_frame(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """Web Mercator x and y ranges around the selected units (with a margin), or None."""
+        lens = self._lens
+        if not lens.selection or lens.snapshot is None:
+            return None
+        geoms = lens.snapshot.unit_geometries(lens.city, lens.level).filter(pl.col("unit_id").is_in(lens.selection))
+        if geoms.is_empty():
+            return None
+        x0, y0, x1, y1 = shapely.total_bounds(shapely.from_wkb(geoms["geom_wkb"].to_numpy()))
+        (ex0, ex1), (ny0, ny1) = lon_lat_to_easting_northing(np.array([x0, x1]), np.array([y0, y1]))
+        pad = max(ex1 - ex0, ny1 - ny0, 400.0) * 0.25
+        return (float(ex0 - pad), float(ex1 + pad)), (float(ny0 - pad), float(ny1 + pad))
 
     def tapped(self, x: float | None = None, y: float | None = None, **_: Any) -> None:
         """A click on the map toggles the unit under it in the shared selection (tiles, table and
@@ -116,5 +132,8 @@ class HeatView(LensView):
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.pane.HoloViews(
-            pn.bind(self._overlay, self._lens.param.city), sizing_mode="stretch_both", min_height=520, linked_axes=False
+            pn.bind(self._overlay, self._lens.param.city, self._lens.param.selection),
+            sizing_mode="stretch_both",
+            min_height=520,
+            linked_axes=False,
         )
