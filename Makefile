@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export CSH_DATA_DIR ?= $(CURDIR)/data
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run demo ingest test lint format bench chromium clean
+.PHONY: setup run demo ingest test lint format bench chromium axe clean
 
 setup: $(STAMP) ## create .venv and install the project with its dev extra (no-op when up to date)
 
@@ -39,7 +39,13 @@ chromium: ## Debian's Chromium for the browser tests (Playwright cannot download
 		fi; \
 	fi
 
-test: setup chromium lint ## everything: lint, unit, API, and browser tests
+axe: node_modules/axe-core/axe.min.js ## axe-core for the accessibility audit in the browser tests
+
+node_modules/axe-core/axe.min.js: package.json
+	npm install --no-audit --no-fund --silent
+	@touch $@
+
+test: setup chromium axe lint ## everything: lint, unit, API, and browser tests
 	$(BIN)/python -m pytest
 
 lint: setup ## ruff (format + lint) and mypy
@@ -55,4 +61,4 @@ bench: setup ## speed and memory figures: BENCH <name> <value> <unit>, also benc
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts node_modules
