@@ -121,3 +121,16 @@ def test_narratives_list_released_anomalies_and_activating_one_selects_and_zooms
     bars = driver_bars_html([{"category": "Noise <x>", "excess": 3.0, "share": 0.5}])
     assert "50%" in bars
     assert "Noise &lt;x&gt;" in bars
+
+
+def test_live_region_sentence() -> None:
+    from app.views.announce import announcement, anomaly_keys
+
+    found = pl.DataFrame(
+        {"level": ["borough"] * 2, "unit_id": ["BK", "QN"], "category": ["a", "b"], "bin_start": [D, D]},
+        schema={"level": pl.String, "unit_id": pl.String, "category": pl.String, "bin_start": pl.Datetime("us", "UTC")},
+    )
+    assert announcement(found, 0, "New York City", None) == "2 anomalies in New York City."
+    before = anomaly_keys(found.head(1))
+    assert announcement(found, 5, "Brooklyn", before) == "2 anomalies in Brooklyn, 1 new; 5 withheld by the privacy rule."
+    assert announcement(found.head(1), 0, "Queens", anomaly_keys(found)) == "1 anomaly in Queens, 0 new."
