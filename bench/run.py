@@ -358,7 +358,11 @@ def main() -> None:
     """Run every benchmark in a throw-away data dir and report (the app's info logs are muted)."""
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with tempfile.TemporaryDirectory(prefix="csh-bench-") as tmp:
-        report(measure(Path(tmp)))
+        figures = measure(Path(tmp))
+        from bench.browser import browser_figures  # Playwright only where the browser figures run
+
+        figures.update(browser_figures(Path(tmp)))
+        report(figures)
 
 
 if __name__ == "__main__":

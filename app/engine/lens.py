@@ -407,8 +407,10 @@ class Lens(param.Parameterized):
             return None
         levels = (self.level, *_coarser_levels(self.level))
         dp = self.privacy_mode == "dp"
+        # Thresholds only filter the scored cells: keep them out of the memo key, so moving q or
+        # min_z re-filters instead of re-scoring.
         settings = DetectionSettings(
-            self.time_bin, self.baseline, self.q, self.min_z, self.policy.noise_variance(len(LEVELS)), totals=dp and self.category == ALL
+            self.time_bin, self.baseline, 1.0, 0.0, self.policy.noise_variance(len(LEVELS)), totals=dp and self.category == ALL
         )
         n_units = {lvl: snap.units(self.city, lvl).height for lvl in levels}
         if dp:
@@ -436,11 +438,34 @@ class Lens(param.Parameterized):
         so; see :func:`app.engine.privacy.gate_anomalies`); drivers and shares use published cells
         only; the narrative is built last, from released numbers.
         """
+        snap, grid = self.snapshot, self.grid_window()
+        if snap is None or grid is None:
+            return pl.DataFrame(), 0
+        key = (
+            "anomalies",
+            self.city,
+            self.level,
+            grid,
+            self.category,
+            tuple(sorted(self.kinds)),
+            self.time_bin,
+            self.baseline_days,
+            self.q,
+            self.min_z,
+            self.privacy_mode,
+            self.privacy_k,
+            self.epsilon,
+            tuple(self.selection),
+        )
+        # Several views ask for the same list on one change: compute it once per state.
+        return snap.memo(key, self._anomalies)
+
+    def _anomalies(self) -> tuple[pl.DataFrame, int]:
         det = self.detection()
         if det is None or det.scored.height == 0:
             return pl.DataFrame(), 0
         assert self.snapshot is not None
-        found = det.anomalies
+        found = det.scored.filter((pl.col("q") <= self.q) & (pl.col("zscore") >= self.min_z))
         if self.privacy_mode == "dp":
             pass  # the release holds the lens selection only
         elif self.category != ALL:
