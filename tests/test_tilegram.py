@@ -431,3 +431,13 @@ def test_morph_plays_in_the_browser_unless_motion_is_reduced(tilegram_url: str, 
     else:
         assert moving, "the morph did not play"
         assert moving[-1]["t"] <= 600 + 100  # the budget, plus a frame or so of sampling slack
+
+
+def test_picking_tiles_sets_the_shared_selection(lens: Lens) -> None:
+    lens.level = "borough"
+    _, tiles, _ = _parts(Tilegram(lens=lens).__panel__())
+    ids = list(tiles.data["unit_id"])
+    tiles.selected.indices = [ids.index("BK"), ids.index("QN")]  # what a click + shift-click sends
+    assert lens.selection == ["BK", "QN"]
+    tiles.selected.indices = []
+    assert lens.selection == []

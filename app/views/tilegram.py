@@ -23,7 +23,18 @@ import numpy as np
 import panel as pn
 import param
 import polars as pl
-from bokeh.models import ColumnDataSource, CustomJS, CustomJSTickFormatter, FixedTicker, HoverTool, LinearColorMapper, Ngon, Range1d
+from bokeh.models import (
+    BoxSelectTool,
+    ColumnDataSource,
+    CustomJS,
+    CustomJSTickFormatter,
+    FixedTicker,
+    HoverTool,
+    LinearColorMapper,
+    Ngon,
+    Range1d,
+    TapTool,
+)
 from bokeh.models.annotations import ColorBar
 from bokeh.models.renderers import GlyphRenderer
 from bokeh.plotting import figure
@@ -336,6 +347,12 @@ class _TileFigure:
             "x", "y", text="label", source=self.tiles, text_align="center", text_baseline="middle", text_color=_TEXT, text_alpha="alpha"
         )
         self.fig.add_tools(HoverTool(renderers=[self.tile_glyph], tooltips=[("unit", "@name"), ("z", "@z_text")]))
+        # Click (shift-click adds) or box-select tiles -> the lens' shared selection; the selected
+        # tiles keep their colours (the selection outline marks them), nothing is dimmed.
+        self.fig.add_tools(TapTool(renderers=[self.tile_glyph]), BoxSelectTool(renderers=[self.tile_glyph]))
+        self.tile_glyph.selection_glyph = self.tile_glyph.glyph
+        self.tile_glyph.nonselection_glyph = self.tile_glyph.glyph
+        self.tiles.selected.on_change("indices", self._picked)
         mapper = LinearColorMapper(palette=PALETTE, low=-1.0, high=1.0)
         ticks = [float(v) for v in _position(np.array([-10.0, -3.0, 0.0, 3.0, 10.0, Z_CLIP]))]
         self.fig.add_layout(
@@ -362,6 +379,12 @@ class _TileFigure:
         lens.param.watch(self.update, list(_DEPENDS_ON))
         view.param.watch(self.update, ["shape"])
         self.update()
+
+    def _picked(self, _attr: str, _old: list[int], new: list[int]) -> None:
+        """Tiles picked in the browser become the lens selection (the heat map, table and
+        sparkbands follow); an empty pick clears it."""
+        ids = self.tiles.data.get("unit_id", [])
+        self.view._lens.selection = sorted({str(ids[i]) for i in new if 0 <= i < len(ids)})
 
     def update(self, *_: Any) -> None:
         """Redraw for the current lens and shape.
