@@ -134,3 +134,21 @@ def test_live_region_sentence() -> None:
     before = anomaly_keys(found.head(1))
     assert announcement(found, 5, "Brooklyn", before) == "2 anomalies in Brooklyn, 1 new; 5 withheld by the privacy rule."
     assert announcement(found.head(1), 0, "Queens", anomaly_keys(found)) == "1 anomaly in Queens, 0 new."
+
+
+def test_live_region_announces_changes_politely(tiny_snap: Snapshot) -> None:
+    from app.views.announce import LiveRegion
+
+    lens = Lens(snapshot=tiny_snap, level="neighborhood", min_z=2.0, q=0.5)
+    region = LiveRegion(lens=lens)
+    first = region._html()
+    assert 'aria-live="polite"' in first
+    assert 'role="status"' in first
+    assert "New York City" in first
+    assert "new" not in first  # nothing is "new" on first render
+    found, _ = lens.anomalies()
+    lens.selection = [found["unit_id"][0]]
+    name = tiny_snap.units("nyc").filter(pl.col("unit_id") == found["unit_id"][0])["name"][0]
+    second = region.sentence()
+    assert name in second
+    assert ", 0 new" in second  # the selected unit's anomalies were all listed before

@@ -3,9 +3,16 @@ Brooklyn, 3 new"). Pure, so the wording is tested without a browser."""
 
 from __future__ import annotations
 
+import html
+from typing import Any
+
+import panel as pn
 import polars as pl
 
-__all__ = ["announcement", "anomaly_keys"]
+from app.engine.lens import Lens
+from app.views.base import LensView
+
+__all__ = ["LiveRegion", "announcement", "anomaly_keys"]
 
 
 def anomaly_keys(found: pl.DataFrame) -> frozenset[tuple[str, str, str, str]]:
@@ -28,3 +35,57 @@ def announcement(found: pl.DataFrame, withheld: int, where: str, before: frozens
     if withheld:
         text += f"; {withheld} withheld by the privacy rule"
     return text + "."
+
+
+class LiveRegion(LensView):
+    """A polite ARIA live region that says what the anomaly list became after each change."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._before: frozenset[tuple[str, str, str, str]] | None = None
+
+    def sentence(self, *_: Any) -> str:
+        """The announcement for the lens' current state (and remember it as "before")."""
+        lens = self._lens
+        if lens.snapshot is None:
+            return "No data published yet."
+        found, withheld = lens.anomalies()
+        where = _where(lens)
+        text = announcement(found, withheld, where, self._before)
+        self._before = anomaly_keys(found)
+        return text
+
+    def _html(self, *args: Any) -> str:
+        return f'<div role="status" aria-live="polite" style="font-size:13px">{html.escape(self.sentence(*args))}</div>'
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        p = self._lens.param
+        return pn.pane.HTML(pn.bind(self._html, *[p[name] for name in _DEPENDS_ON]), sizing_mode="stretch_width", margin=(0, 10))
+
+
+_DEPENDS_ON = (
+    "snapshot",
+    "city",
+    "level",
+    "since",
+    "until",
+    "category",
+    "kinds",
+    "time_bin",
+    "min_z",
+    "q",
+    "privacy_mode",
+    "privacy_k",
+    "selection",
+)
+
+
+def _where(lens: Lens) -> str:
+    """The selected units' names, or the city's."""
+    assert lens.snapshot is not None
+    units = lens.snapshot.units(lens.city)
+    if lens.selection:
+        names = units.filter(pl.col("unit_id").is_in(lens.selection))["name"].to_list()
+        return ", ".join(sorted(names)[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    city = units.filter(pl.col("level") == "city")["name"]
+    return str(city[0]) if city.len() else lens.city
