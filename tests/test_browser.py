@@ -6,8 +6,12 @@ fail on any console error or page error, and wait on Bokeh models (titles are dr
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -55,18 +59,24 @@ class Problems:
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
 
 
-@pytest.fixture
-def dashboard(chromium: Browser, live_server: str) -> Iterator[tuple[Page, Problems]]:
-    """The dashboard loaded in a fresh page, with the heat raster and the table rendered."""
+def _open(chromium: Browser, url: str) -> tuple[Page, Problems]:
+    """``url`` in a fresh page, once the heat raster and the table have rendered."""
     page = chromium.new_page(viewport={"width": 1440, "height": 900})
     problems = Problems(page)
     page.set_default_timeout(30_000)
+    page.goto(url)
+    page.wait_for_function(BOKEH_READY)
+    assert page.get_by_text("Traceback").count() == 0, "the Panel app raised (the page shows a traceback)"
+    page.wait_for_function(HEAT_READY)
+    page.locator(".tabulator-row").first.wait_for()
+    return page, problems
+
+
+@pytest.fixture
+def dashboard(chromium: Browser, live_server: str) -> Iterator[tuple[Page, Problems]]:
+    """The dashboard loaded in a fresh page, with the heat raster and the table rendered."""
+    page, problems = _open(chromium, f"{live_server}/dashboard")
     try:
-        page.goto(f"{live_server}/dashboard")
-        page.wait_for_function(BOKEH_READY)
-        assert page.get_by_text("Traceback").count() == 0, "the Panel app raised (the page shows a traceback)"
-        page.wait_for_function(HEAT_READY)
-        page.locator(".tabulator-row").first.wait_for()
         yield page, problems
     finally:
         page.close()
@@ -98,4 +108,59 @@ def test_controls_update_the_table_in_the_browser(dashboard: tuple[Page, Problem
     minimum.press("Enter")
     expect(page.get_by_text("0 anomalies with q ≤ 0.05 and z ≥ 99")).to_be_visible()
     expect(rows).to_have_count(0)
+    assert problems.errors == []
+
+
+def _query(page: Page) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
+
+
+def test_a_copied_link_reopens_the_same_view(dashboard: tuple[Page, Problems], chromium: Browser) -> None:
+    page, problems = dashboard
+    expect(page).to_have_url(re.compile(r"[?&]level=neighborhood"))  # the full state is in the URL once loaded
+    page.get_by_label("Admin level").select_option("borough")
+    page.get_by_label("Category").select_option("HEAT/HOT WATER")
+    expect(page).to_have_url(re.compile(r"[?&]category=HEAT%2FHOT\+WATER"))
+    expect(page).to_have_url(re.compile(r"[?&]level=borough"))
+    link = page.url
+    assert {"city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q"} <= set(_query(page))
+    assert _query(page)["since"] == "2026-10-25"  # ISO dates
+    copy, copy_problems = _open(chromium, link)
+    try:
+        assert copy.get_by_label("Admin level").input_value() == "borough"
+        assert copy.get_by_label("Category").input_value() == "HEAT/HOT WATER"
+        for label in ("Since (UTC)", "Until (UTC, exclusive)", "Time bin", "Minimum z-score"):
+            assert copy.get_by_label(label).input_value() == page.get_by_label(label).input_value(), label
+        rows = copy.locator(".tabulator-row")
+        expect(rows.filter(has_not_text="HEAT/HOT WATER")).to_have_count(0)
+        assert _query(copy) == _query(page)
+        assert copy_problems.errors == []
+    finally:
+        copy.close()
+    assert problems.errors == []
+
+
+def test_a_bad_link_value_shows_a_message_and_keeps_the_default(chromium: Browser, live_server: str) -> None:
+    page, problems = _open(chromium, f"{live_server}/dashboard?level=county")
+    try:
+        expect(page.get_by_text("level = “county”")).to_be_visible()
+        assert page.get_by_label("Admin level").input_value() == "neighborhood"
+        expect(page).to_have_url(re.compile(r"[?&]level=neighborhood"))  # the URL now says what is shown
+        assert page.locator(".tabulator-row").count() > 0
+        assert problems.errors == []
+    finally:
+        page.close()
+
+
+def test_csv_download_holds_the_released_table(dashboard: tuple[Page, Problems]) -> None:
+    page, problems = dashboard
+    page.get_by_label("Category").select_option("HEAT/HOT WATER")
+    expect(page.locator(".tabulator-row").filter(has_not_text="HEAT/HOT WATER")).to_have_count(0)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download anomalies (CSV)").click()
+    assert download.value.suggested_filename == "csh_anomalies_nyc_neighborhood_2026-10-25_2026-11-01.csv"
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+    shown = page.get_by_text(re.compile(r"^\d+ anomalies with")).inner_text()
+    assert len(rows) == int(shown.split()[0]) > 0
+    assert {r["category"] for r in rows} == {"HEAT/HOT WATER"}
     assert problems.errors == []

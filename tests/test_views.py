@@ -3,26 +3,47 @@ and check that the panes (table rows, summary line, heat raster) follow."""
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode
 
 import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
+import polars as pl
 import pytest
 from holoviews.operation.datashader import rasterize
 from panel.layout.base import ListLike
 
 from app.config import Settings
 from app.data.demo import DemoSpec
+from app.data.registry import load_registry
+from app.data.snapshot import Snapshot
 from app.data.store import Store
 from app.engine.lens import ALL, Lens
+from app.engine.privacy import BudgetLedger
 from app.pipeline import build_demo, refresh
 from app.views.anomaly_table import COLUMNS, AnomalyTable
+from app.views.export import ANOMALY_COLUMNS, UNIT_COLUMNS, anomalies_csv, export_filename, unit_counts_csv
 from app.views.heat import HeatView, outline_xy, points_element
-from app.views.page import NO_DATA, TITLE, Controls, build_dashboard, dashboard_page, follow_store
+from app.views.page import (
+    NO_DATA,
+    NO_KINDS,
+    TITLE,
+    URL_KEYS,
+    Controls,
+    apply_url_state,
+    build_dashboard,
+    dashboard_page,
+    follow_store,
+    url_notice,
+    url_state,
+)
+from app.views.provenance import UNKNOWN, ProvenancePanel, age_text, privacy_text, source_lines, sources_markdown
 
 T = TypeVar("T")
 
@@ -275,3 +296,247 @@ def test_open_pages_follow_newly_published_snapshots(tmp_path: Path) -> None:
     assert follow_store(store, lens) is True
     assert lens.snapshot is newer
     assert lens.snapshot.row_counts()["request"] > first.row_counts()["request"]
+
+
+# ---- shareable state in the URL ----------------------------------------------------------------
+def _as_link(lens: Lens) -> dict[str, str]:
+    """The lens state through a real query string and back (encoding included)."""
+    return dict(parse_qsl(urlencode(url_state(lens))))
+
+
+def test_url_state_reopens_the_same_view(tiny_store: Store, lens: Lens) -> None:
+    assert lens.until is not None
+    lens.param.update(
+        level="tract",
+        category="HEAT/HOT WATER",
+        kinds=["request", "closure"],
+        time_bin="hour",
+        min_z=2.5,
+        q=0.0123456789,
+        since=lens.until - timedelta(days=2, hours=6),
+        until=lens.until - timedelta(hours=1),
+    )
+    link = _as_link(lens)
+    assert set(link) == set(URL_KEYS)
+    assert link["since"].endswith("T18:00:00Z")  # ISO, UTC
+    fresh = Lens(snapshot=tiny_store.current())
+    assert apply_url_state(fresh, link) == []
+    for name in URL_KEYS:
+        assert getattr(fresh, name) == getattr(lens, name), name
+
+
+def test_url_dates_are_iso_and_a_bare_date_means_midnight_utc(lens: Lens) -> None:
+    assert url_state(lens)["since"] == f"{lens.window()[0]:%Y-%m-%d}"
+    assert apply_url_state(lens, {"since": "2026-10-27"}) == []
+    assert lens.since == datetime(2026, 10, 27, tzinfo=UTC)
+    assert apply_url_state(lens, {"since": "2026-10-27T09:30"}) == []  # no offset: UTC, as the pickers are
+    assert lens.since == datetime(2026, 10, 27, 9, 30, tzinfo=UTC)
+
+
+def test_no_kinds_round_trips(tiny_store: Store, lens: Lens) -> None:
+    lens.kinds = []
+    assert url_state(lens)["kinds"] == NO_KINDS
+    fresh = Lens(snapshot=tiny_store.current())
+    assert apply_url_state(fresh, _as_link(lens)) == []
+    assert fresh.kinds == []
+
+
+def test_bad_url_values_keep_their_defaults_and_are_reported(tiny_store: Store) -> None:
+    lens = Lens(snapshot=tiny_store.current())
+    defaults = {name: getattr(lens, name) for name in URL_KEYS}
+    query = {
+        "level": "county",
+        "category": "No Such Category",
+        "kinds": "request,parade",
+        "min_z": "abc",
+        "q": "5",
+        "since": "last tuesday",
+        "time_bin": "hour",  # the one good value is applied
+        "utm_source": "mail",  # not lens state: ignored, not reported
+    }
+    problems = apply_url_state(lens, query)
+    assert len(problems) == 6, problems
+    for name in ("level", "category", "kinds", "min_z", "q", "since"):
+        assert any(p.startswith(f"{name} = ") for p in problems), name
+    assert lens.time_bin == "hour"
+    for name in set(URL_KEYS) - {"time_bin"}:
+        assert getattr(lens, name) == defaults[name], name
+
+
+def test_an_inverted_window_in_a_link_keeps_the_default_window(lens: Lens) -> None:
+    window = lens.window()
+    problems = apply_url_state(lens, {"since": "2026-10-30", "until": "2026-10-20"})
+    assert len(problems) == 1
+    assert "start must be before the end" in problems[0]
+    assert lens.window() == window
+
+
+def test_the_page_shows_why_link_values_were_ignored_without_running_them(lens: Lens) -> None:
+    assert _only(_area(dashboard_page(lens).main)[0], pn.pane.Alert).visible is False
+    problems = apply_url_state(lens, {"level": "<img src=x onerror=alert(1)>", "city": "atlantis"})
+    alert = _only(_area(dashboard_page(lens, notice=url_notice(problems)).main)[0], pn.pane.Alert)
+    assert alert.visible
+    assert "defaults are shown" in alert.object
+    assert "atlantis" in alert.object
+    assert "<img" not in alert.object  # anyone can craft a link: its text is escaped, never markup
+
+
+# ---- CSV exports -------------------------------------------------------------------------------
+def _rows(data: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+
+
+def test_anomalies_csv_is_exactly_the_released_table(lens: Lens) -> None:
+    released, _ = lens.anomalies()
+    data = anomalies_csv(released)
+    text = data.decode("utf-8")  # strict: the file is UTF-8
+    assert not text.startswith("\ufeff")
+    assert text.splitlines()[0] == ",".join(ANOMALY_COLUMNS)
+    rows = _rows(data)
+    assert len(rows) == released.height > 0
+    assert [r["narrative"] for r in rows] == released["narrative"].to_list()
+    assert [int(r["observed"]) for r in rows] == released["observed"].to_list()
+    assert all(int(r["observed"]) >= lens.privacy_k for r in rows)  # withheld cells never appear
+    assert rows[0]["window_start"].endswith("Z")
+    assert "\N{MULTIPLICATION SIGN}" in text  # narratives keep their non-ASCII signs
+    internal = {"trailing", "variance", "phi", "volume_z", "mix_share", "others_z", "drivers"}
+    assert internal <= set(released.columns)
+    assert not internal & set(rows[0])  # engine-internal columns are never exported
+
+
+def test_unit_counts_csv_leaves_withheld_counts_empty(lens: Lens) -> None:
+    units = lens.unit_counts()
+    rows = _rows(unit_counts_csv(units))
+    assert list(rows[0]) == list(UNIT_COLUMNS)
+    assert len(rows) == units.height
+    withheld = [r for r in rows if r["suppressed"] == "true"]
+    shown = [r for r in rows if r["suppressed"] == "false"]
+    assert withheld
+    assert shown
+    assert all(r["count"] == "" for r in withheld)
+    assert all(int(r["count"]) == 0 or int(r["count"]) >= lens.privacy_k for r in shown)
+    exact = dict(Lens(snapshot=lens.snapshot, level=lens.level, privacy_mode="none").unit_counts().select("unit_id", "count").iter_rows())
+    assert any(0 < exact[r["unit_id"]] < lens.privacy_k for r in withheld)  # the rule really hid small counts here
+    assert all(r["rollup_count"] == "" or int(r["rollup_count"]) >= lens.privacy_k for r in withheld)
+
+
+def test_exports_of_nothing_are_a_header_row(lens: Lens) -> None:
+    assert lens.since is not None
+    lens.until = lens.since - timedelta(days=1)  # no window: nothing released
+    assert anomalies_csv(lens.anomalies()[0]).decode("utf-8") == ",".join(ANOMALY_COLUMNS) + "\n"
+    assert unit_counts_csv(pl.DataFrame()).decode("utf-8") == ",".join(UNIT_COLUMNS) + "\n"
+
+
+def test_csv_cells_that_look_like_formulas_open_as_text() -> None:
+    units = pl.DataFrame(
+        {
+            "unit_id": ["A", "B"],
+            "name": ['=HYPERLINK("http://x")', "Plain"],
+            "count": [12, None],
+            "suppressed": [False, True],
+            "rollup_level": [None, "borough"],
+            "rollup_unit_id": [None, "BK"],
+            "rollup_count": [None, 40],
+        }
+    )
+    rows = _rows(unit_counts_csv(units))
+    assert rows[0]["name"] == '\'=HYPERLINK("http://x")'
+    assert rows[1]["name"] == "Plain"
+
+
+def test_page_downloads_follow_the_lens(lens: Lens) -> None:
+    main = _area(dashboard_page(lens).main)[0]
+    anomalies = _only(main, pn.widgets.FileDownload, "Download anomalies (CSV)")
+    units = _only(main, pn.widgets.FileDownload, "Download unit counts (CSV)")
+    assert anomalies.filename == "csh_anomalies_nyc_neighborhood_2026-10-25_2026-11-01.csv"
+    lens.param.update(level="borough", category="HEAT/HOT WATER")
+    assert units.filename == "csh_unit_counts_nyc_borough_2026-10-25_2026-11-01.csv"
+    assert anomalies.callback().getvalue() == anomalies_csv(lens.anomalies()[0])  # built at click time, from the lens
+    assert units.callback().getvalue() == unit_counts_csv(lens.unit_counts())
+    assert {r["category"] for r in _rows(anomalies.callback().getvalue())} == {"HEAT/HOT WATER"}
+
+
+def test_export_filenames_name_city_level_and_window() -> None:
+    since, until = datetime(2026, 10, 25, 6, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    assert export_filename("anomalies", "nyc", "tract", since, until) == "csh_anomalies_nyc_tract_2026-10-25T0600_2026-11-01.csv"
+    assert export_filename("unit_counts", "nyc", "city", None, None) == "csh_unit_counts_nyc_city_open_open.csv"
+
+
+# ---- provenance --------------------------------------------------------------------------------
+def _provenance_texts(lens: Lens) -> list[str]:
+    return [str(m.object) for m in ProvenancePanel(lens=lens).__panel__().select(pn.pane.Markdown)]
+
+
+def test_provenance_panel_shows_snapshot_sources_and_rule(tiny_snap: Snapshot, lens: Lens) -> None:
+    summary, sources = _provenance_texts(lens)
+    counts = tiny_snap.row_counts()
+    assert tiny_snap.id in summary
+    assert f"{counts['request']:,} requests" in summary
+    assert f"{counts['incident']:,} incidents" in summary
+    assert "newest nyc event: 2026-10-31 23:" in summary  # the demo ends on 1 November (exclusive)
+    assert "k = 11" in summary
+    lines = sources.splitlines()
+    assert lines[0].startswith("| Source | Publisher | Dataset | Licence | Last fetch | Age |")
+    assert len(lines) == 3  # header, rule and the demo feed
+    assert "| demo | simulated demo feed | demo seed 7, 35 days, size 60,000 | unknown |" in lines[2]
+    state = tiny_snap.ingest_state()
+    assert f"{state['last_success'][0]:%Y-%m-%d %H:%M} UTC" in lines[2]
+
+
+def test_source_lines_come_from_the_registry_and_say_unknown_otherwise() -> None:
+    now = datetime(2026, 11, 2, 12, tzinfo=UTC)
+    state = pl.DataFrame(
+        {
+            "source": ["nyc311", "chicago311", "mystery", "nyc311_2010_2019"],
+            "last_success": [now - timedelta(hours=2), now, None, now - timedelta(days=3)],
+            "consecutive_failures": [0, 0, 0, 4],
+            "breaker_opened_at": [None, None, None, now],
+            "rows_total": [1234, 5, 0, 99],
+        }
+    )
+    registry = load_registry()
+    lines = {s.source: s for s in source_lines(state, {}, registry, now, city="nyc")}
+    assert set(lines) == {"nyc311", "mystery", "nyc311_2010_2019"}  # Chicago's source is not this city's
+    nyc = lines["nyc311"]
+    spec = registry["nyc311"]
+    assert (nyc.publisher, nyc.dataset, nyc.licence) == (spec.publisher, "erm2-nwe9", "NYC Open Data Terms of Use")
+    assert (nyc.last_fetch, nyc.age, nyc.rows) == ("2026-11-02 10:00 UTC", "2 h", "1,234")
+    unknown = lines["mystery"]
+    assert (unknown.publisher, unknown.dataset, unknown.licence, unknown.last_fetch, unknown.age, unknown.rows) == (UNKNOWN,) * 6
+    assert lines["nyc311_2010_2019"].age == "3 d (breaker open)"
+
+
+def test_sources_markdown_is_a_table_that_survives_pipes() -> None:
+    now = datetime(2026, 11, 2, tzinfo=UTC)
+    state = pl.DataFrame({"source": ["odd|name"], "last_success": [now], "consecutive_failures": [2]})
+    table = sources_markdown(source_lines(state, {}, {}, now))
+    assert "odd\\|name" in table
+    assert "0 s (2 failed polls)" in table
+    assert "unknown" in sources_markdown([])
+
+
+def test_age_and_privacy_texts() -> None:
+    now = datetime(2026, 11, 2, tzinfo=UTC)
+    assert [age_text(now - timedelta(seconds=s), now) for s in (5, 600, 7200, 3 * 86_400)] == ["5 s", "10 min", "2 h", "3 d"]
+    assert age_text(None, now) == UNKNOWN
+    assert privacy_text("none", 11, 1.0).startswith("Privacy: none")
+    assert "ε spent: unknown" in privacy_text("dp", 11, 1.0)
+
+
+def test_provenance_shows_the_epsilon_spent_in_dp_mode(tiny_store: Store, tmp_path: Path) -> None:
+    with BudgetLedger(tmp_path / "ledger.duckdb", budget=10.0) as ledger:
+        lens = Lens(snapshot=tiny_store.current(), privacy_mode="dp", epsilon=0.5, ledger=ledger)
+        panel = ProvenancePanel(lens=lens).__panel__()
+
+        def summary() -> str:
+            texts = [str(m.object) for m in panel.select(pn.pane.Markdown) if "Snapshot" in str(m.object)]
+            assert len(texts) == 1
+            return texts[0]
+
+        first = ledger.peak("nyc")
+        assert first > 0  # rendering the panel charged the release it describes
+        assert f"ε spent: {first:g} of the budget 10" in summary()
+        assert "ε = 0.5 per release" in summary()
+        lens.category = "HEAT/HOT WATER"  # another release of the same bins: more ε
+        assert ledger.peak("nyc") > first
+        assert f"ε spent: {ledger.peak('nyc'):g} of the budget 10" in summary()

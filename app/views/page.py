@@ -1,28 +1,51 @@
-"""The dashboard page: sidebar controls, the heat map and the anomaly table over one session lens.
+"""The dashboard page: sidebar controls, provenance, the heat map and the anomaly table (with its
+CSV exports) over one session lens.
 
 ``build_dashboard`` is the factory the FastAPI mount calls per browser session, so every visitor
-gets a fresh :class:`~app.engine.lens.Lens` over the shared, already-loaded snapshot.
+gets a fresh :class:`~app.engine.lens.Lens` over the shared, already-loaded snapshot. A live
+session also keeps the lens state in the page URL, so a copied link reopens the same view.
 """
 
 from __future__ import annotations
 
+import html
+import io
+import math
+import re
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import panel as pn
 import structlog
 from panel.template.base import BasicTemplate
 
 from app.config import Settings
-from app.data.snapshot import Snapshot
 from app.data.store import Store
-from app.engine.lens import Lens
+from app.engine.lens import KINDS, Lens
 from app.engine.privacy import BudgetLedger
 from app.views.anomaly_table import AnomalyTable
 from app.views.base import LensView
+from app.views.export import anomalies_csv, export_filename, unit_counts_csv
 from app.views.heat import HeatView
+from app.views.provenance import ProvenancePanel
 
-__all__ = ["FOLLOW_MS", "NO_DATA", "TITLE", "Controls", "build_dashboard", "dashboard_page", "follow_store"]
+__all__ = [
+    "FOLLOW_MS",
+    "NO_DATA",
+    "NO_KINDS",
+    "TITLE",
+    "URL_KEYS",
+    "Controls",
+    "apply_url_state",
+    "build_dashboard",
+    "dashboard_page",
+    "downloads",
+    "follow_store",
+    "url_notice",
+    "url_state",
+]
 
 log = structlog.get_logger(__name__)
 TITLE = "City Service Heat"
@@ -108,15 +131,193 @@ class Controls(LensView):
         )
 
 
-def _provenance(snap: Snapshot | None, privacy_mode: str, privacy_k: int) -> str:
-    """Which snapshot and which release rule produced the numbers on screen."""
-    assert snap is not None
-    rules = {
-        "suppress": f"suppress (counts 1 to {privacy_k - 1} withheld, with complements, k = {privacy_k})",
-        "dp": "differential privacy (noisy counts, budgeted)",
+# ---- the lens state in the URL ---------------------------------------------------------------
+#: Lens parameters a shared link carries (the query keys are the parameter names).
+URL_KEYS = ("city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q")
+#: ``kinds`` value of an empty selection (an empty query value would be dropped, i.e. read as "all").
+NO_KINDS = "none"
+
+
+def _iso(value: datetime) -> str:
+    """A UTC instant as ISO 8601: the bare date at midnight (the common case), else with ``Z``."""
+    value = value.astimezone(UTC)
+    return (
+        value.date().isoformat()
+        if value == datetime(value.year, value.month, value.day, tzinfo=UTC)
+        else value.isoformat().replace("+00:00", "Z")
+    )
+
+
+def _number(value: float) -> str:
+    """Shortest text that reads back as exactly ``value``."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
+def url_state(lens: Lens) -> dict[str, str]:
+    """The lens state as query values: plain text, ISO dates, kinds comma-separated.
+
+    Panel's own parameter (de)serialisation is not used: it drops the UTC offset of dates, and a
+    naive date read back into the lens breaks every comparison with the tz-aware events.
+    """
+    since, until = lens.window()
+    kinds = ",".join(k for k in KINDS if k in lens.kinds) or NO_KINDS
+    values = {
+        "city": lens.city,
+        "level": lens.level,
+        "since": _iso(since) if since is not None else None,
+        "until": _iso(until) if until is not None else None,
+        "category": lens.category,
+        "kinds": kinds,
+        "time_bin": lens.time_bin,
+        "min_z": _number(lens.min_z),
+        "q": _number(lens.q),
     }
-    rule = rules.get(privacy_mode, "none (internal use)")
-    return f"Snapshot `{snap.id}` · built {snap.created_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC · privacy: {rule}"
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _parse_instant(text: str) -> datetime:
+    """ISO date or date-time; without an offset it is UTC (as the pickers are)."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("not an ISO date such as 2026-10-25 or 2026-10-25T06:00Z") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _bounded(lens: Lens, name: str) -> Callable[[str], float]:
+    """A parser of one numeric lens parameter that keeps to its bounds."""
+    low, high = lens.param[name].bounds
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("not a number") from None
+        if not math.isfinite(value) or value < low or value > high:
+            raise ValueError(f"must be from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _choice(options: list[str]) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"not one of: {', '.join(options)}")
+        return text
+
+    return check
+
+
+def _kinds(text: str) -> list[str]:
+    chosen = [] if text == NO_KINDS else [k.strip() for k in text.split(",") if k.strip()]
+    if text != NO_KINDS and (not chosen or any(k not in KINDS for k in chosen)):
+        raise ValueError(f"kinds are {', '.join(KINDS)} (comma-separated) or {NO_KINDS!r}")
+    return [k for k in KINDS if k in chosen]
+
+
+def _quoted(text: str) -> str:
+    """A value from the URL made inert for the Markdown notice: anyone can craft a link, so its
+    text is shortened, HTML-escaped and its Markdown syntax escaped before it is shown."""
+    short = text if len(text) <= 60 else text[:59] + "…"
+    return "“" + re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", html.escape(short)) + "”"
+
+
+def apply_url_state(lens: Lens, query: Mapping[str, str]) -> list[str]:
+    """Set the lens from a link's query values; return one problem per value that was not applied.
+
+    Each value is checked on its own, so one bad value (a typo, an edited link, a category another
+    snapshot no longer has) keeps its default and cannot take the rest of the link down with it.
+    The city goes first: it decides the categories on offer and resets the window. Keys that are
+    not lens state are left alone (they may belong to whoever shared the link).
+    """
+    problems: list[str] = []
+
+    def parsed(name: str, parse: Callable[[str], Any]) -> Any:
+        try:
+            return parse(query[name])
+        except ValueError as exc:
+            problems.append(f"{name} = {_quoted(query[name])} ({exc})")
+            return None
+
+    if "city" in query and (city := parsed("city", _choice(list(lens.param.city.objects)))) is not None:
+        lens.city = city
+    checks: dict[str, Callable[[str], Any]] = {
+        "level": _choice(list(lens.param.level.objects)),
+        "category": _choice(list(lens.param.category.objects)),
+        "kinds": _kinds,
+        "time_bin": _choice(list(lens.param.time_bin.objects)),
+        "min_z": _bounded(lens, "min_z"),
+        "q": _bounded(lens, "q"),
+    }
+    updates = {name: value for name, check in checks.items() if name in query and (value := parsed(name, check)) is not None}
+    since = parsed("since", _parse_instant) if "since" in query else None
+    until = parsed("until", _parse_instant) if "until" in query else None
+    if since is not None or until is not None:
+        start, end = lens.window()
+        start, end = since or start, until or end
+        if _window_problem(start, end):
+            window = f"since = {_quoted(query.get('since', ''))}, until = {_quoted(query.get('until', ''))}"
+            problems.append(f"{window} (the start must be before the end)")
+        else:
+            updates.update(since=start, until=end)
+    if updates:
+        lens.param.update(**updates)
+    return problems
+
+
+def url_notice(problems: list[str]) -> str:
+    """The page's notice about ignored link values ('' when every value was applied)."""
+    return "This link holds values the dashboard cannot use, so their defaults are shown: " + "; ".join(problems) + "." if problems else ""
+
+
+def _follow_url(lens: Lens) -> list[str]:
+    """Apply the session's URL to the lens and keep the URL following the lens (full state each time).
+
+    Deliberately not ``pn.state.location.sync(lens, ...)``: it re-applies the raw query through
+    Panel's parameter deserialisation whenever the browser reports its URL (which it does once on
+    connecting), setting naive datetimes and half-applying a link with one bad value. Here the
+    query is read once, value by value, and after that the URL is only written.
+    """
+    location = pn.state.location
+    if location is None:
+        return []
+    problems = apply_url_state(lens, dict(parse_qsl(location.search.lstrip("?"))))
+
+    def push(*_: Any) -> None:
+        # Other keys are kept as text after the lens state (``Location.update_query`` would re-parse
+        # them into numbers and keep a stale key order).
+        others = {k: v for k, v in parse_qsl(location.search.lstrip("?")) if k not in URL_KEYS}
+        location.search = "?" + urlencode({**url_state(lens), **others})
+
+    lens.param.watch(push, list(URL_KEYS))
+    # After the browser has reported its own URL: a link without (or with bad) values then shows
+    # the full state at once, ready to be copied.
+    pn.state.onload(push)
+    return problems
+
+
+# ---- exports -----------------------------------------------------------------------------------
+def downloads(lens: Lens) -> list[pn.widgets.FileDownload]:
+    """CSV downloads of the released anomalies and unit totals; each built when clicked, so it is
+    exactly what the lens releases at that moment, and named after city, level and window."""
+
+    def button(kind: str, label: str, make: Callable[[], bytes]) -> pn.widgets.FileDownload:
+        def name() -> str:
+            since, until = lens.window()
+            return export_filename(kind, lens.city, lens.level, since, until)
+
+        widget = pn.widgets.FileDownload(
+            callback=lambda: io.BytesIO(make()), filename=name(), label=label, color="light", sizing_mode="stretch_width"
+        )
+        lens.param.watch(lambda *_: setattr(widget, "filename", name()), ["city", "level", "since", "until"])
+        return widget
+
+    return [
+        button("anomalies", "Download anomalies (CSV)", lambda: anomalies_csv(lens.anomalies()[0])),
+        button("unit_counts", "Download unit counts (CSV)", lambda: unit_counts_csv(lens.unit_counts())),
+    ]
 
 
 def _template(main: list[Any], sidebar: list[Any] | None = None) -> BasicTemplate:
@@ -124,13 +325,15 @@ def _template(main: list[Any], sidebar: list[Any] | None = None) -> BasicTemplat
     return pn.template.BootstrapTemplate(title=TITLE, header_background=_ACCENT, sidebar_width=260, main=main, sidebar=sidebar or [])
 
 
-def dashboard_page(lens: Lens) -> BasicTemplate:
-    """The page over one lens: controls in the sidebar, provenance, heat map and anomaly table."""
-    provenance = pn.pane.Markdown(pn.bind(_provenance, lens.param.snapshot, lens.param.privacy_mode, lens.param.privacy_k), styles=_SMALL)
+def dashboard_page(lens: Lens, notice: str = "") -> BasicTemplate:
+    """The page over one lens: controls in the sidebar, provenance, heat map and anomaly table with
+    its exports; ``notice`` (why parts of the page's link were ignored) is shown above them."""
+    alert = pn.pane.Alert(notice, alert_type="warning", visible=bool(notice), margin=(0, 10))
     caption = pn.pane.Markdown("Brighter = more events in the window (equalised colour scale; no counts are shown).", styles=_SMALL)
     heat = pn.Column("### Where events cluster", HeatView(lens=lens), caption, sizing_mode="stretch_both", min_height=600, min_width=420)
-    table = pn.Column(AnomalyTable(lens=lens), sizing_mode="stretch_width", min_width=520)
-    body = pn.Column(provenance, pn.Row(heat, table, sizing_mode="stretch_both"), sizing_mode="stretch_both")
+    exports = pn.Row(*downloads(lens), sizing_mode="stretch_width")
+    table = pn.Column(AnomalyTable(lens=lens), exports, sizing_mode="stretch_width", min_width=520)
+    body = pn.Column(alert, ProvenancePanel(lens=lens), pn.Row(heat, table, sizing_mode="stretch_both"), sizing_mode="stretch_both")
     return _template(main=[body], sidebar=[Controls(lens=lens)])
 
 
@@ -154,6 +357,7 @@ def build_dashboard(store: Store, settings: Settings, ledger: BudgetLedger | Non
                 log.info("dashboard.followed", snapshot=lens.snapshot.id if lens.snapshot else None)
 
         pn.state.add_periodic_callback(tick, period=FOLLOW_MS)
+        return dashboard_page(lens, notice=url_notice(_follow_url(lens)))
     return dashboard_page(lens)
 
 
