@@ -86,7 +86,7 @@ def test_dashboard_renders_heat_and_table_without_console_errors(dashboard: tupl
     page, problems = dashboard
     assert page.title() == "City Service Heat"
     assert page.locator(".tabulator-row").count() > 0
-    assert page.get_by_text("withheld by the privacy rule").count() == 1
+    assert page.get_by_text("withheld by the privacy rule").count() >= 1  # table summary and live region
     assert page.get_by_text("Snapshot").count() >= 1
     for label in ("City", "Admin level", "Since (UTC)", "Until (UTC, exclusive)", "Category", "Time bin", "Minimum z-score"):
         assert page.get_by_label(label).count() == 1, f"no control labelled {label!r}"
@@ -119,9 +119,9 @@ def test_a_copied_link_reopens_the_same_view(dashboard: tuple[Page, Problems], c
     page, problems = dashboard
     expect(page).to_have_url(re.compile(r"[?&]level=neighborhood"))  # the full state is in the URL once loaded
     page.get_by_label("Admin level").select_option("borough")
+    expect(page).to_have_url(re.compile(r"[?&]level=borough"), timeout=15_000)  # the views re-render first
     page.get_by_label("Category").select_option("HEAT/HOT WATER")
-    expect(page).to_have_url(re.compile(r"[?&]category=HEAT%2FHOT\+WATER"))
-    expect(page).to_have_url(re.compile(r"[?&]level=borough"))
+    expect(page).to_have_url(re.compile(r"[?&]category=HEAT%2FHOT\+WATER"), timeout=15_000)
     link = page.url
     assert {"city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q"} <= set(_query(page))
     assert _query(page)["since"] == "2026-10-25"  # ISO dates

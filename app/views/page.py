@@ -25,11 +25,15 @@ from app.config import Settings
 from app.data.store import Store
 from app.engine.lens import KINDS, Lens
 from app.engine.privacy import BudgetLedger
+from app.views.announce import LiveRegion
 from app.views.anomaly_table import AnomalyTable
 from app.views.base import LensView
 from app.views.export import anomalies_csv, export_filename, unit_counts_csv
 from app.views.heat import HeatView
+from app.views.narratives import Narratives
 from app.views.provenance import ProvenancePanel
+from app.views.sparkbands import Sparkbands
+from app.views.tilegram import Tilegram
 
 __all__ = [
     "FOLLOW_MS",
@@ -326,14 +330,31 @@ def _template(main: list[Any], sidebar: list[Any] | None = None) -> BasicTemplat
 
 
 def dashboard_page(lens: Lens, notice: str = "") -> BasicTemplate:
-    """The page over one lens: controls in the sidebar, provenance, heat map and anomaly table with
-    its exports; ``notice`` (why parts of the page's link were ignored) is shown above them."""
+    """The page over one lens: controls in the sidebar; provenance, a live summary, the heat map
+    beside the tilegram, the narratives beside the anomaly table (with its exports) and the
+    sparkbands. Every view reads the same lens, so a brush, a tile pick or a control change moves
+    them all; ``notice`` (why parts of the page's link were ignored) is shown above them."""
     alert = pn.pane.Alert(notice, alert_type="warning", visible=bool(notice), margin=(0, 10))
-    caption = pn.pane.Markdown("Brighter = more events in the window (equalised colour scale; no counts are shown).", styles=_SMALL)
+    caption = pn.pane.Markdown(
+        "Brighter = more events in the window (equalised colour scale; no counts are shown). Click a unit to select it.", styles=_SMALL
+    )
     heat = pn.Column("### Where events cluster", HeatView(lens=lens), caption, sizing_mode="stretch_both", min_height=600, min_width=420)
+    tiles = pn.Column(Tilegram(lens=lens), sizing_mode="stretch_width", min_width=420)
     exports = pn.Row(*downloads(lens), sizing_mode="stretch_width")
     table = pn.Column(AnomalyTable(lens=lens), exports, sizing_mode="stretch_width", min_width=520)
-    body = pn.Column(alert, ProvenancePanel(lens=lens), pn.Row(heat, table, sizing_mode="stretch_both"), sizing_mode="stretch_both")
+    stories = pn.Column(
+        "### What stands out", Narratives(lens=lens), sizing_mode="stretch_width", min_width=420, max_height=700, scroll=True
+    )
+    bands = pn.Column("### Against the baseline", Sparkbands(lens=lens), sizing_mode="stretch_width")
+    body = pn.Column(
+        alert,
+        ProvenancePanel(lens=lens),
+        LiveRegion(lens=lens),
+        pn.Row(heat, tiles, sizing_mode="stretch_both"),
+        pn.Row(stories, table, sizing_mode="stretch_width"),
+        bands,
+        sizing_mode="stretch_both",
+    )
     return _template(main=[body], sidebar=[Controls(lens=lens)])
 
 

@@ -104,7 +104,7 @@ class Sparkbands(LensView):
         panes = [pn.pane.HoloViews(self.band(bands, u, str(names.get(u, u))), linked_axes=False) for u in units]
         caption = pn.pane.Markdown(
             f"{len(units)} of {bands['unit_id'].n_unique()} units: observed (line), baseline expected ± 2 sd (band), "
-            "published anomalies (◆). Gaps: counts withheld by the privacy rule.",
+            "published anomalies (◆). Gaps: counts too small to publish.",
             styles={"font-size": "12px"},
         )
         return pn.Column(caption, pn.GridBox(*panes, ncols=3))
