@@ -338,8 +338,9 @@ def dashboard_page(lens: Lens, notice: str = "") -> BasicTemplate:
     caption = pn.pane.Markdown(
         "Brighter = more events in the window (equalised colour scale; no counts are shown). Click a unit to select it.", styles=_SMALL
     )
-    heat = pn.Column("### Where events cluster", HeatView(lens=lens), caption, sizing_mode="stretch_both", min_height=600, min_width=420)
-    tiles = pn.Column(Tilegram(lens=lens), sizing_mode="stretch_width", min_width=420)
+    # Fixed-height rows: stretching rows in a scrolling page let the map overflow onto the next row.
+    heat = pn.Column("### Where events cluster", HeatView(lens=lens), caption, sizing_mode="stretch_width", height=660, min_width=420)
+    tiles = pn.Column(Tilegram(lens=lens), sizing_mode="stretch_width", height=660, min_width=420)
     exports = pn.Row(*downloads(lens), sizing_mode="stretch_width")
     table = pn.Column(AnomalyTable(lens=lens), exports, sizing_mode="stretch_width", min_width=520)
     stories = pn.Column(
@@ -350,7 +351,7 @@ def dashboard_page(lens: Lens, notice: str = "") -> BasicTemplate:
         alert,
         ProvenancePanel(lens=lens),
         LiveRegion(lens=lens),
-        pn.Row(heat, tiles, sizing_mode="stretch_both"),
+        pn.Row(heat, tiles, sizing_mode="stretch_width", height=670),
         pn.Row(stories, table, sizing_mode="stretch_width"),
         bands,
         sizing_mode="stretch_both",
