@@ -10,7 +10,7 @@ import panel as pn
 import polars as pl
 
 from app.engine.lens import Lens
-from app.views.base import LensView
+from app.views.base import LENS_STATE, LensView
 
 __all__ = ["LiveRegion", "announcement", "anomaly_keys"]
 
@@ -63,21 +63,7 @@ class LiveRegion(LensView):
         return pn.pane.HTML(pn.bind(self._html, *[p[name] for name in _DEPENDS_ON]), sizing_mode="stretch_width", margin=(0, 10))
 
 
-_DEPENDS_ON = (
-    "snapshot",
-    "city",
-    "level",
-    "since",
-    "until",
-    "category",
-    "kinds",
-    "time_bin",
-    "min_z",
-    "q",
-    "privacy_mode",
-    "privacy_k",
-    "selection",
-)
+_DEPENDS_ON = LENS_STATE
 
 
 def _where(lens: Lens) -> str:

@@ -10,7 +10,7 @@ import panel as pn
 import polars as pl
 from bokeh.models.widgets.tables import NumberFormatter
 
-from app.views.base import LensView
+from app.views.base import LENS_STATE, LensView
 
 __all__ = ["COLUMNS", "AnomalyTable", "anomaly_frame"]
 
@@ -26,22 +26,7 @@ COLUMNS = {
     "narrative": "narrative",
 }
 
-#: Lens parameters the anomalies depend on (every one of them re-renders the table).
-_DEPENDS_ON = (
-    "snapshot",
-    "city",
-    "level",
-    "since",
-    "until",
-    "category",
-    "kinds",
-    "time_bin",
-    "min_z",
-    "q",
-    "privacy_mode",
-    "privacy_k",
-    "selection",
-)
+_DEPENDS_ON = LENS_STATE
 
 _TABLE_CSS = """
 .tabulator .tabulator-cell, .tabulator .tabulator-col-title { font-size: 13px; }

@@ -7,7 +7,25 @@ import param
 
 from app.engine.lens import Lens
 
-__all__ = ["LensView"]
+__all__ = ["LENS_STATE", "LensView"]
+
+#: Lens parameters whose change re-renders a view of released numbers (all of them: one list, so a
+#: new parameter cannot be forgotten by one view).
+LENS_STATE = (
+    "snapshot",
+    "city",
+    "level",
+    "since",
+    "until",
+    "category",
+    "kinds",
+    "time_bin",
+    "min_z",
+    "q",
+    "privacy_mode",
+    "privacy_k",
+    "selection",
+)
 
 
 class LensView(pn.viewable.Viewer):

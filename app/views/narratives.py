@@ -13,11 +13,11 @@ from typing import Any
 import panel as pn
 import param
 
-from app.views.base import LensView
+from app.views.base import LENS_STATE, LensView
 
 __all__ = ["Narratives", "driver_bars_html"]
 
-_DEPENDS_ON = ("snapshot", "city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q", "privacy_mode", "privacy_k")
+_DEPENDS_ON = LENS_STATE
 _BAR = "#08519c"
 
 

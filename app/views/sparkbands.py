@@ -17,7 +17,7 @@ import panel as pn
 import param
 import polars as pl
 
-from app.views.base import LensView
+from app.views.base import LENS_STATE, LensView
 
 __all__ = ["Sparkbands", "brush_window", "pick_units"]
 
@@ -26,21 +26,7 @@ _LINE = "#08519c"
 _MARK = "#d95f02"
 hv.extension("bokeh", logo=False)
 
-_DEPENDS_ON = (
-    "snapshot",
-    "city",
-    "level",
-    "since",
-    "until",
-    "category",
-    "kinds",
-    "time_bin",
-    "min_z",
-    "q",
-    "privacy_mode",
-    "privacy_k",
-    "selection",
-)
+_DEPENDS_ON = LENS_STATE
 
 
 def pick_units(bands: pl.DataFrame, top: int) -> list[str]:

@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 
 from app.data.geography import LEVELS
 from app.engine.lens import Lens
-from app.views.base import LensView
+from app.views.base import LENS_STATE, LensView
 from app.views.tilegram_layout import Shape, TileLayout, cached_layout, footprint_area, geography_key, parent_positions
 
 __all__ = [
@@ -79,21 +79,7 @@ _Relation = Literal["none", "same", "refine", "merge"]
 #: Columns a non-structural update patches in place (positions and labels stay as they are).
 _PATCHED = ("z", "z_text", "color", "line", "lw")
 
-_DEPENDS_ON = (
-    "snapshot",
-    "city",
-    "level",
-    "since",
-    "until",
-    "category",
-    "kinds",
-    "time_bin",
-    "min_z",
-    "q",
-    "privacy_mode",
-    "privacy_k",
-    "selection",
-)
+_DEPENDS_ON = LENS_STATE
 
 #: The morph, run in the browser whenever the server replaces the tile data. Columns ``x0, y0, a0``
 #: are where a tile starts, ``x1, y1, a1`` where it ends (the server also sent the end in ``x, y,
