@@ -134,6 +134,19 @@ class Lens(param.Parameterized):
         start, end = self.window()
         return filter_events(self.snapshot.events(self.city), since or start, end, cats, self.kinds, self.selected_tracts())
 
+    def newest_event(self) -> datetime | None:
+        """Time of the city's newest event (how fresh the data is; not a count)."""
+        if self.snapshot is None:
+            return None
+        ts = self.snapshot.events(self.city)["ts"]
+        newest = ts.max() if ts.len() else None
+        return newest if isinstance(newest, datetime) else None
+
+    @property
+    def bin_length(self) -> timedelta:
+        """Width of one time bin of the lens."""
+        return BIN_LENGTH[self.time_bin]
+
     def selected_tracts(self) -> list[str] | None:
         """Tracts inside the selected units (None when nothing is selected)."""
         if not self.selection or self.snapshot is None:

@@ -132,11 +132,9 @@ def sources_markdown(lines: list[SourceLine]) -> str:
     return "\n".join([head, *body])
 
 
-def snapshot_text(snap: Snapshot, city: str, now: datetime) -> str:
+def snapshot_text(snap: Snapshot, city: str, now: datetime, newest: datetime | None) -> str:
     """Which snapshot is shown, how old it is, how many current rows it holds and its newest event."""
     counts = snap.memo(("row-counts",), snap.row_counts)
-    events = snap.events(city)
-    newest = events["ts"].max() if events.height else None
     rows = ", ".join(
         f"{counts.get(t, 0):,} {label}" for t, label in (("request", "requests"), ("incident", "incidents"), ("closure", "closures"))
     )
@@ -177,7 +175,7 @@ class ProvenancePanel(LensView):
         lens = self._lens
         if lens.snapshot is None:
             return "No snapshot."
-        line = snapshot_text(lens.snapshot, lens.city, datetime.now(UTC))
+        line = snapshot_text(lens.snapshot, lens.city, datetime.now(UTC), lens.newest_event())
         return f"{line}  \n{self._privacy()}"
 
     def _privacy(self) -> str:

@@ -113,9 +113,7 @@ class Sparkbands(LensView):
         """Brush end -> the lens window (snapped to whole bins), which every linked view follows."""
         if not boundsx:
             return
-        from app.engine.baselines import BIN_LENGTH
-
-        snapped = brush_window(boundsx[0], boundsx[1], BIN_LENGTH[self._lens.time_bin])
+        snapped = brush_window(boundsx[0], boundsx[1], self._lens.bin_length)
         if snapped is not None:
             self._lens.param.update(since=snapped[0], until=snapped[1])
 
