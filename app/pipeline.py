@@ -27,6 +27,7 @@ from app.data.ingest import IngestReport, ingest_source
 from app.data.registry import SourceSpec, get_source
 from app.data.snapshot import Snapshot, query, read_events, read_units
 from app.data.store import Store
+from app.engine.attribution import rounded_drivers
 from app.engine.baselines import BASELINE
 from app.engine.bins import cube_counts
 from app.engine.detect import detect
@@ -199,13 +200,7 @@ def anomaly_rows(events: pl.DataFrame, units: pl.DataFrame, city: str, days: int
         bin=pl.lit("day"),
         effect="effect",
         share=pl.col("share").round(4),
-        drivers=pl.col("drivers").list.eval(
-            pl.struct(
-                pl.element().struct.field("category"),
-                pl.element().struct.field("excess").round(3),
-                pl.element().struct.field("share").round(4),
-            )
-        ),
+        drivers=rounded_drivers(excess_digits=3),
     )
     return found.sort("level", "unit_id", "category", "bin_start").select(
         pl.lit(city).alias("city"),

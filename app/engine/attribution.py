@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-__all__ = ["EFFECTS", "KEY", "contributions", "decompose", "top_drivers"]
+__all__ = ["EFFECTS", "KEY", "contributions", "decompose", "rounded_drivers", "top_drivers"]
 
 #: A unit-window: the rows that share it are its categories.
 KEY = ["level", "unit_id", "bin_start"]
@@ -178,3 +178,15 @@ def top_drivers(contrib: pl.DataFrame, n: int = 3) -> pl.DataFrame:
     ranked = contrib.sort([*KEY, "excess", "category"], descending=[False, False, False, True, False])
     # group_by keeps the row order within each group, so the pre-sort ranks the drivers.
     return ranked.group_by(KEY).agg(drivers=driver.filter(pl.col("excess") > 0).head(n)).sort(KEY).select(*KEY, "drivers")
+
+
+def rounded_drivers(column: str = "drivers", excess_digits: int = 2, share_digits: int = 4) -> pl.Expr:
+    """``column`` (lists of driver structs) with excess and share rounded: parallel float sums may
+    differ in their last digits between runs, and published or stored numbers should not."""
+    return pl.col(column).list.eval(
+        pl.struct(
+            pl.element().struct.field("category"),
+            pl.element().struct.field("excess").round(excess_digits),
+            pl.element().struct.field("share").round(share_digits),
+        )
+    )

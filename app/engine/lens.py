@@ -15,6 +15,7 @@ import shapely
 
 from app.data.geography import LEVELS, tract_parents
 from app.data.snapshot import Snapshot
+from app.engine.attribution import rounded_drivers
 from app.engine.baselines import BIN_LENGTH, expectations, fit_baseline
 from app.engine.bins import ALL_CATEGORIES, TIME_BINS, cube_counts, filter_events
 from app.engine.detect import Detection, DetectionSettings, detect
@@ -514,13 +515,7 @@ class Lens(param.Parameterized):
             p=pl.col("p").round_sig_figs(4),
             q=pl.col("q").round_sig_figs(4),
             share=pl.col("share").round(4),
-            drivers=pl.col("drivers").list.eval(
-                pl.struct(
-                    pl.element().struct.field("category"),
-                    pl.element().struct.field("excess").round(2),
-                    pl.element().struct.field("share").round(4),
-                )
-            ),
+            drivers=rounded_drivers(),
         )
         out = out.with_columns(narrative=narrate(out))
         return out.sort(["zscore", "unit_id", "category", "bin_start"], descending=[True, False, False, False]), withheld
