@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import ast
 import gzip
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
+from bench.serve import served
 
 __all__ = ["browser_figures", "own_assets_gzip_bytes"]
 
@@ -58,12 +54,6 @@ def own_assets_gzip_bytes(root: Path = ROOT / "app") -> int:
     return len(gzip.compress("\n".join(chunks).encode(), compresslevel=9))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _p95(values: list[float]) -> float:
     return round(statistics.quantiles(values, n=20)[-1], 1) if len(values) >= 2 else round(values[0], 1)
 
@@ -74,45 +64,22 @@ def browser_figures(data_dir: Path, changes: int = 20) -> dict[str, tuple[float,
 
     if not CHROMIUM.exists():
         raise RuntimeError(f"{CHROMIUM} is absent: `make chromium` installs it")
-    port = _free_port()
-    env = {**os.environ, "CSH_DATA_DIR": str(data_dir), "PORT": str(port), "CSH_SCHEDULER_ENABLED": "false"}
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "panel_serve.py"), "--no-demo"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("the server did not come up")
-            time.sleep(0.3)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            warm = browser.new_page()
-            warm.goto(f"{url}/dashboard")  # first session warms the server's memoised frames, as a real server would be
-            warm.wait_for_function(HEAT_READY, timeout=120_000)
-            warm.close()
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.set_default_timeout(60_000)
-            page.goto(f"{url}/dashboard")
-            page.wait_for_function(HEAT_READY)
-            page.locator(".tabulator-row").first.wait_for()
-            rendered = float(page.evaluate("() => performance.now()"))
-            fcp = float(page.evaluate("() => (performance.getEntriesByName('first-contentful-paint')[0] || {startTime: NaN}).startTime"))
-            updates = _linked_updates(page, changes)
-            frames = _frames_while_dragging(page)
-            browser.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    with served(data_dir) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        warm = browser.new_page()
+        warm.goto(f"{url}/dashboard")  # first session warms the server's memoised frames, as a real server would be
+        warm.wait_for_function(HEAT_READY, timeout=120_000)
+        warm.close()
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}/dashboard")
+        page.wait_for_function(HEAT_READY)
+        page.locator(".tabulator-row").first.wait_for()
+        rendered = float(page.evaluate("() => performance.now()"))
+        fcp = float(page.evaluate("() => (performance.getEntriesByName('first-contentful-paint')[0] || {startTime: NaN}).startTime"))
+        updates = _linked_updates(page, changes)
+        frames = _frames_while_dragging(page)
+        browser.close()
     runtime = sum(
         len(gzip.compress(p.read_bytes(), compresslevel=9))
         for pkg in ("bokeh/server/static/js", "panel/dist")

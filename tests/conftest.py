@@ -4,16 +4,11 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import polars as pl
 import pytest
 
@@ -22,6 +17,7 @@ from app.data.demo import DemoSpec
 from app.data.snapshot import Snapshot, connect, query
 from app.data.store import Store
 from app.pipeline import build_demo
+from bench.serve import served
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The fixed demo used by tests: small, but with 35 days so a 28-day baseline exists.
@@ -67,43 +63,13 @@ def tiny_settings(tiny_dir: Path) -> Settings:
     return Settings(data_dir=tiny_dir, scheduler_enabled=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def live_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real server (``panel_serve.py``) on a free loopback port over the tiny snapshot."""
-    port = _free_port()
-    env = {**os.environ, "CSH_DATA_DIR": str(tiny_dir), "PORT": str(port), "CSH_SCHEDULER_ENABLED": "false"}
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    log = log_path.open("wb")  # a file, not a pipe: nobody reads the log while the server runs
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "panel_serve.py"), "--no-demo"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            if proc.poll() is not None:
-                out = log_path.read_text(errors="replace")
-                raise RuntimeError(f"server exited early ({proc.returncode}):\n{out}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become healthy within 90 s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
+    with log_path.open("wb") as log:
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            with served(tiny_dir, log, timeout=90) as url:
+                yield url
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{log_path.read_text(errors='replace')}") from exc
