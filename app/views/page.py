@@ -356,6 +356,23 @@ def dashboard_page(lens: Lens, notice: str = "") -> BasicTemplate:
         bands,
         sizing_mode="stretch_both",
     )
+    # A hidden ``<div data-csh-rendered="n" data-csh-state="query">``: the n-th lens change and the
+    # state it left, written by a watcher registered after every view's and at the highest
+    # precedence, so it changes only once every view has taken the change (the browser applies
+    # server messages in order). The browser bench waits on it rather than on one view.
+    from app.views.base import LENS_STATE
+
+    stamp = pn.pane.HTML("", visible=False, margin=0)
+    changes = [0]
+
+    def mark(*_: Any) -> None:
+        state = html.escape(urlencode(url_state(lens)))
+        stamp.object = f'<div data-csh-rendered="{changes[0]}" data-csh-state="{state}"></div>'
+        changes[0] += 1
+
+    mark()
+    lens.param.watch(mark, list(LENS_STATE), precedence=1_000)
+    body.append(stamp)
     return _template(main=[body], sidebar=[Controls(lens=lens)])
 
 
