@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import holoviews as hv
+import numpy as np
 import panel as pn
 import polars as pl
 import pytest
 
 from app.data.snapshot import Snapshot
 from app.engine.lens import Lens
-from app.views.sparkbands import Sparkbands, brush_window, pick_units
+from app.views.sparkbands import SparkbandFigures, Sparkbands, brush_window, multiples_data, pick_units
 
 D = datetime(2026, 10, 20, tzinfo=UTC)
 
@@ -49,34 +49,93 @@ def test_empty_brush_does_nothing() -> None:
 
 def test_band_holds_band_line_and_marks(tiny_snap: Snapshot) -> None:
     lens = Lens(snapshot=tiny_snap, level="borough", min_z=2.0, q=0.5)
-    view = Sparkbands(lens=lens)
     bands = lens.bands()
     unit = pick_units(bands, 1)[0]
-    overlay = view.band(bands, unit, "name")
-    area, line, marks = overlay.values()
-    assert isinstance(area, hv.Area)
-    assert isinstance(line, hv.Curve)
-    assert len(line) == bands.filter(pl.col("unit_id") == unit).height
-    assert len(marks) == bands.filter((pl.col("unit_id") == unit) & pl.col("anomalous")).height
+    rows = bands.filter(pl.col("unit_id") == unit)
+    n_rows, data = multiples_data(bands, [unit], {unit: "name"})
+    assert n_rows == 1
+    (line_y,) = data["line"]["ys"]
+    assert len(line_y) == rows.height
+    assert np.isnan(line_y).sum() == rows["count"].null_count()  # withheld counts are gaps, never numbers
+    (band_y,) = data["band"]["ys"]
+    assert len(band_y) == 2 * rows.height  # along the band's top, back along its bottom
+    assert len(data["marks"]["x"]) == rows.filter(pl.col("anomalous") & pl.col("count").is_not_null()).height
+    assert data["titles"]["text"] == ["name"]
+    # Everything of the unit stays inside its cell, under its name.
+    cell = {k: data["cells"][k][0] for k in ("x0", "x1", "y0", "y1")}
+    for xs, ys in ((data["line"]["xs"][0], line_y), (data["band"]["xs"][0], band_y)):
+        assert cell["x0"] <= np.nanmin(xs) <= np.nanmax(xs) <= cell["x1"]
+        assert cell["y0"] <= np.nanmin(ys) <= np.nanmax(ys) < data["titles"]["y"][0] <= cell["y1"]
+
+
+def test_multiples_fill_a_grid_row_by_row() -> None:
+    bands = pl.DataFrame(
+        {
+            "unit_id": ["a", "a", "b", "b", "c", "c", "d", "d"],
+            "bin_start": [D, D + timedelta(days=1)] * 4,
+            "count": [1, None, 4, 2, 0, 0, 3, 3],
+            "lo": [0.0] * 8,
+            "hi": [2.0] * 8,
+            "anomalous": [False, False, True, False, False, False, False, False],
+        }
+    )
+    rows, data = multiples_data(bands, ["b", "a", "d", "c"], {}, ncols=3)
+    assert rows == 2
+    assert data["cells"]["unit_id"] == ["b", "a", "d", "c"]  # in the order asked (most anomalous first)
+    assert data["cells"]["x0"][3] == data["cells"]["x0"][0]  # the fourth starts the second row
+    assert data["cells"]["y0"][3] < data["cells"]["y0"][0]
+    assert data["titles"]["text"] == ["b", "a", "d", "c"]  # no name: the id
+    assert len(data["marks"]["x"]) == 1
+
+
+def _figures(lens: Lens, **params: object) -> SparkbandFigures:
+    return SparkbandFigures(Sparkbands(lens=lens, **params))
 
 
 def test_all_boroughs_drawn_and_fine_levels_capped(tiny_snap: Snapshot) -> None:
     lens = Lens(snapshot=tiny_snap, level="borough")
-    view = Sparkbands(lens=lens, top=4)
-    grid = view._multiples().objects[1]
-    assert isinstance(grid, pn.GridBox)
-    assert len(grid.objects) == 4  # five boroughs, capped at top
+    figs = _figures(lens, top=4)
+    assert len(figs.sources["line"].data["xs"]) == 4  # five boroughs, capped at top
+    assert figs.multiples.y_range.end == 2  # two rows of three
     lens.level = "tract"
-    assert len(view._multiples().objects[1].objects) == 4
+    assert len(figs.sources["line"].data["xs"]) == 4
+    assert "4 of" in figs.caption.object
+
+
+def test_figures_are_updated_in_place(tiny_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap, level="borough")
+    figs = _figures(lens)
+    multiples, line, overview = figs.multiples, figs.sources["line"], figs.overview
+    before = line.data
+    lens.min_z = 2.0
+    lens.q = 0.5
+    lens.level = "neighborhood"
+    assert (figs.multiples, figs.sources["line"], figs.overview) == (multiples, line, overview)  # same models, new data
+    assert line.data is not before
+    lens.since, lens.until = lens.until, lens.since  # no window
+    assert figs.message.visible
+    assert not figs.grid.visible
 
 
 def test_brushing_the_overview_sets_the_lens_window(tiny_snap: Snapshot) -> None:
+    from bokeh.events import SelectionGeometry
+
     lens = Lens(snapshot=tiny_snap, level="borough")
-    view = Sparkbands(lens=lens)
-    overview = view.overview()
-    assert len(overview.values()[0]) == lens.city_series().height
+    figs = _figures(lens)
+    assert len(figs.series.data["x"]) == lens.city_series().height
+    lo, hi = ((t.timestamp() * 1000) for t in lens.grid_window() or (D, D))
+    assert (figs.window.left, figs.window.right) == (lo, hi)
+    view = figs.view
     view._brushed(boundsx=(D + timedelta(hours=3), D + timedelta(days=3, hours=2)))
     assert (lens.since, lens.until) == (D, D + timedelta(days=4))
+    assert figs.window.left == D.timestamp() * 1000  # the overview shows the new window
+    # What the browser sends at the end of a brush: the x-range in epoch milliseconds.
+    x0, x1 = (D + timedelta(days=1)).timestamp() * 1000, (D + timedelta(days=1, hours=5)).timestamp() * 1000
+    geometry = {"type": "rect", "x0": x0, "x1": x1, "y0": 0, "y1": 1}
+    figs._selection_geometry(SelectionGeometry(figs.overview, geometry=geometry, final=False))
+    assert lens.since == D  # not before the brush ends
+    figs._selection_geometry(SelectionGeometry(figs.overview, geometry=geometry, final=True))
+    assert (lens.since, lens.until) == (D + timedelta(days=1), D + timedelta(days=2))
 
 
 def test_clicking_the_map_toggles_the_unit_in_the_selection(tiny_snap: Snapshot) -> None:

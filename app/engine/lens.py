@@ -222,9 +222,11 @@ class Lens(param.Parameterized):
         if self.privacy_mode == "dp":
             return self._dp_released(*grid)
         lo, hi = grid
-        window = self.cube().filter((pl.col("bin_start") >= lo) & (pl.col("bin_start") < hi))
         key = ("released", self.city, self.time_bin, lo, hi, self.privacy_mode, self.privacy_k)
-        return snap.memo(key, lambda: release_cube(window, self.policy))
+        # The window is cut inside the memo: cutting it first cost a full cube filter per call.
+        return snap.memo(
+            key, lambda: release_cube(self.cube().filter((pl.col("bin_start") >= lo) & (pl.col("bin_start") < hi)), self.policy)
+        )
 
     def _dp_released(self, lo: datetime, hi: datetime) -> pl.DataFrame:
         """Noisy counts of the lens category (all levels, bins from the baseline start) via the ledger."""
@@ -262,6 +264,13 @@ class Lens(param.Parameterized):
     def series(self) -> pl.DataFrame:
         """Released counts per unit and time bin at the lens level (``unit_id, bin_start, count,
         suppressed``); absent rows are zeros."""
+        grid = self.grid_window()
+        if self.snapshot is None or grid is None or self.privacy_mode == "dp":
+            return self._series()
+        # Several views read the same series on one change: build it once per state.
+        return self.snapshot.memo(("series", *self._selection_key(), grid, self.level), self._series)
+
+    def _series(self) -> pl.DataFrame:
         cells = self.released()
         if cells.height == 0:
             return pl.DataFrame(
@@ -269,6 +278,10 @@ class Lens(param.Parameterized):
             )
         chosen = self._selection(cells.filter(pl.col("level") == self.level))
         return chosen.select("unit_id", "bin_start", "count", "suppressed").sort("unit_id", "bin_start")
+
+    def _selection_key(self) -> tuple[object, ...]:
+        """Everything :meth:`released` and :meth:`_selection` read, for memo keys (dp excluded)."""
+        return (self.city, self.time_bin, self.privacy_mode, self.privacy_k, self.category, tuple(sorted(self.kinds)))
 
     def city_series(self) -> pl.DataFrame:
         """Released city-wide counts of the lens selection per bin over the whole history (the
@@ -315,22 +328,12 @@ class Lens(param.Parameterized):
             return pl.DataFrame(schema=schema)
         since, until = grid
         if self.privacy_mode == "dp":
-            cells = self._dp_released(since, until).filter(pl.col("level") == self.level)
+            band = self._band(since, until)
         else:
-            cells = self._raw_selection(self.cube().filter(pl.col("level") == self.level))
-        cells = cells.select("unit_id", pl.lit("selection").alias("category"), "bin_start", "count")
-        model = fit_baseline(cells, self.time_bin, since, self.baseline)
-        step = BIN_LENGTH[self.time_bin]
-        bins = pl.datetime_range(since, until, step, closed="left", eager=True, time_zone="UTC").alias("bin_start")
-        units = snap.units(self.city, self.level).select("unit_id")
-        keys = units.join(bins.to_frame(), how="cross").with_columns(category=pl.lit("selection"))
-        band = expectations(keys, cells, model).select(
-            "unit_id",
-            "bin_start",
-            expected=pl.col("expected").round(2),
-            lo=(pl.col("expected") - 2 * pl.col("variance").sqrt()).clip(lower_bound=0).round(2),
-            hi=(pl.col("expected") + 2 * pl.col("variance").sqrt()).round(2),
-        )
+            # The model band reads raw cube cells only: thresholds, selection and release rule do
+            # not change it, so a threshold change or a pick reuses it.
+            key = ("band", self.city, self.level, grid, self.time_bin, self.baseline_days, self.category, tuple(sorted(self.kinds)))
+            band = snap.memo(key, lambda: self._band(since, until))
         released = self.series()
         found, _ = self.anomalies()
         marks = (
@@ -351,6 +354,27 @@ class Lens(param.Parameterized):
         if self.selection:
             out = out.filter(pl.col("unit_id").is_in(self.selection))
         return out.select(schema.names()).sort("unit_id", "bin_start")
+
+    def _band(self, since: datetime, until: datetime) -> pl.DataFrame:
+        """Expected +- 2 sd of the seasonal baseline per unit and bin of the lens level."""
+        assert self.snapshot is not None
+        if self.privacy_mode == "dp":
+            cells = self._dp_released(since, until).filter(pl.col("level") == self.level)
+        else:
+            cells = self._raw_selection(self.cube().filter(pl.col("level") == self.level))
+        cells = cells.select("unit_id", pl.lit("selection").alias("category"), "bin_start", "count")
+        model = fit_baseline(cells, self.time_bin, since, self.baseline)
+        step = BIN_LENGTH[self.time_bin]
+        bins = pl.datetime_range(since, until, step, closed="left", eager=True, time_zone="UTC").alias("bin_start")
+        units = self.snapshot.units(self.city, self.level).select("unit_id")
+        keys = units.join(bins.to_frame(), how="cross").with_columns(category=pl.lit("selection"))
+        return expectations(keys, cells, model).select(
+            "unit_id",
+            "bin_start",
+            expected=pl.col("expected").round(2),
+            lo=(pl.col("expected") - 2 * pl.col("variance").sqrt()).clip(lower_bound=0).round(2),
+            hi=(pl.col("expected") + 2 * pl.col("variance").sqrt()).round(2),
+        )
 
     def _raw_selection(self, cells: pl.DataFrame) -> pl.DataFrame:
         """Raw (engine-internal) counts of the lens' category selection per unit and bin."""
