@@ -8,7 +8,7 @@ import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 import holoviews as hv
 import numpy as np
@@ -35,12 +35,16 @@ from app.views.page import (
     NO_KINDS,
     TITLE,
     URL_KEYS,
+    URL_PARAMS,
     Controls,
     apply_url_state,
     build_dashboard,
     dashboard_page,
+    downloads,
     follow_store,
+    restore_url_state,
     url_notice,
+    url_query,
     url_state,
 )
 from app.views.provenance import UNKNOWN, ProvenancePanel, age_text, privacy_text, source_lines, sources_markdown
@@ -301,7 +305,7 @@ def test_open_pages_follow_newly_published_snapshots(tmp_path: Path) -> None:
 # ---- shareable state in the URL ----------------------------------------------------------------
 def _as_link(lens: Lens) -> dict[str, str]:
     """The lens state through a real query string and back (encoding included)."""
-    return dict(parse_qsl(urlencode(url_state(lens))))
+    return dict(parse_qsl(url_query(url_state(lens))))
 
 
 def test_url_state_reopens_the_same_view(tiny_store: Store, lens: Lens) -> None:
@@ -316,13 +320,16 @@ def test_url_state_reopens_the_same_view(tiny_store: Store, lens: Lens) -> None:
         since=lens.until - timedelta(days=2, hours=6),
         until=lens.until - timedelta(hours=1),
     )
+    lens.selection = ["36061000201", "36005000100"]  # tracts, as picked (not sorted)
     link = _as_link(lens)
-    assert set(link) == set(URL_KEYS)
+    assert set(link) == set(URL_KEYS) - {"epsilon"}  # epsilon only matters in 'dp' mode
     assert link["since"].endswith("T18:00:00Z")  # ISO, UTC
+    assert link["sel"] == "36005000100,36061000201"  # stable order
+    assert (link["privacy"], link["privacy_k"]) == ("suppress", "11")
     fresh = Lens(snapshot=tiny_store.current())
     assert apply_url_state(fresh, link) == []
-    for name in URL_KEYS:
-        assert getattr(fresh, name) == getattr(lens, name), name
+    for name in URL_PARAMS:
+        assert getattr(fresh, name) == (sorted(lens.selection) if name == "selection" else getattr(lens, name)), name
 
 
 def test_url_dates_are_iso_and_a_bare_date_means_midnight_utc(lens: Lens) -> None:
@@ -343,7 +350,7 @@ def test_no_kinds_round_trips(tiny_store: Store, lens: Lens) -> None:
 
 def test_bad_url_values_keep_their_defaults_and_are_reported(tiny_store: Store) -> None:
     lens = Lens(snapshot=tiny_store.current())
-    defaults = {name: getattr(lens, name) for name in URL_KEYS}
+    defaults = {name: getattr(lens, name) for name in URL_PARAMS}
     query = {
         "level": "county",
         "category": "No Such Category",
@@ -359,8 +366,74 @@ def test_bad_url_values_keep_their_defaults_and_are_reported(tiny_store: Store) 
     for name in ("level", "category", "kinds", "min_z", "q", "since"):
         assert any(p.startswith(f"{name} = ") for p in problems), name
     assert lens.time_bin == "hour"
-    for name in set(URL_KEYS) - {"time_bin"}:
+    for name in set(URL_PARAMS) - {"time_bin"}:
         assert getattr(lens, name) == defaults[name], name
+
+
+def test_a_link_selection_is_applied_after_its_level_and_unknown_ids_are_reported(lens: Lens) -> None:
+    # The lens starts at neighborhood level with a selection the level change would carry over.
+    lens.selection = ["MN0101"]
+    problems = apply_url_state(lens, {"level": "borough", "sel": "QN,BK,Atlantis,BK"})
+    assert lens.level == "borough"
+    assert lens.selection == ["BK", "QN"]  # the link's, not the one carried from MN0101 (MN)
+    assert problems == ["sel = “Atlantis” (no such borough in nyc)"]
+    assert url_query(url_state(lens)).count("sel=BK,QN") == 1  # commas stay literal: a short link
+
+
+def test_a_link_selection_at_another_level_than_its_ids_is_reported_not_applied(lens: Lens) -> None:
+    problems = apply_url_state(lens, {"sel": "BK,QN"})  # borough ids, but the link has no level: neighborhood
+    assert lens.selection == []
+    assert len(problems) == 1
+    assert problems[0].startswith("sel = ")
+    assert "no such neighborhood" in problems[0]
+
+
+def test_a_new_city_in_a_link_does_not_drop_its_selection(lens: Lens) -> None:
+    # Setting the city resets the selection; a link's selection is applied after it.
+    problems = apply_url_state(lens, {"city": "nyc", "level": "borough", "sel": "MN"})
+    assert problems == []
+    assert lens.selection == ["MN"]
+
+
+@pytest.mark.parametrize(
+    ("query", "reported"),
+    [
+        ({"privacy": "none"}, "privacy = “none” (this server publishes with suppress, k = 11)"),
+        ({"privacy": "suppress", "privacy_k": "2"}, "privacy\\_k = “2” (this server publishes with suppress, k = 11)"),
+        ({"privacy": "dp", "epsilon": "5"}, "privacy = “dp” (this server publishes with suppress, k = 11)"),
+        ({"privacy": "suppress", "epsilon": "5"}, "epsilon = “5” (this server publishes with suppress, k = 11)"),
+    ],
+)
+def test_a_link_never_changes_the_privacy_rule(lens: Lens, query: dict[str, str], reported: str) -> None:
+    before = lens.unit_counts()
+    problems = apply_url_state(lens, query)
+    assert (lens.privacy_mode, lens.privacy_k) == ("suppress", 11)
+    assert [p.replace("privacy_k", "privacy\\_k") for p in problems] == [reported]
+    assert lens.unit_counts().equals(before)  # the same cells, still withheld
+    assert "this server publishes with suppress, k = 11" in url_notice(problems)
+
+
+def test_the_servers_own_rule_in_a_link_is_not_a_problem(tiny_store: Store, lens: Lens) -> None:
+    assert apply_url_state(lens, {"privacy": "suppress", "privacy_k": "11"}) == []
+    open_lens = Lens(snapshot=tiny_store.current(), privacy_mode="none")
+    assert url_state(open_lens)["privacy"] == "none"
+    assert "privacy_k" not in url_state(open_lens)
+    assert apply_url_state(open_lens, {"privacy": "none"}) == []
+    assert apply_url_state(open_lens, {"privacy": "suppress", "privacy_k": "11"}) == [
+        "privacy = “suppress” (this server publishes with none)"  # a stricter link is reported too: one rule per server
+    ]
+
+
+def test_back_to_an_entry_shows_exactly_its_view(tiny_store: Store, lens: Lens) -> None:
+    entry = url_state(lens)  # the view the browser's history entry was written for
+    lens.param.update(level="borough", category="HEAT/HOT WATER", min_z=5.0)
+    lens.selection = ["BK"]
+    restore_url_state(lens, entry)
+    assert url_state(lens) == entry
+    assert lens.selection == []
+    lens.param.update(category="HEAT/HOT WATER", until=lens.until - timedelta(days=1))
+    restore_url_state(lens, {})  # the bare link the page was opened with: every default
+    assert url_state(lens) == url_state(Lens(snapshot=tiny_store.current()))
 
 
 def test_an_inverted_window_in_a_link_keeps_the_default_window(lens: Lens) -> None:
@@ -454,6 +527,20 @@ def test_page_downloads_follow_the_lens(lens: Lens) -> None:
     assert anomalies.callback().getvalue() == anomalies_csv(lens.anomalies()[0])  # built at click time, from the lens
     assert units.callback().getvalue() == unit_counts_csv(lens.unit_counts())
     assert {r["category"] for r in _rows(anomalies.callback().getvalue())} == {"HEAT/HOT WATER"}
+
+
+def test_view_png_button_names_its_file_and_caption_after_the_view(lens: Lens) -> None:
+    png = downloads(lens)[-1]
+    assert isinstance(png, pn.widgets.Button)
+    assert png.label == "Download view (PNG)"
+    assert png.tags[0] == "csh_view_nyc_neighborhood_2026-10-25_2026-11-01.png"
+    assert "privacy: suppress, k = 11" in png.tags[1]
+    lens.param.update(level="borough", category="HEAT/HOT WATER")
+    filename, caption = png.tags
+    assert filename == "csh_view_nyc_borough_2026-10-25_2026-11-01.png"
+    assert caption == (
+        "City Service Heat · nyc · borough · 2026-10-25 to 2026-11-01 (UTC, end exclusive) · category: HEAT/HOT WATER · privacy: suppress, k = 11"
+    )
 
 
 def test_export_filenames_name_city_level_and_window() -> None:

@@ -1,4 +1,5 @@
-"""CSV exports of what the dashboard released: the anomaly list and the window totals per unit.
+"""Exports of what the dashboard released: CSVs of the anomaly list and of the window totals per
+unit, and a PNG of the view as drawn (:data:`VIEW_PNG_JS`, in the browser).
 
 Both take the lens' already-gated frames and keep a fixed whitelist of columns, so an export can
 never carry more than the page and the API publish: engine-internal columns of the anomaly frame
@@ -11,7 +12,7 @@ from datetime import UTC, datetime, time
 
 import polars as pl
 
-__all__ = ["ANOMALY_COLUMNS", "UNIT_COLUMNS", "anomalies_csv", "export_filename", "unit_counts_csv"]
+__all__ = ["ANOMALY_COLUMNS", "UNIT_COLUMNS", "VIEW_PNG_JS", "anomalies_csv", "export_filename", "unit_counts_csv", "view_caption"]
 
 #: Export heading -> lens column of ``lens.anomalies()[0]``: the released fields the API's
 #: ``AnomalyOut`` also publishes (the table's columns plus the identifiers a spreadsheet needs).
@@ -101,7 +102,70 @@ def _stamp(value: datetime | None) -> str:
     return f"{value:%Y-%m-%d}" if value.time() == time(0) else f"{value:%Y-%m-%dT%H%M}"
 
 
-def export_filename(kind: str, city: str, level: str, since: datetime | None, until: datetime | None) -> str:
-    """``csh_<kind>_<city>_<level>_<since>_<until>.csv`` (``until`` exclusive, UTC), so two
+def export_filename(kind: str, city: str, level: str, since: datetime | None, until: datetime | None, ext: str = "csv") -> str:
+    """``csh_<kind>_<city>_<level>_<since>_<until>.<ext>`` (``until`` exclusive, UTC), so two
     downloads of different views never overwrite each other in a downloads folder."""
-    return f"csh_{kind}_{city}_{level}_{_stamp(since)}_{_stamp(until)}.csv"
+    return f"csh_{kind}_{city}_{level}_{_stamp(since)}_{_stamp(until)}.{ext}"
+
+
+def view_caption(city: str, level: str, since: datetime | None, until: datetime | None, category: str, privacy: str) -> str:
+    """The line printed on a PNG of the view: a picture passed around without its link still says
+    what it shows and under which release rule its colours were computed."""
+    window = f"{_stamp(since)} to {_stamp(until)} (UTC, end exclusive)"
+    return f"City Service Heat · {city} · {level} · {window} · category: {category} · privacy: {privacy}"
+
+
+#: Browser side of "Download view (PNG)": the heat map and the tilegram as drawn now, side by side
+#: under a caption line, saved as one PNG. Client side on purpose: the server never has the
+#: rendered pixels (the heat raster is re-shaded on every pan and zoom, the tilegram is drawn by
+#: BokehJS), and it needs no headless browser or export dependency on the server. ``button.tags``
+#: holds ``[filename, caption]``, kept current by the server as the lens changes. The plots are
+#: found among the page's Bokeh views: the tilegram by its figure name, the heat map as the plot
+#: drawing an RGBA image (HoloViews gives it no name). ``PlotView.export("png")`` repaints a plot
+#: into an off-screen canvas layer (toolbars and other widgets are not part of it).
+VIEW_PNG_JS = r"""
+const [filename, caption] = button.tags
+const plots = [...Bokeh.index.query((view) => view.renderer_views instanceof Map && typeof view.export === "function")]
+const drawn = (view) => view.bbox.width > 0 && view.bbox.height > 0 && view.el.getClientRects().length > 0
+const heat = plots.find((view) => drawn(view) && view.model.renderers.some(
+  (r) => r.glyph != null && r.glyph.type === "ImageRGBA"))
+const tiles = plots.find((view) => drawn(view) && view.model.name === "tilegram")
+const layers = [heat, tiles].filter((view) => view != null).map((view) => view.export("png", true).canvas)
+if (layers.length === 0) {
+  console.warn("Download view (PNG): no plot is on screen")
+  return
+}
+const ratio = layers[0].width / Math.max(1, (heat ?? tiles).bbox.width)
+const pad = Math.round(12 * ratio)
+const line = Math.round(16 * ratio)
+const out = document.createElement("canvas")
+const ctx = out.getContext("2d")
+ctx.font = `${line}px sans-serif`
+const text_width = Math.ceil(ctx.measureText(caption).width)
+out.width = Math.max(text_width + 2 * pad, layers.reduce((w, c) => w + c.width, 0) + pad * (layers.length + 1))
+out.height = Math.max(...layers.map((c) => c.height)) + 3 * pad + line
+ctx.fillStyle = "#ffffff"
+ctx.fillRect(0, 0, out.width, out.height)
+ctx.fillStyle = "#222222"
+ctx.font = `${line}px sans-serif`
+ctx.textBaseline = "top"
+ctx.fillText(caption, pad, pad)
+let x = pad
+for (const layer of layers) {
+  ctx.drawImage(layer, x, 2 * pad + line)
+  x += layer.width + pad
+}
+out.toBlob((blob) => {
+  if (blob == null) {
+    console.warn("Download view (PNG): the browser could not encode the picture")
+    return
+  }
+  const link = document.createElement("a")
+  link.href = URL.createObjectURL(blob)
+  link.download = filename
+  document.body.appendChild(link)
+  link.click()
+  link.remove()
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000)
+}, "image/png")
+"""

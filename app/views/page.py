@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import panel as pn
 import structlog
+from bokeh.models import CustomJS
 from panel.template.base import BasicTemplate
 
 from app.config import Settings
@@ -28,7 +29,7 @@ from app.engine.privacy import BudgetLedger
 from app.views.announce import LiveRegion
 from app.views.anomaly_table import AnomalyTable
 from app.views.base import LensView
-from app.views.export import anomalies_csv, export_filename, unit_counts_csv
+from app.views.export import VIEW_PNG_JS, anomalies_csv, export_filename, unit_counts_csv, view_caption
 from app.views.heat import HeatView
 from app.views.narratives import Narratives
 from app.views.provenance import ProvenancePanel
@@ -37,18 +38,25 @@ from app.views.tilegram import Tilegram
 
 __all__ = [
     "FOLLOW_MS",
+    "HISTORY_JS",
     "NO_DATA",
     "NO_KINDS",
     "TITLE",
     "URL_KEYS",
+    "URL_PARAMS",
     "Controls",
     "apply_url_state",
     "build_dashboard",
     "dashboard_page",
     "downloads",
     "follow_store",
+    "privacy_rule",
+    "privacy_state",
+    "restore_url_state",
     "url_notice",
+    "url_query",
     "url_state",
+    "view_png",
 ]
 
 log = structlog.get_logger(__name__)
@@ -136,8 +144,13 @@ class Controls(LensView):
 
 
 # ---- the lens state in the URL ---------------------------------------------------------------
-#: Lens parameters a shared link carries (the query keys are the parameter names).
-URL_KEYS = ("city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q")
+#: Query keys a shared link carries. Lens parameters keep their names; ``sel`` is the selection (unit
+#: ids at the link's level, sorted, comma-separated; absent when nothing is selected) and
+#: ``privacy`` the release rule the view was seen under, with its ``privacy_k`` (suppress) or
+#: ``epsilon`` (dp). The server's rule always applies: a link can state it, never lower it.
+URL_KEYS = ("city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q", "sel", "privacy", "privacy_k", "epsilon")
+#: Lens parameters whose change rewrites the URL.
+URL_PARAMS = (*URL_KEYS[: URL_KEYS.index("sel")], "selection", "privacy_mode", "privacy_k", "epsilon")
 #: ``kinds`` value of an empty selection (an empty query value would be dropped, i.e. read as "all").
 NO_KINDS = "none"
 
@@ -158,8 +171,26 @@ def _number(value: float) -> str:
     return short if float(short) == value else repr(float(value))
 
 
+def privacy_state(lens: Lens) -> dict[str, str]:
+    """The release rule as query values: the mode, plus the one parameter that matters for it."""
+    if lens.privacy_mode == "suppress":
+        return {"privacy": "suppress", "privacy_k": str(lens.privacy_k)}
+    if lens.privacy_mode == "dp":
+        return {"privacy": "dp", "epsilon": _number(lens.epsilon)}
+    return {"privacy": lens.privacy_mode}
+
+
+def privacy_rule(lens: Lens) -> str:
+    """The release rule in words, e.g. ``suppress, k = 11`` (for the link notice and PNG caption)."""
+    if lens.privacy_mode == "suppress":
+        return f"suppress, k = {lens.privacy_k}"
+    if lens.privacy_mode == "dp":
+        return f"dp, ε = {_number(lens.epsilon)}"
+    return str(lens.privacy_mode)
+
+
 def url_state(lens: Lens) -> dict[str, str]:
-    """The lens state as query values: plain text, ISO dates, kinds comma-separated.
+    """The lens state as query values: plain text, ISO dates, kinds and selection comma-separated.
 
     Panel's own parameter (de)serialisation is not used: it drops the UTC offset of dates, and a
     naive date read back into the lens breaks every comparison with the tz-aware events.
@@ -176,8 +207,16 @@ def url_state(lens: Lens) -> dict[str, str]:
         "time_bin": lens.time_bin,
         "min_z": _number(lens.min_z),
         "q": _number(lens.q),
+        "sel": ",".join(sorted(lens.selection)) or None,
+        **privacy_state(lens),
     }
     return {k: v for k, v in values.items() if v is not None}
+
+
+def url_query(state: Mapping[str, str]) -> str:
+    """Query values as a query string; commas stay literal (``sel=BK0101,BK0102``): a link stays
+    short and readable, and a comma is legal in a query."""
+    return urlencode(state, safe=",")
 
 
 def _parse_instant(text: str) -> datetime:
@@ -233,8 +272,10 @@ def apply_url_state(lens: Lens, query: Mapping[str, str]) -> list[str]:
 
     Each value is checked on its own, so one bad value (a typo, an edited link, a category another
     snapshot no longer has) keeps its default and cannot take the rest of the link down with it.
-    The city goes first: it decides the categories on offer and resets the window. Keys that are
-    not lens state are left alone (they may belong to whoever shared the link).
+    The city goes first: it decides the categories on offer and resets the window; the selection
+    goes last: a level change carries the old selection over to the new level and would overwrite
+    it. The release rule is the server's whatever the link says (a difference is reported). Keys
+    that are not lens state are left alone (they may belong to whoever shared the link).
     """
     problems: list[str] = []
 
@@ -268,6 +309,42 @@ def apply_url_state(lens: Lens, query: Mapping[str, str]) -> list[str]:
             updates.update(since=start, until=end)
     if updates:
         lens.param.update(**updates)
+    problems.extend(_privacy_problems(lens, query))
+    if "sel" in query:
+        chosen, unknown = _selection(lens, query["sel"])
+        if unknown:
+            problems.append(f"sel = {_quoted(','.join(unknown))} (no such {lens.level} in {lens.city})")
+        lens.selection = chosen
+    return problems
+
+
+def _selection(lens: Lens, text: str) -> tuple[list[str], list[str]]:
+    """The ids of ``text`` that are units of the lens level (sorted, once each), and the others."""
+    ids = list(dict.fromkeys(i.strip() for i in text.split(",") if i.strip()))
+    known = set(lens.snapshot.units(lens.city, lens.level)["unit_id"].to_list()) if lens.snapshot is not None else set()
+    return sorted(i for i in ids if i in known), [i for i in ids if i not in known]
+
+
+def _privacy_problems(lens: Lens, query: Mapping[str, str]) -> list[str]:
+    """A link's release rule that is not the server's, as problems (the server's rule stays).
+
+    A link cannot lower privacy (``privacy=none`` on a server that suppresses), and neither can it
+    raise it: the server publishes one rule, so two links never show the same cells differently.
+    """
+    rule = f"this server publishes with {privacy_rule(lens)}"
+    if "privacy" in query and query["privacy"] != lens.privacy_mode:
+        return [f"privacy = {_quoted(query['privacy'])} ({rule})"]
+    ours = privacy_state(lens)
+    problems = []
+    for key in ("privacy_k", "epsilon"):
+        if key not in query:
+            continue
+        try:
+            same = key in ours and float(query[key]) == float(ours[key])
+        except ValueError:
+            same = False
+        if not same:
+            problems.append(f"{key} = {_quoted(query[key])} ({rule})")
     return problems
 
 
@@ -276,36 +353,113 @@ def url_notice(problems: list[str]) -> str:
     return "This link holds values the dashboard cannot use, so their defaults are shown: " + "; ".join(problems) + "." if problems else ""
 
 
+def restore_url_state(lens: Lens, query: Mapping[str, str]) -> None:
+    """Show exactly the view of a history entry's query: what it leaves out is the default (a fresh
+    lens of the same snapshot and rule), not whatever the session shows now, so Back to a bare
+    link also clears the category or selection chosen since."""
+    target = Lens(
+        snapshot=lens.snapshot, privacy_mode=lens.privacy_mode, privacy_k=lens.privacy_k, epsilon=lens.epsilon, ledger=lens.ledger
+    )
+    apply_url_state(target, query)
+    apply_url_state(lens, url_state(target))
+    lens.selection = list(target.selection)
+
+
+#: Browser half of Back/Forward. Panel's Location model writes each server-side URL change with
+#: ``history.pushState`` (one history entry per view) but never listens for ``popstate``, so Back
+#: would change the address bar and leave the view as it was. This listener reports the URL the
+#: browser went to through that Location model (the server then shows that entry's view), holding
+#: ``pushState`` off meanwhile: the Location view would otherwise push the entry it is on again and
+#: cut off Forward.
+HISTORY_JS = r"""
+if (window.__csh_history__) {
+  return
+}
+window.__csh_history__ = true
+window.addEventListener("popstate", () => {
+  for (const doc of Bokeh.documents) {
+    const location = doc.get_model_by_name("location")
+    if (location == null || location.search === window.location.search) {
+      continue
+    }
+    const push = window.history.pushState
+    window.history.pushState = () => {}
+    try {
+      location.search = window.location.search
+    } finally {
+      window.history.pushState = push
+    }
+  }
+})
+"""
+
+
+class _UrlFollower:
+    """Keeps one session's URL and lens in step: the lens writes the URL on every change (a new
+    history entry each time, Panel's doing) and Back/Forward (:data:`HISTORY_JS`) set the lens."""
+
+    def __init__(self, lens: Lens, location: Any) -> None:
+        self.lens, self.location = lens, location
+        self.writing = False  # our own write: its echo on the ``search`` watcher is not a Back
+        self.restoring = False  # showing a history entry: its URL is already right, write nothing
+        self.listening = False  # browser reports before the page has loaded are its initial URL
+
+    def push(self, *_: Any) -> None:
+        if self.restoring:
+            return
+        # Other keys are kept as text after the lens state (``Location.update_query`` would re-parse
+        # them into numbers and keep a stale key order).
+        others = {k: v for k, v in parse_qsl(self.location.search.lstrip("?")) if k not in URL_KEYS}
+        self.writing = True
+        try:
+            self.location.search = "?" + url_query({**url_state(self.lens), **others})
+        finally:
+            self.writing = False
+
+    def loaded(self) -> None:
+        # After the browser has reported its own URL: a link without (or with bad) values then
+        # shows the full state at once, ready to be copied.
+        self.push()
+        self.listening = True
+
+    def popped(self, event: Any) -> None:
+        """The browser went Back or Forward: show that entry's view without writing the URL."""
+        if self.writing or self.restoring or not self.listening:
+            return
+        self.restoring = True
+        try:
+            restore_url_state(self.lens, dict(parse_qsl(str(event.new).lstrip("?"))))
+        finally:
+            self.restoring = False
+
+
 def _follow_url(lens: Lens) -> list[str]:
     """Apply the session's URL to the lens and keep the URL following the lens (full state each time).
 
     Deliberately not ``pn.state.location.sync(lens, ...)``: it re-applies the raw query through
     Panel's parameter deserialisation whenever the browser reports its URL (which it does once on
     connecting), setting naive datetimes and half-applying a link with one bad value. Here the
-    query is read once, value by value, and after that the URL is only written.
+    query is read once, value by value; after that the URL is written, and read again only when
+    the browser goes Back or Forward.
     """
     location = pn.state.location
     if location is None:
         return []
     problems = apply_url_state(lens, dict(parse_qsl(location.search.lstrip("?"))))
-
-    def push(*_: Any) -> None:
-        # Other keys are kept as text after the lens state (``Location.update_query`` would re-parse
-        # them into numbers and keep a stale key order).
-        others = {k: v for k, v in parse_qsl(location.search.lstrip("?")) if k not in URL_KEYS}
-        location.search = "?" + urlencode({**url_state(lens), **others})
-
-    lens.param.watch(push, list(URL_KEYS))
-    # After the browser has reported its own URL: a link without (or with bad) values then shows
-    # the full state at once, ready to be copied.
-    pn.state.onload(push)
+    follower = _UrlFollower(lens, location)
+    lens.param.watch(follower.push, list(URL_PARAMS))
+    location.param.watch(follower.popped, "search")
+    pn.state.onload(follower.loaded)
+    if pn.state.curdoc is not None:
+        pn.state.curdoc.js_on_event("document_ready", CustomJS(code=HISTORY_JS))
     return problems
 
 
 # ---- exports -----------------------------------------------------------------------------------
-def downloads(lens: Lens) -> list[pn.widgets.FileDownload]:
+def downloads(lens: Lens) -> list[pn.widgets.Widget]:
     """CSV downloads of the released anomalies and unit totals; each built when clicked, so it is
-    exactly what the lens releases at that moment, and named after city, level and window."""
+    exactly what the lens releases at that moment, and named after city, level and window. Then
+    :func:`view_png`, the picture of the map and tilegram as drawn."""
 
     def button(kind: str, label: str, make: Callable[[], bytes]) -> pn.widgets.FileDownload:
         def name() -> str:
@@ -321,7 +475,27 @@ def downloads(lens: Lens) -> list[pn.widgets.FileDownload]:
     return [
         button("anomalies", "Download anomalies (CSV)", lambda: anomalies_csv(lens.anomalies()[0])),
         button("unit_counts", "Download unit counts (CSV)", lambda: unit_counts_csv(lens.unit_counts())),
+        view_png(lens),
     ]
+
+
+def view_png(lens: Lens) -> pn.widgets.Button:
+    """The "Download view (PNG)" button: the browser draws the heat map and tilegram as shown, with a caption
+    line, into one PNG (:data:`~app.views.export.VIEW_PNG_JS`). The file name and caption live in
+    the button's ``tags``, kept current from the lens, so a click needs no server round trip."""
+    widget = pn.widgets.Button(label="Download view (PNG)", color="light", sizing_mode="stretch_width")
+
+    def tags(*_: Any) -> None:
+        since, until = lens.window()
+        widget.tags = [
+            export_filename("view", lens.city, lens.level, since, until, ext="png"),
+            view_caption(lens.city, lens.level, since, until, lens.category, privacy_rule(lens)),
+        ]
+
+    tags()
+    lens.param.watch(tags, ["city", "level", "since", "until", "category", "privacy_mode", "privacy_k", "epsilon"])
+    widget.js_on_click(args={"button": widget}, code=VIEW_PNG_JS)
+    return widget
 
 
 def _template(main: list[Any], sidebar: list[Any] | None = None) -> BasicTemplate:
