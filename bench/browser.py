@@ -93,7 +93,7 @@ def browser_figures(data_dir: Path, changes: int = 20) -> dict[str, tuple[float,
         page.set_default_timeout(60_000)
         page.goto(f"{url}/dashboard")
         page.wait_for_function(HEAT_READY)
-        page.locator(".tabulator-row").first.wait_for()
+        page.locator("table.csh-anomalies tbody tr").first.wait_for()
         rendered = float(page.evaluate("() => performance.now()"))
         fcp = float(page.evaluate("() => (performance.getEntriesByName('first-contentful-paint')[0] || {startTime: NaN}).startTime"))
         updates = _linked_updates(page, changes)

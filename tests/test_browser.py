@@ -36,6 +36,8 @@ ARGS = [
 #: True once Bokeh has a document (the websocket session is up and models are synced).
 BOKEH_READY = "() => window.Bokeh !== undefined && Bokeh.documents.length > 0"
 #: True once the heat raster arrived: an RGBA image glyph whose source holds a non-empty, non-blank image.
+#: Data rows of the anomaly table (the "more rows" note excluded).
+ROWS = "table.csh-anomalies tbody tr:not(.more)"
 HEAT_READY = """() => [...Bokeh.documents[0].all_models].some(m =>
     m.glyph !== undefined && m.glyph !== null && m.glyph.type === 'ImageRGBA'
     && m.data_source.data.image !== undefined && m.data_source.data.image.length > 0
@@ -69,9 +71,10 @@ def _open(chromium: Browser, url: str) -> tuple[Page, Problems]:
     page.set_default_timeout(30_000)
     page.goto(url)
     page.wait_for_function(BOKEH_READY)
-    assert page.get_by_text("Traceback").count() == 0, "the Panel app raised (the page shows a traceback)"
+    traceback = page.get_by_text("Traceback")
+    assert traceback.count() == 0, f"the Panel app raised (the page shows a traceback):\n{traceback.first.inner_text()}"
     page.wait_for_function(HEAT_READY)
-    page.locator(".tabulator-row").first.wait_for()
+    page.locator(ROWS).first.wait_for()
     return page, problems
 
 
@@ -88,7 +91,7 @@ def dashboard(chromium: Browser, live_server: str) -> Iterator[tuple[Page, Probl
 def test_dashboard_renders_heat_and_table_without_console_errors(dashboard: tuple[Page, Problems]) -> None:
     page, problems = dashboard
     assert page.title() == "City Service Heat"
-    assert page.locator(".tabulator-row").count() > 0
+    assert page.locator(ROWS).count() > 0
     assert page.get_by_text("withheld by the privacy rule").count() >= 1  # table summary and live region
     assert page.get_by_text("Snapshot").count() >= 1
     for label in ("City", "Admin level", "Since (UTC)", "Until (UTC, exclusive)", "Category", "Time bin", "Minimum z-score"):
@@ -102,7 +105,7 @@ def test_dashboard_renders_heat_and_table_without_console_errors(dashboard: tupl
 
 def test_controls_update_the_table_in_the_browser(dashboard: tuple[Page, Problems]) -> None:
     page, problems = dashboard
-    rows = page.locator(".tabulator-row")  # Playwright locators pierce Panel's shadow roots
+    rows = page.locator(ROWS)  # Playwright locators pierce Panel's shadow roots
     page.get_by_label("Category").select_option("HEAT/HOT WATER")
     expect(rows.filter(has_not_text="HEAT/HOT WATER")).to_have_count(0)
     expect(rows.first).to_contain_text("HEAT/HOT WATER")
@@ -134,7 +137,7 @@ def test_a_copied_link_reopens_the_same_view(dashboard: tuple[Page, Problems], c
         assert copy.get_by_label("Category").input_value() == "HEAT/HOT WATER"
         for label in ("Since (UTC)", "Until (UTC, exclusive)", "Time bin", "Minimum z-score"):
             assert copy.get_by_label(label).input_value() == page.get_by_label(label).input_value(), label
-        rows = copy.locator(".tabulator-row")
+        rows = copy.locator(ROWS)
         expect(rows.filter(has_not_text="HEAT/HOT WATER")).to_have_count(0)
         assert _query(copy) == _query(page)
         assert copy_problems.errors == []
@@ -149,7 +152,7 @@ def test_a_bad_link_value_shows_a_message_and_keeps_the_default(chromium: Browse
         expect(page.get_by_text("level = “county”")).to_be_visible()
         assert page.get_by_label("Admin level").input_value() == "neighborhood"
         expect(page).to_have_url(re.compile(r"[?&]level=neighborhood"))  # the URL now says what is shown
-        assert page.locator(".tabulator-row").count() > 0
+        assert page.locator(ROWS).count() > 0
         assert problems.errors == []
     finally:
         page.close()
@@ -158,7 +161,7 @@ def test_a_bad_link_value_shows_a_message_and_keeps_the_default(chromium: Browse
 def test_csv_download_holds_the_released_table(dashboard: tuple[Page, Problems]) -> None:
     page, problems = dashboard
     page.get_by_label("Category").select_option("HEAT/HOT WATER")
-    expect(page.locator(".tabulator-row").filter(has_not_text="HEAT/HOT WATER")).to_have_count(0)
+    expect(page.locator(ROWS).filter(has_not_text="HEAT/HOT WATER")).to_have_count(0)
     with page.expect_download() as download:
         page.get_by_role("button", name="Download anomalies (CSV)").click()
     assert download.value.suggested_filename == "csh_anomalies_nyc_neighborhood_2026-10-25_2026-11-01.csv"

@@ -7,12 +7,13 @@ from typing import Any
 
 import pandas as pd
 import panel as pn
+import param
 import polars as pl
-from bokeh.models.widgets.tables import NumberFormatter
 
 from app.views.base import LENS_STATE, LensView
+from app.views.tables import TABLE_CSS, html_table
 
-__all__ = ["COLUMNS", "AnomalyTable", "anomaly_frame"]
+__all__ = ["COLUMNS", "MAX_ROWS", "SORTS", "AnomalyTable", "anomaly_frame"]
 
 #: Lens column -> table heading, in display order.
 COLUMNS = {
@@ -28,10 +29,15 @@ COLUMNS = {
 
 _DEPENDS_ON = LENS_STATE
 
-_TABLE_CSS = """
-.tabulator .tabulator-cell, .tabulator .tabulator-col-title { font-size: 13px; }
-.tabulator .tabulator-header .tabulator-col .tabulator-col-content .tabulator-col-title { white-space: normal !important; text-overflow: clip !important; overflow: visible !important; }
-"""
+#: Sort choices of the table: label -> (column of the display frame, descending).
+SORTS = {
+    "strongest first (z)": ("z", True),
+    "newest first": ("day", True),
+    "most events": ("observed", True),
+    "name": ("name", False),
+}
+#: Rows drawn; the CSV export holds them all.
+MAX_ROWS = 200
 
 
 def anomaly_frame(released: pl.DataFrame) -> pd.DataFrame:
@@ -50,8 +56,13 @@ def anomaly_frame(released: pl.DataFrame) -> pd.DataFrame:
 class AnomalyTable(LensView):
     """A read-only table of ``lens.anomalies()`` with a line counting the withheld ones.
 
+    A semantic HTML table (see :mod:`app.views.tables`) with a sort control, rather than a grid
+    widget: it is read by screen readers as a table and scrolls by keyboard.
+
     >>> pn.panel(AnomalyTable(lens=Lens(snapshot=store.current())))   # doctest: +SKIP
     """
+
+    sort = param.Selector[str](default=next(iter(SORTS)), objects=list(SORTS), doc="Row order of the table.")
 
     def _released(self) -> tuple[pd.DataFrame, int]:
         released, withheld = self._lens.anomalies()
@@ -68,41 +79,25 @@ class AnomalyTable(LensView):
         return f"{shown}; **{withheld}** withheld by the {rule}."
 
     def _table(self, *_: Any) -> pd.DataFrame:
-        return self._released()[0]
+        """The displayed rows in the chosen order."""
+        frame = self._released()[0]
+        column, descending = SORTS[self.sort]
+        return frame.sort_values(column, ascending=not descending, kind="stable") if len(frame) else frame
+
+    def _html(self, *_: Any) -> str:
+        return html_table(
+            pl.from_pandas(self._table()),
+            f"Released anomalies at {self._lens.level} level, {self.sort}",
+            css_class="csh-anomalies",
+            numeric=["observed", "expected", "z"],
+            max_rows=MAX_ROWS,
+            more="{n} more anomalies are in the CSV export.",
+        )
 
     def __panel__(self) -> pn.viewable.Viewable:
         p = self._lens.param
         deps = [p[name] for name in _DEPENDS_ON]
-        table = pn.widgets.Tabulator(
-            pn.bind(self._table, *deps),
-            disabled=True,
-            show_index=False,
-            layout="fit_columns",
-            pagination="local",
-            page_size=10,
-            configuration={"columnDefaults": {"headerSort": False}},
-            widths={
-                "name": "14%",
-                "category": "13%",
-                "day": "9%",
-                "observed": "7%",
-                "expected": "7%",
-                "z": "5%",
-                "effect": "7%",
-                "narrative": "38%",
-            },
-            formatters={
-                "name": {"type": "textarea"},
-                "category": {"type": "textarea"},
-                "narrative": {"type": "textarea"},
-                "expected": NumberFormatter(format="0.0"),
-                "z": NumberFormatter(format="0.0"),
-            },
-            text_align={"observed": "right", "expected": "right", "z": "right"},
-            header_align={"observed": "right", "expected": "right", "z": "right"},
-            stylesheets=[_TABLE_CSS],
-            sizing_mode="stretch_width",
-            label="Anomalies",
-        )
+        order = pn.widgets.Select.from_param(self.param.sort, label="Sort the table", width=220)
+        table = pn.pane.HTML(pn.bind(self._html, *deps, self.param.sort), sizing_mode="stretch_width", stylesheets=[TABLE_CSS])
         summary = pn.pane.Markdown(pn.bind(self._summary, *deps), sizing_mode="stretch_width", margin=(0, 10))
-        return pn.Column("### Anomalies", summary, table, sizing_mode="stretch_width")
+        return pn.Column("## Anomalies", summary, order, table, sizing_mode="stretch_width")

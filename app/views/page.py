@@ -34,6 +34,8 @@ from app.views.heat import HeatView
 from app.views.narratives import Narratives
 from app.views.provenance import ProvenancePanel
 from app.views.sparkbands import Sparkbands
+from app.views.tables import BandTable, HeatTable, TileTable
+from app.views.template import template
 from app.views.tilegram import Tilegram
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "privacy_rule",
     "privacy_state",
     "restore_url_state",
+    "selection_options",
     "url_notice",
     "url_query",
     "url_state",
@@ -65,6 +68,11 @@ TITLE = "City Service Heat"
 FOLLOW_MS = 30_000
 _ACCENT = "#b2401e"
 _SMALL = {"font-size": "0.85em", "color": "#555"}
+#: How the window inputs show and read instants (UTC wall clock, minutes).
+DATETIME_FORMAT = "%Y-%m-%d %H:%M"
+#: Number inputs without Bokeh's spin buttons: they have no accessible name and are 17 px high
+#: (under the 24 px target size); the field takes typed values and Enter.
+NUMBER_CSS = ".bk-spin-btn { display: none !important; }"
 NO_DATA = (
     "**No data published yet.** Build the demo city with `python -m app.pipeline demo` "
     "or wait for the scheduler's first refresh, then reload this page."
@@ -103,8 +111,14 @@ class Controls(LensView):
     def _window(self) -> list[pn.viewable.Viewable]:
         """Since/until pickers kept in sync with the lens both ways, plus their error line."""
         lens = self._lens
-        since = pn.widgets.DatetimePicker(label="Since (UTC)", value=_naive_utc(lens.since))
-        until = pn.widgets.DatetimePicker(label="Until (UTC, exclusive)", value=_naive_utc(lens.until))
+        # Typed inputs, not the calendar picker: its popup traps keyboard focus (Tab cycles between
+        # the field and the popup's seconds box forever, WCAG 2.1.2). A typo marks the label "(invalid)".
+        since = pn.widgets.DatetimeInput(
+            label="Since (UTC)", value=_naive_utc(lens.since), format=DATETIME_FORMAT, placeholder="YYYY-MM-DD HH:MM"
+        )
+        until = pn.widgets.DatetimeInput(
+            label="Until (UTC, exclusive)", value=_naive_utc(lens.until), format=DATETIME_FORMAT, placeholder="YYYY-MM-DD HH:MM"
+        )
         error = pn.pane.Alert("", alert_type="danger", visible=False, margin=(0, 10))
 
         def push(*_: Any) -> None:
@@ -122,6 +136,30 @@ class Controls(LensView):
         lens.param.watch(pull, ["since", "until"])
         return [since, until, error]
 
+    def _selection(self) -> list[pn.viewable.Viewable]:
+        """The shared selection by keyboard: a list of the level's units (the tilegram's tiles; a
+        native list box, so arrow keys, Shift/Ctrl and typing a name's first letters work) applied
+        with a button, so walking the list does not re-render every view at each step."""
+        lens = self._lens
+        picker = pn.widgets.MultiSelect(label="Units to select (tiles)", size=8, sizing_mode="stretch_width")
+        apply = pn.widgets.Button(label="Select these units", color="primary", sizing_mode="stretch_width")
+        clear = pn.widgets.Button(label="Clear the selection", sizing_mode="stretch_width")
+        status = pn.pane.Markdown("", margin=(0, 10), styles={"font-size": "0.85em"})
+
+        def pull(*_: Any) -> None:
+            options = selection_options(lens)
+            if picker.options != options:
+                picker.options = options
+            picker.value = [u for u in lens.selection if u in options.values()]
+            n = len(lens.selection)
+            status.object = f"{n} {lens.level} unit{'s' if n != 1 else ''} selected." if n else "Nothing selected: every unit is shown."
+
+        apply.on_click(lambda _: setattr(lens, "selection", sorted(picker.value)))
+        clear.on_click(lambda _: setattr(lens, "selection", []))
+        lens.param.watch(pull, ["snapshot", "city", "level", "selection"])
+        pull()
+        return [picker, pn.Row(apply, clear, sizing_mode="stretch_width"), status]
+
     @staticmethod
     def _kinds_note(kinds: list[str]) -> str:
         return "" if kinds else "*No kind ticked: nothing is shown.*"
@@ -137,10 +175,19 @@ class Controls(LensView):
             pn.widgets.CheckBoxGroup.from_param(p.kinds, label="Event kinds", inline=False),
             pn.pane.Markdown(pn.bind(self._kinds_note, p.kinds), margin=(0, 10)),
             pn.widgets.Select.from_param(p.time_bin, label="Time bin"),
-            pn.widgets.FloatInput.from_param(p.min_z, label="Minimum z-score", step=0.5),
-            pn.widgets.FloatInput.from_param(p.q, label="Largest q-value (false-discovery rate)", step=0.01),
+            pn.widgets.FloatInput.from_param(p.min_z, label="Minimum z-score", step=0.5, stylesheets=[NUMBER_CSS]),
+            pn.widgets.FloatInput.from_param(p.q, label="Largest q-value (false-discovery rate)", step=0.01, stylesheets=[NUMBER_CSS]),
+            *self._selection(),
             sizing_mode="stretch_width",
         )
+
+
+def selection_options(lens: Lens) -> dict[str, str]:
+    """Name -> unit id of the lens level's units, by name (names are unique within a level)."""
+    if lens.snapshot is None:
+        return {}
+    units = lens.snapshot.units(lens.city, lens.level).select("name", "unit_id").sort("name")
+    return dict(zip(units["name"].to_list(), units["unit_id"].to_list(), strict=True))
 
 
 # ---- the lens state in the URL ---------------------------------------------------------------
@@ -499,8 +546,7 @@ def view_png(lens: Lens) -> pn.widgets.Button:
 
 
 def _template(main: list[Any], sidebar: list[Any] | None = None) -> BasicTemplate:
-    # Bootstrap rather than Fast: the Fast design links Google Fonts, which fails (a console error) offline.
-    return pn.template.BootstrapTemplate(title=TITLE, header_background=_ACCENT, sidebar_width=260, main=main, sidebar=sidebar or [])
+    return template(TITLE, main=main, sidebar=sidebar or [], accent=_ACCENT)
 
 
 def dashboard_page(lens: Lens, notice: str = "") -> BasicTemplate:
@@ -512,41 +558,92 @@ def dashboard_page(lens: Lens, notice: str = "") -> BasicTemplate:
     caption = pn.pane.Markdown(
         "Brighter = more events in the window (equalised colour scale; no counts are shown). Click a unit to select it.", styles=_SMALL
     )
+    # The shell (controls, provenance, headings) is sent first and the views follow once the page
+    # has loaded, one per event-loop tick in ``rank`` order, each flushed to the browser as it is
+    # built: the server no longer computes every view before the first byte of HTML, and the
+    # browser draws the map while the server builds the rest. Outside a live session (tests,
+    # notebooks) they are built at once.
+    pending: list[tuple[int, pn.Column, Callable[[], Any]]] = []
+    live = pn.state.curdoc is not None and pn.state.curdoc.session_context is not None
+
+    def later(rank: int, make: Callable[[], Any], min_height: int = 120) -> pn.Column:
+        holder = pn.Column(
+            pn.Row(
+                pn.indicators.LoadingSpinner(value=True, size=24, margin=(8, 6, 0, 10)),
+                pn.pane.Markdown("Loading…", styles=_SMALL),
+            ),
+            sizing_mode="stretch_width",
+            min_height=min_height,
+            margin=0,
+        )
+        if live:
+            pending.append((rank, holder, make))
+        else:
+            holder[:] = [make()]
+        return holder
+
+    def fill_next() -> None:
+        _, holder, make = pending.pop(0)
+        holder[:] = [make()]
+        if pending:
+            pn.state.execute(fill_next, schedule=True)
+        else:
+            loaded[0] = True
+            mark()
+
     # Fixed-height rows: stretching rows in a scrolling page let the map overflow onto the next row.
-    heat = pn.Column("### Where events cluster", HeatView(lens=lens), caption, sizing_mode="stretch_width", height=660, min_width=420)
-    tiles = pn.Column(Tilegram(lens=lens), sizing_mode="stretch_width", height=660, min_width=420)
-    exports = pn.Row(*downloads(lens), sizing_mode="stretch_width")
-    table = pn.Column(AnomalyTable(lens=lens), exports, sizing_mode="stretch_width", min_width=520)
-    stories = pn.Column(
-        "### What stands out", Narratives(lens=lens), sizing_mode="stretch_width", min_width=420, max_height=700, scroll=True
+    heat = pn.Column(
+        "## Where events cluster",
+        later(0, lambda: HeatView(lens=lens), 520),
+        caption,
+        sizing_mode="stretch_width",
+        height=660,
+        min_width=420,
     )
-    bands = pn.Column("### Against the baseline", Sparkbands(lens=lens), sizing_mode="stretch_width")
+    tiles = pn.Column(later(2, lambda: Tilegram(lens=lens), 600), sizing_mode="stretch_width", height=660, min_width=420)
+    exports = pn.Row(*downloads(lens), sizing_mode="stretch_width")
+    table = pn.Column(later(1, lambda: AnomalyTable(lens=lens)), exports, sizing_mode="stretch_width", min_width=520)
+    stories = pn.Column(
+        "## What stands out",
+        later(4, lambda: Narratives(lens=lens)),
+        sizing_mode="stretch_width",
+        min_width=420,
+        max_height=700,
+        scroll=True,
+    )
+    bands = pn.Column("## Against the baseline", later(5, lambda: Sparkbands(lens=lens), 300), sizing_mode="stretch_width")
     body = pn.Column(
         alert,
         ProvenancePanel(lens=lens),
-        LiveRegion(lens=lens),
+        later(3, lambda: LiveRegion(lens=lens), 20),
         pn.Row(heat, tiles, sizing_mode="stretch_width", height=670),
+        pn.Row(HeatTable(lens=lens), TileTable(lens=lens), sizing_mode="stretch_width"),  # each chart's data-table twin
         pn.Row(stories, table, sizing_mode="stretch_width"),
         bands,
+        BandTable(lens=lens),
         sizing_mode="stretch_both",
     )
-    # A hidden ``<div data-csh-rendered="n" data-csh-state="query">``: the n-th lens change and the
-    # state it left, written by a watcher registered after every view's and at the highest
-    # precedence, so it changes only once every view has taken the change (the browser applies
-    # server messages in order). The browser bench waits on it rather than on one view.
+    # A hidden ``<div data-csh-rendered="n" data-csh-state="query" data-csh-loaded="0|1">``: the
+    # n-th render, the lens state it shows and whether every deferred view is in place. Written by
+    # a watcher registered after every view's and at the highest precedence, so it changes only
+    # once every view has taken a change (the browser applies server messages in order), and after
+    # the last deferred view. The browser bench waits on it rather than on one view.
     from app.views.base import LENS_STATE
 
     stamp = pn.pane.HTML("", visible=False, margin=0)
-    changes = [0]
+    changes, loaded = [0], [not pending]
 
     def mark(*_: Any) -> None:
         state = html.escape(urlencode(url_state(lens)))
-        stamp.object = f'<div data-csh-rendered="{changes[0]}" data-csh-state="{state}"></div>'
+        stamp.object = f'<div data-csh-rendered="{changes[0]}" data-csh-state="{state}" data-csh-loaded="{int(loaded[0])}"></div>'
         changes[0] += 1
 
     mark()
     lens.param.watch(mark, list(LENS_STATE), precedence=1_000)
     body.append(stamp)
+    if pending:
+        pending.sort(key=lambda item: item[0])
+        pn.state.onload(lambda: pn.state.execute(fill_next, schedule=True))
     return _template(main=[body], sidebar=[Controls(lens=lens)])
 
 

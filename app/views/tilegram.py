@@ -360,7 +360,7 @@ class _TileFigure:
         # when set back to the default (Panel 1.9 syncs pane and model layout props both ways).
         self.plot = pn.Column(pn.pane.Bokeh(self.fig), margin=0)
         shape = pn.widgets.RadioButtonGroup.from_param(view.param.shape, name="Tiles")
-        self.panel = pn.Column("### Tilegram", shape, self.message, self.plot, self.caption, sizing_mode="stretch_width")
+        self.panel = pn.Column("## Tilegram", shape, self.message, self.plot, self.caption, sizing_mode="stretch_width")
         lens = view._lens
         lens.param.watch(self.update, list(_DEPENDS_ON))
         view.param.watch(self.update, ["shape"])
