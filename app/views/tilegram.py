@@ -117,11 +117,13 @@ const reduced = window.matchMedia != null && window.matchMedia("(prefers-reduced
 if (reduced || !moving()) { paint(1); return; }
 paint(0);  // before the browser paints the new data at its end state
 const start = performance.now();
+const run = window.__cshMorph = {start: start, last: start, end: null, frames: 0};  // timing, read by tests
 function step(now) {
   const p = Math.min(1, (now - start) / duration);
   const t = p < 0.5 ? 4 * p * p * p : 1 - Math.pow(-2 * p + 2, 3) / 2;  // ease in and out
   paint(t);
-  window[key] = p < 1 ? requestAnimationFrame(step) : null;
+  run.frames += 1;
+  if (p < 1) { run.last = now; window[key] = requestAnimationFrame(step); } else { run.end = now; window[key] = null; }
 }
 window[key] = requestAnimationFrame(step);
 """
