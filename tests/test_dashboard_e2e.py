@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import polars as pl
 import pytest
 import shapely
 from holoviews.util.transform import lon_lat_to_easting_northing
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from app.data.snapshot import Snapshot
 from tests.test_browser import ARTIFACTS, Problems, _open, chromium  # noqa: F401  # chromium is a fixture used by name
@@ -178,4 +179,52 @@ def test_a_tile_pick_filters_the_heat_map(dashboard: tuple[Page, Problems], tiny
     ex0, ex1, ey0, ey1 = after["frame"]
     assert (ex0 < x0, ex1 > x1, ey0 < y0, ey1 > y1) == (True, True, True, True)  # the view frames the borough with a margin
     page.screenshot(path=str(ARTIFACTS / "tile_selected.png"))
+    assert problems.errors == []
+
+
+#: Screen position (page pixels) of an instant (epoch ms) on the sparkbands' overview timeline, at mid height.
+OVERVIEW_AT = """(ms) => {
+  const view = [...Bokeh.index.query((v) => v.model != null && v.model.name === 'sparkbands-overview' && v.frame != null)][0];
+  const canvas = (view.canvas_view ?? view.canvas).el.getBoundingClientRect();
+  const yr = view.model.y_range;
+  return {x: canvas.left + view.frame.x_scale.compute(ms), y: canvas.top + view.frame.y_scale.compute((yr.start + yr.end) / 2)};
+}"""
+#: The date of a narrative card, as the card writes it ("Thu 29 Oct 2026 UTC · z = ...").
+CARD_DATE = re.compile(r"· (\w{3} \d{2} \w{3} \d{4}) UTC · z = ")
+
+
+def _cards(page: Page) -> Locator:
+    """The narrative cards on show (hidden ones kept for reuse do not count)."""
+    return page.get_by_text(CARD_DATE).filter(visible=True)
+
+
+def _card_days(page: Page) -> list[str]:
+    texts = _cards(page).all_inner_texts()
+    return [m.group(1) for t in texts if (m := CARD_DATE.search(t))]
+
+
+def test_brushing_the_timeline_filters_the_narratives(dashboard: tuple[Page, Problems]) -> None:
+    page, problems = dashboard
+    expect(_cards(page).first).to_be_visible()
+    before = _card_days(page)
+    assert len(set(before)) >= 2, f"the tiny demo's window should hold anomalies on several days: {before}"
+    day = datetime.strptime(before[0], "%a %d %b %Y").replace(tzinfo=UTC)
+    page.get_by_role("heading", name="Against the baseline").scroll_into_view_if_needed()
+    start = page.evaluate(OVERVIEW_AT, (day + timedelta(hours=2)).timestamp() * 1000)
+    end = page.evaluate(OVERVIEW_AT, (day + timedelta(hours=22)).timestamp() * 1000)
+    page.mouse.move(start["x"], start["y"])
+    page.mouse.down()
+    page.mouse.move((start["x"] + end["x"]) / 2, start["y"], steps=4)
+    page.mouse.move(end["x"], end["y"], steps=4)
+    page.mouse.up()
+    # The brush snaps to whole day bins and becomes the lens window: the URL, the pickers and the
+    # narratives all follow.
+    expect(page).to_have_url(re.compile(rf"[?&]since={day:%Y-%m-%d}&until={day + timedelta(days=1):%Y-%m-%d}"))
+    expect(page.get_by_label("Since (UTC)")).to_have_value(f"{day:%Y-%m-%d} 00:00")
+    expect(_cards(page).filter(has_not_text=before[0])).to_have_count(0)
+    after = _card_days(page)
+    assert after, "no narrative left for the brushed day"
+    assert set(after) == {before[0]}, after
+    assert len(after) < len(before)
+    page.screenshot(path=str(ARTIFACTS / "brushed.png"))
     assert problems.errors == []

@@ -32,6 +32,7 @@ TABLE_CSS = """
 .csh-table thead th { position: sticky; top: 0; background: #f3f3f3; }
 .csh-table .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .csh-table .more td { color: #444; font-style: italic; }
+.csh-anomalies td:last-child { min-width: 24em; }
 """
 
 #: A value's text in a cell: numbers with the column's format, null as the column's null text.

@@ -30,8 +30,12 @@ h1.csh-title { font-size: 1.4rem; margin: 0 0 0 0.5rem; color: inherit; font-wei
 
 
 #: The focus ring inside every component's shadow root, where the page's own CSS does not reach
-#: (Bokeh's buttons and inputs draw none of their own on keyboard focus).
-FOCUS_CSS = ":focus-visible { outline: 3px solid #1a56db !important; outline-offset: 1px; }"
+#: (Bokeh's buttons and inputs draw none of their own on keyboard focus), and one size for the
+#: section headings whichever pane renders them.
+FOCUS_CSS = """
+:focus-visible { outline: 3px solid #1a56db !important; outline-offset: 1px; }
+h2 { font-size: 1.25rem; font-weight: 600; margin: 0.4em 0 0.3em; }
+"""
 
 
 class AccessibleBootstrap(Bootstrap):
