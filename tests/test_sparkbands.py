@@ -158,18 +158,19 @@ def test_clicking_the_map_toggles_the_unit_in_the_selection(tiny_snap: Snapshot)
 
 def test_narratives_list_released_anomalies_and_activating_one_selects_and_zooms(tiny_snap: Snapshot) -> None:
     from app.views.heat import HeatView
-    from app.views.narratives import Narratives, driver_bars_html
+    from app.views.narratives import NarrativeCards, Narratives, driver_bars_html
 
     lens = Lens(snapshot=tiny_snap, level="neighborhood", min_z=2.0, q=0.5)
     view = Narratives(lens=lens, top=3)
     found, _ = lens.anomalies()
-    cards = view._cards()
-    assert isinstance(cards, pn.Column)
-    texts = [o.object for o in cards.select(pn.pane.HTML)]
+    rendered = NarrativeCards(view)
+    cards = rendered.shown()
+    texts = [o.object for card in cards for o in card.select(pn.pane.HTML)]
     assert len(texts) == min(3, found.height)
     assert found["narrative"][0].replace("'", "&#x27;") in texts[0]
-    buttons = cards.select(pn.widgets.Button)
+    buttons = [b for card in cards for b in card.select(pn.widgets.Button)]
     assert len(buttons) == len(texts)
+    assert buttons[0].label == f"Show {found['name'][0]}"
     heat = HeatView(lens=lens)
     assert heat.selection_frame() is None
     buttons[0].clicks += 1  # what a click (or Enter on the focused button) does
@@ -177,6 +178,14 @@ def test_narratives_list_released_anomalies_and_activating_one_selects_and_zooms
     (x0, x1), (y0, y1) = heat.selection_frame() or ((0.0, 0.0), (0.0, 0.0))
     assert 0 < x1 - x0 < 50_000  # metres: framed on one neighborhood, not the city
     assert 0 < y1 - y0 < 50_000
+    # The cards are patched in place: the selection narrows them to the unit, a threshold nobody
+    # reaches empties them and says so.
+    assert rendered.cards[0] is cards[0]
+    assert all(found.filter(pl.col("unit_id") == u).height for u in rendered.units)
+    lens.min_z = 999.0
+    assert rendered.shown() == []
+    assert rendered.empty.visible
+    assert "No anomaly published" in rendered.empty.object
     bars = driver_bars_html([{"category": "Noise <x>", "excess": 3.0, "share": 0.5}])
     assert "50%" in bars
     assert "Noise &lt;x&gt;" in bars

@@ -94,6 +94,10 @@ class HeatView(LensView):
             responsive=True,
             min_height=520,
             data_aspect=1,
+            # Canvas, not HoloViews' default WebGL: without a GPU (headless, many VMs and older
+            # laptops) WebGL is emulated and copying its canvas cost most of every frame while the
+            # map was dragged; one image and one outline path draw fast on a 2D canvas.
+            backend_opts={"plot.output_backend": "canvas"},
         )
         lines = outlines.opts(color="#8c96a0", line_width=0.6, alpha=0.55, tools=["tap"])
         tap = hv.streams.Tap(source=lines, x=None, y=None)

@@ -50,31 +50,72 @@ class Narratives(LensView):
         """Activate one anomaly: select its unit (the shared selection the other views follow)."""
         self._lens.selection = [unit_id]
 
-    def _activator(self, unit_id: str) -> Any:
+    def __panel__(self) -> pn.viewable.Viewable:
+        return NarrativeCards(self).panel
+
+
+class NarrativeCards:
+    """One rendering of :class:`Narratives`: a pool of cards built once and patched on each change
+    (text, button label, visibility), because building fifteen cards of new widgets per change
+    cost more than computing the anomalies they show."""
+
+    def __init__(self, view: Narratives) -> None:
+        self.view = view
+        self.units: list[str] = []  # unit of each shown card, read when its button is pressed
+        self.texts: list[pn.pane.HTML] = []
+        self.buttons: list[pn.widgets.Button] = []
+        self.cards: list[pn.Column] = []
+        self.empty = pn.pane.Markdown("", visible=False)
+        self.footer = pn.pane.Markdown("", styles={"font-size": "12px"})
+        self.panel = pn.Column(self.empty, sizing_mode="stretch_width")
+        self._grow(view.top)
+        view._lens.param.watch(self.update, list(_DEPENDS_ON))
+        view.param.watch(self.update, ["top"])
+        self.update()
+
+    def _grow(self, size: int) -> None:
+        """At least ``size`` cards in the pool (hidden until used); the footer stays last."""
+        new = []
+        for i in range(len(self.cards), size):
+            text = pn.pane.HTML("", sizing_mode="stretch_width")
+            button = pn.widgets.Button(label="Show", width=200, margin=(2, 5))
+            button.on_click(self._activator(i))
+            card = pn.Column(text, button, visible=False, styles={"border-bottom": "1px solid #ddd"}, sizing_mode="stretch_width")
+            self.texts.append(text)
+            self.buttons.append(button)
+            self.cards.append(card)
+            new.append(card)
+        if new:
+            self.panel[:] = [self.empty, *self.cards, self.footer]
+
+    def _activator(self, index: int) -> Any:
         def on_click(_event: object) -> None:
-            self.activate(unit_id)
+            if index < len(self.units):
+                self.view.activate(self.units[index])
 
         return on_click
 
-    def _cards(self, *_: Any) -> pn.viewable.Viewable:
-        found, withheld = self._lens.anomalies()
-        if found.height == 0:
-            return pn.pane.Markdown(f"No anomaly published in this window ({withheld} withheld by the privacy rule).")
-        cards = []
-        for row in found.head(self.top).iter_rows(named=True):
-            button = pn.widgets.Button(label=f"Show {row['name']}", width=200, margin=(2, 5))
-            button.on_click(self._activator(str(row["unit_id"])))
-            when = row["bin_start"].strftime("%a %d %b %Y" if row["time_bin"] != "hour" else "%a %d %b %H:%M")
-            text = pn.pane.HTML(
-                f'<div style="font-size:13px"><b>{html.escape(str(row["name"]))}</b> · {when} UTC · z = {row["zscore"]:.1f} · '
-                f"{html.escape(str(row['effect']))}<br>{html.escape(str(row['narrative']))}</div>{driver_bars_html(row['drivers'])}",
-                sizing_mode="stretch_width",
-            )
-            cards.append(pn.Column(text, button, styles={"border-bottom": "1px solid #ddd"}, sizing_mode="stretch_width"))
-        more = found.height - len(cards)
-        footer = pn.pane.Markdown(f"{more} more in the table." if more > 0 else "", styles={"font-size": "12px"})
-        return pn.Column(*cards, footer, sizing_mode="stretch_width")
+    def shown(self) -> list[pn.Column]:
+        """The cards on view, strongest anomaly first."""
+        return [card for card in self.cards if card.visible]
 
-    def __panel__(self) -> pn.viewable.Viewable:
-        p = self._lens.param
-        return pn.Column(pn.bind(self._cards, *[p[name] for name in _DEPENDS_ON]), sizing_mode="stretch_width")
+    def update(self, *_: Any) -> None:
+        """Fill the first cards with the lens' strongest anomalies and hide the rest."""
+        found, withheld = self.view._lens.anomalies()
+        top = self.view.top
+        self._grow(top)
+        rows = list(found.head(top).iter_rows(named=True)) if found.height else []
+        self.units = [str(row["unit_id"]) for row in rows]
+        for i, row in enumerate(rows):
+            when = row["bin_start"].strftime("%a %d %b %Y" if row["time_bin"] != "hour" else "%a %d %b %H:%M")
+            self.texts[i].object = (
+                f'<div style="font-size:13px"><b>{html.escape(str(row["name"]))}</b> · {when} UTC · z = {row["zscore"]:.1f} · '
+                f"{html.escape(str(row['effect']))}<br>{html.escape(str(row['narrative']))}</div>{driver_bars_html(row['drivers'])}"
+            )
+            self.buttons[i].label = f"Show {row['name']}"
+        for i, card in enumerate(self.cards):
+            card.visible = i < len(rows)
+        self.empty.object = "" if rows else f"No anomaly published in this window ({withheld} withheld by the privacy rule)."
+        self.empty.visible = not rows
+        more = found.height - len(rows)
+        self.footer.object = f"{more} more in the table." if more > 0 else ""
