@@ -1,8 +1,9 @@
 """Browser figures of the dashboard on the default demo city, measured in headless Chromium:
 
-``fcp_ms`` (first contentful paint), ``views_rendered_ms`` (navigation start until the heat raster
-and the anomaly table are on screen), ``linked_update_p95_ms`` (a control change until every linked
-view has taken it and painted, 95th percentile of alternating changes; see :func:`_linked_updates`), ``frame_p95_ms``
+``fcp_ms`` (first contentful paint), ``views_rendered_ms`` (navigation start until every view is
+on screen: heat raster, table rows, tiles, sparkbands and the render stamp after them, then two
+frames), ``linked_update_p95_ms`` (a control change until every linked view has taken it and
+painted, 95th percentile of alternating changes; see :func:`_linked_updates`), ``frame_p95_ms``
 (requestAnimationFrame intervals while the heat map is dragged, 95th percentile) and
 ``own_js_css_gzip_kb`` / ``runtime_js_gzip_kb`` (gzip size of our own JS/CSS versus the
 Bokeh/Panel runtime the page loads).
@@ -31,6 +32,10 @@ BOKEH_READY = "() => window.Bokeh !== undefined && Bokeh.documents.length > 0"
 HEAT_READY = """() => window.Bokeh !== undefined && Bokeh.documents.length > 0 && [...Bokeh.documents[0].all_models].some(m =>
     m.glyph !== undefined && m.glyph !== null && m.glyph.type === 'ImageRGBA'
     && m.data_source.data.image !== undefined && m.data_source.data.image.length > 0)"""
+#: True once the other views' data is in the browser too: the tilegram's tiles and the sparkbands' lines.
+VIEWS_READY = """() => { const ms = [...Bokeh.documents[0].all_models];
+  const has = (name, col) => ms.some(m => m.name === name && m.data !== undefined && m.data[col] !== undefined && m.data[col].length > 0);
+  return has('tiles', 'x') && has('sparkbands-line', 'xs'); }"""
 #: The page's render stamp: with ``after`` -1, its change number (-1 if absent); else whether a
 #: stamp newer than ``after`` whose state holds ``token`` (a ``key=value`` query pair) is in the DOM.
 #: Panel renders inside shadow roots, so the search descends into them (the root that held the
@@ -93,7 +98,10 @@ def browser_figures(data_dir: Path, changes: int = 20) -> dict[str, tuple[float,
         page.set_default_timeout(60_000)
         page.goto(f"{url}/dashboard")
         page.wait_for_function(HEAT_READY)
-        page.locator("table.csh-anomalies tbody tr").first.wait_for()
+        page.locator(".tabulator-row, table.csh-anomalies tbody tr").first.wait_for()  # the grid widget or the HTML table
+        page.wait_for_function(VIEWS_READY)
+        page.wait_for_function(f"() => ({_STAMP})({{after: -1, token: ''}}) >= 0")  # the stamp comes after every view
+        page.evaluate(_PAINTED)
         rendered = float(page.evaluate("() => performance.now()"))
         fcp = float(page.evaluate("() => (performance.getEntriesByName('first-contentful-paint')[0] || {startTime: NaN}).startTime"))
         updates = _linked_updates(page, changes)
