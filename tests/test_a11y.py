@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.test_browser import ARTIFACTS, Problems, _open, chromium  # noqa: F401  # chromium is a fixture used by name
 
@@ -82,14 +82,21 @@ FOCUSED = r"""() => {
   while (e && e.shadowRoot && e.shadowRoot.activeElement) { e = e.shadowRoot.activeElement; }
   if (!e || e === document.body) { return null; }
   const text = (n) => n.nodeType === Node.TEXT_NODE ? n.textContent
+    : ['STYLE', 'SCRIPT'].includes(n.nodeName) ? ''
     : [...(n.shadowRoot ? n.shadowRoot.childNodes : []), ...n.childNodes].map(text).join(' ');
   const label = (e.labels && e.labels.length) ? e.labels[0].textContent : '';
-  const name = (e.getAttribute('aria-label') || label || text(e) || e.getAttribute('title') || '').replace(/\s+/g, ' ').trim();
+  const squash = (t) => (t || '').replace(/\s+/g, ' ').trim();
+  const name = (squash(e.getAttribute('aria-label')) || squash(label) || squash(text(e)) || squash(e.getAttribute('title'))).slice(0, 200);
   const style = getComputedStyle(e);
   const ring = (style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) > 0) || style.boxShadow !== 'none';
   const canvas = e.classList.contains('bk-events');
   return {tag: e.tagName.toLowerCase(), name: name, ring: ring, canvas: canvas, html: e.outerHTML.slice(0, 200)};
 }"""
+
+
+def summary(page: Page) -> Locator:
+    """The page's live summary of the anomaly list (the tilegram keeps a live region of its own)."""
+    return page.get_by_role("status").filter(has_text=re.compile(r"anomal(y|ies) in "))
 
 
 def tab_to(page: Page, name: str | re.Pattern[str], limit: int = 120) -> dict[str, Any]:
@@ -104,8 +111,6 @@ def tab_to(page: Page, name: str | re.Pattern[str], limit: int = 120) -> dict[st
             continue
         trail.append(f"{focused['tag']} {focused['name']!r}")
         assert focused["ring"], f"{focused['tag']} {focused['name']!r} shows no focus indicator (after {trail})"
-        if focused["canvas"]:
-            continue  # a chart's canvas takes focus for Bokeh's own keys; its table twin is the accessible form
         assert focused["name"], f"a focusable {focused['tag']} has no accessible name: {focused['html']} (after {trail})"
         hit = re.search(name, focused["name"]) if isinstance(name, re.Pattern) else focused["name"].startswith(name)
         if hit:
@@ -135,7 +140,7 @@ def test_keyboard_only_path_selects_a_borough_and_reads_its_anomalies(dashboard:
     expect(units).to_have_values(["Brooklyn"])  # only Brooklyn picked (Panel keys options by their label)
     tab_to(page, "Select these units")
     page.keyboard.press("Enter")
-    expect(page.get_by_role("status")).to_contain_text("in Brooklyn")
+    expect(summary(page)).to_contain_text("in Brooklyn")
     expect(page.get_by_text("1 borough unit selected.")).to_be_visible()
     cards = page.get_by_role("button", name=re.compile("^Show "))
     expect(cards.first).to_be_visible()
@@ -151,4 +156,35 @@ def test_keyboard_only_path_selects_a_borough_and_reads_its_anomalies(dashboard:
     page.keyboard.press("Enter")
     expect(page.get_by_text("Nothing selected: every unit is shown.")).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "keyboard_path.png"))
+    assert problems.errors == []
+
+
+def test_tiles_are_reachable_and_selectable_by_keyboard(dashboard: tuple[Page, Problems], tiny_snap: Any) -> None:
+    """Tab onto the tilegram, walk the tiles with the arrow keys, select one with Enter: the lens
+    selection (live summary, URL) follows, and the canvas names the tile under the cursor."""
+    page, problems = dashboard
+    page.get_by_label("Admin level").select_option("borough")
+    boroughs = tiny_snap.units("nyc", "borough")
+    page.wait_for_function(
+        f"() => [...Bokeh.documents[0].all_models].find((m) => m.name === 'tiles').data.unit_id.length === {boroughs.height}"
+    )
+    page.get_by_label("Units to select (tiles)").focus()  # start from the sidebar, as a keyboard user would
+    tilegram = tab_to(page, re.compile("^Tilegram"))
+    assert "arrow keys" in tilegram["name"]
+    page.keyboard.press("ArrowRight")
+    first = page.evaluate(FOCUSED)["name"]
+    assert re.search(r"Tile \d of 5: ", first), first
+    names = {first}
+    for key in ("ArrowLeft", "ArrowUp", "ArrowDown", "ArrowRight"):
+        page.keyboard.press(key)
+        names.add(page.evaluate(FOCUSED)["name"])
+    assert len(names) >= 2, "the arrow keys did not move between tiles"
+    page.keyboard.press("Enter")
+    name = re.search(r"Tile \d of 5: ([^,]+),", page.evaluate(FOCUSED)["name"]).group(1)  # type: ignore[union-attr]  # asserted above
+    unit = str(boroughs.filter(boroughs["name"] == name)["unit_id"][0])
+    expect(summary(page)).to_contain_text(f"in {name}")
+    expect(page).to_have_url(re.compile(rf"[?&]sel={unit}(&|$)"))
+    expect(page.get_by_text("1 borough unit selected.")).to_be_visible()
+    page.keyboard.press("Escape")  # clears the selection
+    expect(page.get_by_text("Nothing selected: every unit is shown.")).to_be_visible()
     assert problems.errors == []

@@ -158,7 +158,7 @@ def test_a_tile_pick_filters_the_heat_map(dashboard: tuple[Page, Problems], tiny
     tile = page.evaluate(TILE_ON_SCREEN, 0)
     page.mouse.click(tile["x"], tile["y"])
     name = str(tiny_snap.units("nyc", "borough").filter(pl.col("unit_id") == tile["unit"])["name"][0])
-    expect(page.get_by_role("status")).to_contain_text(f"in {name}")
+    expect(page.get_by_role("status").filter(has_text="anomal")).to_contain_text(f"in {name}")
     expect(page).to_have_url(re.compile(rf"[?&]sel={tile['unit']}(&|$)"))
     page.wait_for_function(
         f"(before) => ({HEAT_LIT})().frame[1] - ({HEAT_LIT})().frame[0] < before", arg=before["frame"][1] - before["frame"][0]

@@ -36,7 +36,7 @@ from app.views.provenance import ProvenancePanel
 from app.views.sparkbands import Sparkbands
 from app.views.tables import BandTable, HeatTable, TileTable
 from app.views.template import template
-from app.views.tilegram import Tilegram
+from app.views.tilegram import TILE_KEYS_JS, Tilegram
 
 __all__ = [
     "FOLLOW_MS",
@@ -622,6 +622,7 @@ def build_dashboard(store: Store, settings: Settings, ledger: BudgetLedger | Non
                 log.info("dashboard.followed", snapshot=lens.snapshot.id if lens.snapshot else None)
 
         pn.state.add_periodic_callback(tick, period=FOLLOW_MS)
+        pn.state.curdoc.js_on_event("document_ready", CustomJS(code=TILE_KEYS_JS))  # the tiles by keyboard
         return dashboard_page(lens, notice=url_notice(_follow_url(lens)))
     return dashboard_page(lens)
 
