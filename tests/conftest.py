@@ -11,6 +11,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from app.config import Settings
 from app.data.demo import DemoSpec
@@ -18,6 +19,7 @@ from app.data.snapshot import Snapshot, connect, query
 from app.data.store import Store
 from app.pipeline import build_demo
 from bench.serve import served
+from tests.browser import ARGS, CHROMIUM, Problems, open_page
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The fixed demo used by tests: small, but with 35 days so a 28-day baseline exists.
@@ -73,3 +75,24 @@ def live_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 yield url
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}:\n{log_path.read_text(errors='replace')}") from exc
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Browser]:
+    """One headless Chromium for the session (skipped when the Debian package is not installed)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: install it with `apt-get install -y chromium` to run the browser tests")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def dashboard(chromium: Browser, live_server: str) -> Iterator[tuple[Page, Problems]]:
+    """The dashboard loaded in a fresh page, with the heat raster and the table rendered."""
+    page, problems = open_page(chromium, f"{live_server}/dashboard")
+    try:
+        yield page, problems
+    finally:
+        page.close()

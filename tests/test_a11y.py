@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Locator, Page, expect
 
-from tests.test_browser import ARTIFACTS, Problems, _open, chromium  # noqa: F401  # chromium is a fixture used by name
+from tests.browser import ARTIFACTS, Problems
 
 ROOT = Path(__file__).resolve().parents[1]
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
@@ -42,15 +41,6 @@ def _describe(violations: list[dict[str, Any]]) -> str:
         targets = [", ".join(map(str, n["target"])) for n in v["nodes"][:3]]
         lines.append(f"{v['impact']}: {v['id']} ({v['help']}) x{len(v['nodes'])}: {targets}")
     return "\n".join(lines)
-
-
-@pytest.fixture
-def dashboard(chromium: Browser, live_server: str) -> Iterator[tuple[Page, Problems]]:  # noqa: F811  # the imported fixture is a parameter here
-    page, problems = _open(chromium, f"{live_server}/dashboard")
-    try:
-        yield page, problems
-    finally:
-        page.close()
 
 
 def open_table_cards(page: Page) -> None:

@@ -9,83 +9,11 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
-import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-# Every view re-renders on a control change; on a loaded 2-core CI machine that can take seconds.
-expect.set_options(timeout=15_000)
-
-CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-#: True once Bokeh has a document (the websocket session is up and models are synced).
-BOKEH_READY = "() => window.Bokeh !== undefined && Bokeh.documents.length > 0"
-#: True once the heat raster arrived: an RGBA image glyph whose source holds a non-empty, non-blank image.
-#: Data rows of the anomaly table (the "more rows" note excluded).
-ROWS = "table.csh-anomalies tbody tr:not(.more)"
-HEAT_READY = """() => [...Bokeh.documents[0].all_models].some(m =>
-    m.glyph !== undefined && m.glyph !== null && m.glyph.type === 'ImageRGBA'
-    && m.data_source.data.image !== undefined && m.data_source.data.image.length > 0
-    && Array.from(m.data_source.data.image[0]).some(v => v > 0))"""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    """One headless Chromium for the module (skipped when the Debian package is not installed)."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: install it with `apt-get install -y chromium` to run the browser tests")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield browser
-        browser.close()
-
-
-class Problems:
-    """Console errors and uncaught page errors seen by one page."""
-
-    def __init__(self, page: Page) -> None:
-        self.errors: list[str] = []
-        page.on("console", lambda msg: self.errors.append(f"console: {msg.text} @ {msg.location}") if msg.type == "error" else None)
-        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
-
-
-def _open(chromium: Browser, url: str) -> tuple[Page, Problems]:
-    """``url`` in a fresh page, once the heat raster and the table have rendered."""
-    page = chromium.new_page(viewport={"width": 1440, "height": 900})
-    problems = Problems(page)
-    page.set_default_timeout(30_000)
-    page.goto(url)
-    page.wait_for_function(BOKEH_READY)
-    traceback = page.get_by_text("Traceback")
-    assert traceback.count() == 0, f"the Panel app raised (the page shows a traceback):\n{traceback.first.inner_text()}"
-    page.wait_for_function(HEAT_READY)
-    page.locator(ROWS).first.wait_for()
-    return page, problems
-
-
-@pytest.fixture
-def dashboard(chromium: Browser, live_server: str) -> Iterator[tuple[Page, Problems]]:
-    """The dashboard loaded in a fresh page, with the heat raster and the table rendered."""
-    page, problems = _open(chromium, f"{live_server}/dashboard")
-    try:
-        yield page, problems
-    finally:
-        page.close()
+from tests.browser import ARTIFACTS, ROWS, Problems, open_page, url_query
 
 
 def test_dashboard_renders_heat_and_table_without_console_errors(dashboard: tuple[Page, Problems]) -> None:
@@ -117,10 +45,6 @@ def test_controls_update_the_table_in_the_browser(dashboard: tuple[Page, Problem
     assert problems.errors == []
 
 
-def _query(page: Page) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
-
-
 def test_a_copied_link_reopens_the_same_view(dashboard: tuple[Page, Problems], chromium: Browser) -> None:
     page, problems = dashboard
     expect(page).to_have_url(re.compile(r"[?&]level=neighborhood"))  # the full state is in the URL once loaded
@@ -129,9 +53,9 @@ def test_a_copied_link_reopens_the_same_view(dashboard: tuple[Page, Problems], c
     page.get_by_label("Category").select_option("HEAT/HOT WATER")
     expect(page).to_have_url(re.compile(r"[?&]category=HEAT%2FHOT\+WATER"), timeout=15_000)
     link = page.url
-    assert {"city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q"} <= set(_query(page))
-    assert _query(page)["since"] == "2026-10-25"  # ISO dates
-    copy, copy_problems = _open(chromium, link)
+    assert {"city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q"} <= set(url_query(page))
+    assert url_query(page)["since"] == "2026-10-25"  # ISO dates
+    copy, copy_problems = open_page(chromium, link)
     try:
         assert copy.get_by_label("Admin level").input_value() == "borough"
         assert copy.get_by_label("Category").input_value() == "HEAT/HOT WATER"
@@ -139,7 +63,7 @@ def test_a_copied_link_reopens_the_same_view(dashboard: tuple[Page, Problems], c
             assert copy.get_by_label(label).input_value() == page.get_by_label(label).input_value(), label
         rows = copy.locator(ROWS)
         expect(rows.filter(has_not_text="HEAT/HOT WATER")).to_have_count(0)
-        assert _query(copy) == _query(page)
+        assert url_query(copy) == url_query(page)
         assert copy_problems.errors == []
     finally:
         copy.close()
@@ -147,7 +71,7 @@ def test_a_copied_link_reopens_the_same_view(dashboard: tuple[Page, Problems], c
 
 
 def test_a_bad_link_value_shows_a_message_and_keeps_the_default(chromium: Browser, live_server: str) -> None:
-    page, problems = _open(chromium, f"{live_server}/dashboard?level=county")
+    page, problems = open_page(chromium, f"{live_server}/dashboard?level=county")
     try:
         expect(page.get_by_text("level = “county”")).to_be_visible()
         assert page.get_by_label("Admin level").input_value() == "neighborhood"

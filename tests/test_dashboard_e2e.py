@@ -9,7 +9,6 @@ source, the heat raster and its extent), and click where a tile is drawn on scre
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +20,7 @@ from holoviews.util.transform import lon_lat_to_easting_northing
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from app.data.snapshot import Snapshot
-from tests.test_browser import ARTIFACTS, Problems, _open, chromium  # noqa: F401  # chromium is a fixture used by name
+from tests.browser import ARTIFACTS, Problems
 
 #: The named model of the page's Bokeh document (the tilegram's sources are named).
 MODEL = "(name) => [...Bokeh.documents[0].all_models].find((m) => m.name === name)"
@@ -75,15 +74,6 @@ HEAT_LIT = """() => {
 }"""
 
 
-@pytest.fixture
-def dashboard(chromium: Browser, live_server: str) -> Iterator[tuple[Page, Problems]]:  # noqa: F811  # the imported fixture is a parameter here
-    page, problems = _open(chromium, f"{live_server}/dashboard")
-    try:
-        yield page, problems
-    finally:
-        page.close()
-
-
 def _tile_count(page: Page) -> int:
     return int(page.evaluate(f"() => ({MODEL})('tiles').data.unit_id.length"))
 
@@ -124,7 +114,7 @@ def test_level_switch_changes_the_tile_count_and_morphs(dashboard: tuple[Page, P
     assert problems.errors == []
 
 
-def test_reduced_motion_switches_levels_without_a_morph(chromium: Browser, live_server: str, tiny_snap: Snapshot) -> None:  # noqa: F811  # fixture
+def test_reduced_motion_switches_levels_without_a_morph(chromium: Browser, live_server: str, tiny_snap: Snapshot) -> None:
     context = chromium.new_context(reduced_motion="reduce", viewport={"width": 1440, "height": 900})
     page = context.new_page()
     problems = Problems(page)

@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
-from tests.test_browser import ARTIFACTS, _open, _query, chromium  # noqa: F401  # chromium is a fixture used by name
+from tests.browser import ARTIFACTS, open_page, url_query
 
 #: Unit ids whose tilegram tile carries the selection outline (the tile source's ``line`` colour).
 OUTLINED = """() => {
@@ -34,8 +34,8 @@ def _wait_outlined(page: Page, expected: list[str]) -> None:
     page.wait_for_function(f"(want) => JSON.stringify(({OUTLINED})()) === JSON.stringify(want)", arg=sorted(expected))
 
 
-def test_a_link_with_a_selection_reopens_with_those_units_selected(chromium: Browser, live_server: str) -> None:  # noqa: F811  # the imported fixture is a parameter
-    page, problems = _open(chromium, f"{live_server}/dashboard?level=borough&sel=QN,BK")
+def test_a_link_with_a_selection_reopens_with_those_units_selected(chromium: Browser, live_server: str) -> None:
+    page, problems = open_page(chromium, f"{live_server}/dashboard?level=borough&sel=QN,BK")
     try:
         _wait_outlined(page, ["BK", "QN"])
         assert _outlined(page) == ["BK", "QN"]
@@ -47,8 +47,8 @@ def test_a_link_with_a_selection_reopens_with_those_units_selected(chromium: Bro
         page.close()
 
 
-def test_a_link_selection_with_unknown_ids_applies_the_others_and_says_so(chromium: Browser, live_server: str) -> None:  # noqa: F811  # the imported fixture is a parameter
-    page, problems = _open(chromium, f"{live_server}/dashboard?level=borough&sel=MN,ZZ9")
+def test_a_link_selection_with_unknown_ids_applies_the_others_and_says_so(chromium: Browser, live_server: str) -> None:
+    page, problems = open_page(chromium, f"{live_server}/dashboard?level=borough&sel=MN,ZZ9")
     try:
         expect(page.get_by_text("sel = “ZZ9” (no such borough in nyc)")).to_be_visible()
         _wait_outlined(page, ["MN"])
@@ -58,8 +58,8 @@ def test_a_link_selection_with_unknown_ids_applies_the_others_and_says_so(chromi
         page.close()
 
 
-def test_a_link_asking_for_less_privacy_keeps_the_servers_rule_and_says_so(chromium: Browser, live_server: str) -> None:  # noqa: F811  # the imported fixture is a parameter
-    page, problems = _open(chromium, f"{live_server}/dashboard?privacy=none")
+def test_a_link_asking_for_less_privacy_keeps_the_servers_rule_and_says_so(chromium: Browser, live_server: str) -> None:
+    page, problems = open_page(chromium, f"{live_server}/dashboard?privacy=none")
     try:
         expect(page.get_by_text("privacy = “none” (this server publishes with suppress, k = 11)")).to_be_visible()
         expect(page).to_have_url(re.compile(r"[?&]privacy=suppress&privacy_k=11(&|$)"))
@@ -69,8 +69,8 @@ def test_a_link_asking_for_less_privacy_keeps_the_servers_rule_and_says_so(chrom
         page.close()
 
 
-def test_back_and_forward_walk_through_the_views(chromium: Browser, live_server: str) -> None:  # noqa: F811  # the imported fixture is a parameter
-    page, problems = _open(chromium, f"{live_server}/dashboard")
+def test_back_and_forward_walk_through_the_views(chromium: Browser, live_server: str) -> None:
+    page, problems = open_page(chromium, f"{live_server}/dashboard")
     try:
         level, category = page.get_by_label("Admin level"), page.get_by_label("Category")
         expect(page).to_have_url(re.compile(r"[?&]level=neighborhood"))
@@ -93,7 +93,7 @@ def test_back_and_forward_walk_through_the_views(chromium: Browser, live_server:
         page.go_forward()
         expect(category).to_have_value("HEAT/HOT WATER")
         page.wait_for_timeout(500)  # a restored view must not write a new entry (that would cut off Forward)
-        assert _query(page)["category"] == "HEAT/HOT WATER"
+        assert url_query(page)["category"] == "HEAT/HOT WATER"
         page.go_back()
         expect(category).to_have_value("All")
         page.go_forward()  # Forward still there
@@ -122,8 +122,8 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def test_view_png_holds_the_map_and_tilegram_with_a_caption(chromium: Browser, live_server: str) -> None:  # noqa: F811  # the imported fixture is a parameter
-    page, problems = _open(chromium, f"{live_server}/dashboard?level=borough&sel=BK")
+def test_view_png_holds_the_map_and_tilegram_with_a_caption(chromium: Browser, live_server: str) -> None:
+    page, problems = open_page(chromium, f"{live_server}/dashboard?level=borough&sel=BK")
     try:
         _wait_outlined(page, ["BK"])
         page.wait_for_timeout(300)  # let the canvases paint
