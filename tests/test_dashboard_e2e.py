@@ -20,6 +20,8 @@ from holoviews.util.transform import lon_lat_to_easting_northing
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from app.data.snapshot import Snapshot
+from app.engine.lens import Lens
+from app.views.heat_hover import count_texts
 from tests.browser import ARTIFACTS, Problems
 
 #: The named model of the page's Bokeh document (the tilegram's sources are named).
@@ -217,4 +219,34 @@ def test_brushing_the_timeline_filters_the_narratives(dashboard: tuple[Page, Pro
     assert set(after) == {before[0]}, after
     assert len(after) < len(before)
     page.screenshot(path=str(ARTIFACTS / "brushed.png"))
+    assert problems.errors == []
+
+
+#: Screen position (page pixels) of a Web Mercator point on the heat map on screen.
+HEAT_AT = """([x, y]) => {
+  const raster = (v) => v.model.renderers.find((r) => r.glyph != null && r.glyph.type === 'ImageRGBA');
+  const shown = [...Bokeh.index.query((v) => v.renderer_views instanceof Map && v.el.getClientRects().length > 0 && raster(v) != null)];
+  const view = shown[shown.length - 1];
+  const canvas = view.canvas_view.el.getBoundingClientRect();
+  return {x: canvas.left + view.frame.x_scale.compute(x), y: canvas.top + view.frame.y_scale.compute(y)};
+}"""
+
+
+def test_hovering_a_unit_on_the_heat_map_shows_its_released_count(dashboard: tuple[Page, Problems], tiny_snap: Snapshot) -> None:
+    page, problems = dashboard
+    lens = Lens(snapshot=tiny_snap, privacy_mode="suppress", privacy_k=11)  # the server's defaults
+    texts = count_texts(lens.unit_counts(), tiny_snap.units("nyc"))
+    counts = lens.unit_counts().filter(pl.col("count").is_not_null()).sort("count", descending=True)
+    unit, name = str(counts["unit_id"][0]), str(counts["name"][0])
+    geom = tiny_snap.unit_geometries("nyc", "neighborhood").filter(pl.col("unit_id") == unit)
+    inside = shapely.point_on_surface(shapely.from_wkb(geom["geom_wkb"][0]))
+    (x,), (y,) = lon_lat_to_easting_northing(np.array([inside.x]), np.array([inside.y]))
+    spot = page.evaluate(HEAT_AT, [float(x), float(y)])
+    page.mouse.move(spot["x"] - 3, spot["y"])
+    page.mouse.move(spot["x"], spot["y"], steps=3)
+    tooltip = page.locator(".bk-tooltip-content").filter(visible=True)
+    expect(tooltip).to_contain_text(name)
+    expect(tooltip).to_contain_text(texts[unit])
+    assert texts[unit] == f"{counts['count'][0]:,} events"  # a released number, never a raw pixel count
+    page.screenshot(path=str(ARTIFACTS / "heat_hover.png"))
     assert problems.errors == []

@@ -17,6 +17,7 @@ import pytest
 from bokeh.models import ColumnDataSource, CustomJS, Ngon
 from bokeh.models.renderers import GlyphRenderer
 from bokeh.plotting import figure
+from playwright.sync_api import Browser
 from scipy.stats import spearmanr
 
 from app.config import Settings
@@ -399,27 +400,24 @@ def tilegram_url(tiny_dir: Path) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("motion", ["no-preference", "reduce"])
-def test_morph_plays_in_the_browser_unless_motion_is_reduced(tilegram_url: str, motion: str) -> None:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(reduced_motion=motion)  # type: ignore[arg-type]  # parametrised literal
-            errors: list[str] = []
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(tilegram_url)
-            page.wait_for_function(
-                "() => window.Bokeh !== undefined && Bokeh.documents.length > 0"
-                " && [...Bokeh.documents[0].all_models].some(m => m.name === 'tiles' && m.data.x.length > 0)",
-                timeout=60_000,
-            )
-            n0 = page.evaluate("() => [...Bokeh.documents[0].all_models].find(m => m.name === 'tiles').data.x.length")
-            page.select_option("select", "borough")
-            samples = page.evaluate(SAMPLE_JS, n0)
-        finally:
-            browser.close()
+def test_morph_plays_in_the_browser_unless_motion_is_reduced(chromium: Browser, tilegram_url: str, motion: str) -> None:
+    context = chromium.new_context(reduced_motion=motion)  # type: ignore[arg-type]  # parametrised literal
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(tilegram_url)
+        page.wait_for_function(
+            "() => window.Bokeh !== undefined && Bokeh.documents.length > 0"
+            " && [...Bokeh.documents[0].all_models].some(m => m.name === 'tiles' && m.data.x.length > 0)",
+            timeout=60_000,
+        )
+        n0 = page.evaluate("() => [...Bokeh.documents[0].all_models].find(m => m.name === 'tiles').data.x.length")
+        page.select_option("select", "borough")
+        samples = page.evaluate(SAMPLE_JS, n0)
+    finally:
+        context.close()
     assert samples, "the tile data never changed"
     assert not errors, errors
     end = samples[-1]

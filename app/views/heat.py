@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from app.data.snapshot import Snapshot
 from app.engine.lens import Lens
 from app.views.base import LensView
+from app.views.heat_hover import HeatHover
 
 __all__ = ["HeatView", "outline_xy", "points_element"]
 
@@ -69,6 +70,16 @@ class HeatView(LensView):
     >>> pn.panel(HeatView(lens=Lens(snapshot=store.current())))   # doctest: +SKIP
     """
 
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._hover_patches: HeatHover | None = None
+
+    def _hover(self) -> HeatHover:
+        """The session's hover patches (released counts per unit), made with the first map."""
+        if self._hover_patches is None:
+            self._hover_patches = HeatHover(self._lens)
+        return self._hover_patches
+
     def _points(self, *_: Any) -> hv.Points:
         return points_element(self._lens)
 
@@ -99,7 +110,7 @@ class HeatView(LensView):
             # map was dragged; one image and one outline path draw fast on a 2D canvas.
             backend_opts={"plot.output_backend": "canvas"},
         )
-        lines = outlines.opts(color="#8c96a0", line_width=0.6, alpha=0.55, tools=["tap"])
+        lines = outlines.opts(color="#8c96a0", line_width=0.6, alpha=0.55, tools=["tap"], hooks=[self._hover().attach])
         tap = hv.streams.Tap(source=lines, x=None, y=None)
         tap.add_subscriber(self.tapped)
         overlay: hv.DynamicMap = heat * lines

@@ -556,7 +556,8 @@ def dashboard_page(lens: Lens, notice: str = "") -> BasicTemplate:
     them all; ``notice`` (why parts of the page's link were ignored) is shown above them."""
     alert = pn.pane.Alert(notice, alert_type="warning", visible=bool(notice), margin=(0, 10))
     caption = pn.pane.Markdown(
-        "Brighter = more events in the window (equalised colour scale; no counts are shown). Click a unit to select it.", styles=_SMALL
+        "Brighter = more events in the window (equalised colour scale). Hover a unit for its released count; click it to select it.",
+        styles=_SMALL,
     )
     # Fixed-height rows: stretching rows in a scrolling page let the map overflow onto the next row.
     heat = pn.Column("## Where events cluster", HeatView(lens=lens), caption, sizing_mode="stretch_width", height=660, min_width=420)
