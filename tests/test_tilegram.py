@@ -439,3 +439,21 @@ def test_picking_tiles_sets_the_shared_selection(lens: Lens) -> None:
     assert lens.selection == ["BK", "QN"]
     tiles.selected.indices = []
     assert lens.selection == []
+
+
+def test_an_update_that_changes_no_tile_sends_nothing(lens: Lens, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, tiles, _ = _parts(Tilegram(lens=lens).__panel__())
+    sent: list[set[str]] = []
+    original = ColumnDataSource.patch
+
+    def recording(source: ColumnDataSource, patches: Any, *args: Any, **kwargs: Any) -> None:
+        if source is tiles:
+            sent.append(set(patches))
+        original(source, patches, *args, **kwargs)
+
+    monkeypatch.setattr(ColumnDataSource, "patch", recording)
+    lens.param.trigger("min_z")  # the same state again: every tile looks as it did
+    assert sent == []
+    lens.selection = [str(tiles.data["unit_id"][0])]
+    assert len(sent) == 1
+    assert {"line", "lw"} <= sent[0] <= {"z", "z_text", "color", "line", "lw"}  # looks only, never positions

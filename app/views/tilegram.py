@@ -517,7 +517,13 @@ class _TileFigure:
             self.tile_px = layout.size * size[0] / (ranges[1] - ranges[0])
         look = self._look(layout)
         if same:
-            self.tiles.patch({name: [(slice(0, layout.tiles.height), values)] for name, values in look.items() if name in _PATCHED})
+            # Only the columns that changed go to the browser (a threshold or window change often
+            # leaves every tile as it was).
+            changed = {
+                name: values for name, values in look.items() if name in _PATCHED and not _same_column(values, self.tiles.data[name])
+            }
+            if changed:
+                self.tiles.patch({name: [(slice(0, layout.tiles.height), values)] for name, values in changed.items()})
         else:
             self._replace(layout, look, morph_plan(old.layout if old else None, layout, relation, links), ranges, size)
         self.message.visible, self.plot.visible = False, True
@@ -609,6 +615,16 @@ class _TileFigure:
             grow = (y1 - y0) * w / h - (x1 - x0)
             x0, x1 = x0 - grow / 2, x1 + grow / 2
         return (x0, x1, y0, y1), (w, h)
+
+
+def _same_column(new: Any, old: Any) -> bool:
+    """Whether a tile column's new values equal what the browser holds (NaN equals NaN)."""
+    a, b = np.asarray(new), np.asarray(old)
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind == "f" and b.dtype.kind == "f":
+        return bool(np.array_equal(a, b, equal_nan=True))
+    return bool(np.array_equal(a, b))
 
 
 def _set_shape(renderer: GlyphRenderer[Any], layout: TileLayout) -> None:
