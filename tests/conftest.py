@@ -77,9 +77,12 @@ def live_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             raise RuntimeError(f"{exc}:\n{log_path.read_text(errors='replace')}") from exc
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    """One headless Chromium for the session (skipped when the Debian package is not installed)."""
+    """One headless Chromium per test module (skipped when the Debian package is not installed).
+
+    Per module, not per session: Playwright's sync API keeps an asyncio loop running in the main
+    thread while it is open, and later modules that call ``asyncio.run`` would fail under it."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent: install it with `apt-get install -y chromium` to run the browser tests")
     with sync_playwright() as p:
