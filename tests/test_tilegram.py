@@ -457,3 +457,14 @@ def test_an_update_that_changes_no_tile_sends_nothing(lens: Lens, monkeypatch: p
     lens.selection = [str(tiles.data["unit_id"][0])]
     assert len(sent) == 1
     assert {"line", "lw"} <= sent[0] <= {"z", "z_text", "color", "line", "lw"}  # looks only, never positions
+
+
+def test_selected_tiles_do_not_grey_out_the_others(lens: Lens) -> None:
+    _, tiles, _ = _parts(Tilegram(lens=lens).__panel__())
+    before = list(tiles.data["color"])
+    hot = [u for u, c in zip(tiles.data["unit_id"], before, strict=True) if c != NEUTRAL]
+    cold = [u for u, c in zip(tiles.data["unit_id"], before, strict=True) if c == NEUTRAL]
+    assert len(hot) >= 2, "the tiny demo has several units with anomalies"
+    lens.selection = [cold[0]]  # a quiet unit: the table and narratives leave the hot ones out
+    assert set(lens.anomalies()[0]["unit_id"]).isdisjoint(hot)
+    assert list(tiles.data["color"]) == before  # the map of where it is unusual stays

@@ -468,8 +468,10 @@ class Lens(param.Parameterized):
             key = ("detect", self.city, grid, levels, settings)
         return snap.memo(key, lambda: detect(cube, n_units, levels, grid[0], grid[1], settings))
 
-    def anomalies(self) -> tuple[pl.DataFrame, int]:
-        """Released anomalies of the window, strongest first, and how many were withheld.
+    def anomalies(self, everywhere: bool = False) -> tuple[pl.DataFrame, int]:
+        """Released anomalies of the window, strongest first, and how many were withheld; only
+        those of the selected units unless ``everywhere`` (the tilegram keeps colouring every tile
+        while a few are selected, so the reader can still see where else it is unusual).
 
         An anomaly whose cell the privacy gate withholds is replaced by its nearest ancestor's anomaly
         in the same category and bin that is significant and publishable (``rolled_up_from`` says
@@ -479,6 +481,7 @@ class Lens(param.Parameterized):
         snap, grid = self.snapshot, self.grid_window()
         if snap is None or grid is None:
             return pl.DataFrame(), 0
+        selection = () if everywhere else tuple(self.selection)
         key = (
             "anomalies",
             self.city,
@@ -493,12 +496,12 @@ class Lens(param.Parameterized):
             self.privacy_mode,
             self.privacy_k,
             self.epsilon,
-            tuple(self.selection),
+            selection,
         )
         # Several views ask for the same list on one change: compute it once per state.
-        return snap.memo(key, self._anomalies)
+        return snap.memo(key, lambda: self._anomalies(list(selection)))
 
-    def _anomalies(self) -> tuple[pl.DataFrame, int]:
+    def _anomalies(self, selection: list[str]) -> tuple[pl.DataFrame, int]:
         det = self.detection()
         if det is None or det.scored.height == 0:
             return pl.DataFrame(), 0
@@ -511,10 +514,10 @@ class Lens(param.Parameterized):
         elif set(self.kinds) != set(KINDS):
             found = found.filter(pl.col("category").is_in(self._kind_of().filter(pl.col("kind").is_in(list(self.kinds)))["category"]))
         shown, withheld = gate_anomalies(found, self.released(), self.level, self._ancestors())
-        if self.selection:
-            chosen = self._ancestors().filter(pl.col("unit_id").is_in(self.selection))["anc_id"].to_list()
+        if selection:
+            chosen = self._ancestors().filter(pl.col("unit_id").is_in(selection))["anc_id"].to_list()
             shown = shown.filter(
-                pl.col("unit_id").is_in(self.selection) & (pl.col("level") == self.level)
+                pl.col("unit_id").is_in(selection) & (pl.col("level") == self.level)
                 | pl.col("rolled_up_from").is_not_null() & pl.col("unit_id").is_in(chosen)
             )
         withheld_cells = self.released().filter(pl.col("suppressed")).select("level", "unit_id", "category", "bin_start")

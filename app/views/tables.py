@@ -166,7 +166,7 @@ class TileTable(_ChartTable):
         if lens.snapshot is None:
             return ""
         units = lens.snapshot.units(lens.city, lens.level).select("unit_id", "name")
-        scores = unit_scores(lens.anomalies()[0], lens.level)
+        scores = unit_scores(lens.anomalies(everywhere=True)[0], lens.level)  # as the tilegram colours them
         chosen = set(lens.selection)
         frame = (
             units.join(scores, on="unit_id", how="left")

@@ -535,7 +535,7 @@ class _TileFigure:
         lens = self.view._lens
         assert lens.snapshot is not None
         units = lens.snapshot.units(lens.city, lens.level).select("unit_id", "name")
-        scores = unit_scores(lens.anomalies()[0], lens.level)
+        scores = unit_scores(lens.anomalies(everywhere=True)[0], lens.level)  # every tile, selected or not
         frame = (
             layout.tiles.select("unit_id")
             .join(units, on="unit_id", how="left", maintain_order="left")
