@@ -96,8 +96,8 @@ def test_band_table_withholds_a_total_with_any_withheld_bin(lens: Lens) -> None:
 
 def test_chart_tables_render_only_while_open() -> None:
     calls: list[int] = []
-    card = table_card("T", lambda: calls.append(1) or "<p>x</p>")  # type: ignore[func-returns-value]  # append returns None
-    card.refresh()  # type: ignore[attr-defined]  # set by table_card
+    card, refresh = table_card("T", lambda: calls.append(1) or "<p>x</p>")  # type: ignore[func-returns-value]  # append returns None
+    refresh()
     assert calls == []
     card.collapsed = False
     assert calls == [1]

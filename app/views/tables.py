@@ -19,6 +19,8 @@ import panel as pn
 import polars as pl
 
 from app.views.base import LENS_STATE, LensView
+from app.views.sparkbands import pick_units  # the same units the sparkbands draw
+from app.views.tilegram import unit_scores  # the tilegram's own rule for a tile's colour
 
 __all__ = ["TABLE_CSS", "BandTable", "HeatTable", "TileTable", "html_table", "table_card", "withheld_text"]
 
@@ -89,9 +91,9 @@ def html_table(
     )
 
 
-def table_card(title: str, render: Callable[[], str]) -> pn.layout.Card:
-    """A closed card holding a chart's table; ``render`` runs when the card opens and on each lens
-    change while it is open (a closed card renders nothing)."""
+def table_card(title: str, render: Callable[[], str]) -> tuple[pn.layout.Card, Callable[..., None]]:
+    """A closed card holding a chart's table, and its ``refresh``: ``render`` runs when the card
+    opens and at each ``refresh`` while it is open (a closed card renders nothing)."""
     card = pn.layout.Card(title=title, collapsed=True, sizing_mode="stretch_width", margin=(4, 10))
     pane = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[TABLE_CSS])
     card.append(pane)
@@ -101,8 +103,7 @@ def table_card(title: str, render: Callable[[], str]) -> pn.layout.Card:
             pane.object = render()
 
     card.param.watch(refresh, "collapsed")
-    card.refresh = refresh  # type: ignore[attr-defined]  # the owning view re-renders through it on lens changes
-    return card
+    return card, refresh
 
 
 class _ChartTable(LensView):
@@ -114,8 +115,8 @@ class _ChartTable(LensView):
         raise NotImplementedError
 
     def __panel__(self) -> pn.viewable.Viewable:
-        card = table_card(self.title, self.render)
-        self._lens.param.watch(card.refresh, list(LENS_STATE))  # type: ignore[attr-defined]  # set by table_card
+        card, refresh = table_card(self.title, self.render)
+        self._lens.param.watch(refresh, list(LENS_STATE))
         return card
 
 
@@ -160,8 +161,6 @@ class TileTable(_ChartTable):
     title = "Table of the tilegram: strongest anomaly per unit"
 
     def render(self) -> str:
-        from app.views.tilegram import unit_scores  # the tilegram's own rule for a tile's colour
-
         lens = self._lens
         if lens.snapshot is None:
             return ""
@@ -195,8 +194,6 @@ class BandTable(_ChartTable):
     top = 12
 
     def render(self) -> str:
-        from app.views.sparkbands import pick_units  # the same units the sparkbands draw
-
         lens = self._lens
         bands = lens.bands()
         if bands.is_empty():
