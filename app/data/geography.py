@@ -16,7 +16,17 @@ from numpy.typing import NDArray
 from app.data._pointindex import GridIndex
 from app.data.boundaries import BoundarySet, LevelSource, LookupLevel, build_levels
 
-__all__ = ["CHICAGO", "CITIES", "LEVELS", "UNIT_SCHEMA", "CityGeography", "from_boundary_set", "load_geography", "tract_join"]
+__all__ = [
+    "CHICAGO",
+    "CITIES",
+    "LEVELS",
+    "UNIT_SCHEMA",
+    "CityGeography",
+    "from_boundary_set",
+    "level_column",
+    "load_geography",
+    "tract_join",
+]
 
 #: Admin levels from finest to coarsest; each unit's ``parent_id`` points one step up.
 LEVELS: tuple[str, ...] = ("tract", "neighborhood", "borough", "city")
@@ -58,6 +68,11 @@ class CityGeography:
     def index(self) -> GridIndex:
         """The point-in-tract index over ``tract_geoms`` (built on first use, then kept)."""
         return GridIndex(self.tract_geoms)
+
+
+def level_column(level: str) -> str:
+    """The column of :func:`tract_parents` holding the unit ids of ``level``."""
+    return f"{level}_id"
 
 
 def tract_parents(units: pl.DataFrame) -> pl.DataFrame:

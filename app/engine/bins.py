@@ -10,6 +10,8 @@ from datetime import datetime
 
 import polars as pl
 
+from app.data.geography import level_column
+
 __all__ = ["ALL_CATEGORIES", "CUBE_SCHEMA", "TIME_BINS", "bin_counts", "cube_counts", "filter_events", "unit_counts", "with_unit"]
 
 #: Time-bin name -> polars duration string (weeks start on Monday, UTC).
@@ -52,8 +54,7 @@ def with_unit(events: pl.DataFrame, parents: pl.DataFrame, level: str) -> pl.Dat
     if level == "city":
         city = parents["city_id"].drop_nulls().first() if parents.height else None
         return events.with_columns(unit_id=pl.lit(city, pl.String))
-    col = f"{level}_id"
-    mapped = events.join(parents.select("tract_id", pl.col(col).alias("unit_id")), on="tract_id", how="left")
+    mapped = events.join(parents.select("tract_id", pl.col(level_column(level)).alias("unit_id")), on="tract_id", how="left")
     return mapped.filter(pl.col("unit_id").is_not_null())
 
 
@@ -107,7 +108,7 @@ def cube_counts(events: pl.DataFrame, parents: pl.DataFrame, time_bin: str, leve
         elif level == "city":
             cells = base.with_columns(unit_id=pl.lit(city, pl.String))
         else:
-            lookup = parents.select("tract_id", unit_id=pl.col(f"{level}_id"))
+            lookup = parents.select("tract_id", unit_id=pl.col(level_column(level)))
             cells = base.join(lookup, on="tract_id", how="inner").filter(pl.col("unit_id").is_not_null())
         by_cat = cells.group_by("unit_id", "category", "bin_start").agg(pl.col("count").sum())
         total = by_cat.group_by("unit_id", "bin_start").agg(pl.col("count").sum()).with_columns(category=pl.lit(ALL_CATEGORIES))
@@ -118,8 +119,7 @@ def cube_counts(events: pl.DataFrame, parents: pl.DataFrame, time_bin: str, leve
         elif up == "city":
             cells = cells.with_columns(parent_id=pl.lit(city, pl.String))
         else:
-            own = "tract_id" if level == "tract" else f"{level}_id"
-            mapping = parents.select(unit_id=pl.col(own), parent_id=pl.col(f"{up}_id")).unique("unit_id")
+            mapping = parents.select(unit_id=pl.col(level_column(level)), parent_id=pl.col(level_column(up))).unique("unit_id")
             cells = cells.join(mapping, on="unit_id", how="left")
         frames.append(cells.with_columns(level=pl.lit(level)).select(cols))
     return pl.concat(frames) if frames else pl.DataFrame(schema=CUBE_SCHEMA)

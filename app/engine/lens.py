@@ -13,7 +13,7 @@ import param
 import polars as pl
 import shapely
 
-from app.data.geography import LEVELS, tract_parents
+from app.data.geography import LEVELS, level_column, tract_parents
 from app.data.snapshot import Snapshot
 from app.engine.attribution import rounded_drivers
 from app.engine.baselines import BIN_LENGTH, expectations, fit_baseline
@@ -153,7 +153,7 @@ class Lens(param.Parameterized):
         if not self.selection or self.snapshot is None:
             return None
         parents = self.parents()
-        own = "tract_id" if self.level == "tract" else f"{self.level}_id"
+        own = level_column(self.level)
         if own not in parents.columns:  # city level: the whole city
             return None
         return parents.filter(pl.col(own).is_in(self.selection))["tract_id"].to_list()
@@ -176,7 +176,7 @@ class Lens(param.Parameterized):
         if not old or self.snapshot is None or self.level == "city":
             self.selection = []
             return
-        own = "tract_id" if self.level == "tract" else f"{self.level}_id"
+        own = level_column(self.level)
         self.selection = sorted(self.parents().filter(pl.col("tract_id").is_in(old))[own].drop_nulls().unique().to_list())
 
     @param.depends("selection", watch=True, on_init=True)
@@ -428,9 +428,9 @@ class Lens(param.Parameterized):
         """``unit_id`` at the lens level with each coarser unit: ``anc_level, anc_id, depth``."""
         assert self.snapshot is not None
         parents = self.parents()
-        own = "tract_id" if self.level == "tract" else f"{self.level}_id"
+        own = level_column(self.level)
         frames = [
-            parents.select(unit_id=pl.col(own), anc_level=pl.lit(up), anc_id=pl.col(f"{up}_id"), depth=pl.lit(i + 1)).unique()
+            parents.select(unit_id=pl.col(own), anc_level=pl.lit(up), anc_id=pl.col(level_column(up)), depth=pl.lit(i + 1)).unique()
             for i, up in enumerate(_coarser_levels(self.level))
         ]
         schema = {"unit_id": pl.String, "anc_level": pl.String, "anc_id": pl.String, "depth": pl.Int32}

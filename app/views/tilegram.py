@@ -40,7 +40,7 @@ from bokeh.models.renderers import GlyphRenderer
 from bokeh.plotting import figure
 from numpy.typing import NDArray
 
-from app.data.geography import LEVELS
+from app.data.geography import LEVELS, level_column
 from app.engine.lens import Lens
 from app.views.base import LENS_STATE, LensView
 from app.views.tilegram_layout import Shape, TileLayout, cached_layout, footprint_area, geography_key, parent_positions
@@ -301,10 +301,6 @@ def _level_rank(level: str) -> int:
     return list(LEVELS).index(level)
 
 
-def _link_column(level: str) -> str:
-    return "tract_id" if level == "tract" else f"{level}_id"
-
-
 @dataclass(frozen=True)
 class _Shown:
     """What the browser shows now: enough to plan the next morph from it."""
@@ -403,7 +399,7 @@ class Tilegram(LensView):
 
     def _links(self, fine: str, coarse: str) -> pl.DataFrame:
         parents = self._lens.parents()
-        return parents.select(unit_id=pl.col(_link_column(fine)), parent_id=pl.col(_link_column(coarse))).unique("unit_id")
+        return parents.select(unit_id=pl.col(level_column(fine)), parent_id=pl.col(level_column(coarse))).unique("unit_id")
 
     def __panel__(self) -> pn.viewable.Viewable:
         return _TileFigure(self).panel
