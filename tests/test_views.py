@@ -33,22 +33,24 @@ from app.views.export import ANOMALY_COLUMNS, UNIT_COLUMNS, anomalies_csv, expor
 from app.views.heat import HeatView, outline_xy, points_element
 from app.views.page import (
     NO_DATA,
-    NO_KINDS,
     TITLE,
-    URL_KEYS,
-    URL_PARAMS,
     Controls,
-    apply_url_state,
     build_dashboard,
     dashboard_page,
     downloads,
     follow_store,
+)
+from app.views.provenance import UNKNOWN, ProvenancePanel, age_text, privacy_text, source_lines, sources_markdown
+from app.views.url_state import (
+    NO_KINDS,
+    URL_KEYS,
+    URL_PARAMS,
+    apply_url_state,
     restore_url_state,
     url_notice,
     url_query,
     url_state,
 )
-from app.views.provenance import UNKNOWN, ProvenancePanel, age_text, privacy_text, source_lines, sources_markdown
 
 T = TypeVar("T")
 

@@ -11,6 +11,7 @@ import param
 import polars as pl
 
 from app.views.base import LENS_STATE, LensView
+from app.views.provenance import privacy_rule
 from app.views.tables import TABLE_CSS, html_table
 
 __all__ = ["COLUMNS", "MAX_ROWS", "SORTS", "AnomalyTable", "anomaly_frame"]
@@ -73,10 +74,8 @@ class AnomalyTable(LensView):
         if lens.since is not None and lens.until is not None and lens.since >= lens.until:
             return "**No window:** the start must be before the end."
         frame, withheld = self._released()
-        rules = {"suppress": f"privacy rule *suppress*, k = {lens.privacy_k}", "dp": f"privacy rule *dp*, ε = {lens.epsilon:g}"}
-        rule = rules.get(lens.privacy_mode, "privacy rule *none* (internal)")
         shown = f"**{len(frame)}** anomalies with q ≤ {lens.q:g} and z ≥ {lens.min_z:g} at {lens.level} level"
-        return f"{shown}; **{withheld}** withheld by the {rule}."
+        return f"{shown}; **{withheld}** withheld by the privacy rule *{privacy_rule(lens)}*."
 
     def _table(self, *_: Any) -> pd.DataFrame:
         """The displayed rows in the chosen order."""

@@ -3,19 +3,18 @@ CSV exports) over one session lens.
 
 ``build_dashboard`` is the factory the FastAPI mount calls per browser session, so every visitor
 gets a fresh :class:`~app.engine.lens.Lens` over the shared, already-loaded snapshot. A live
-session also keeps the lens state in the page URL, so a copied link reopens the same view.
+session also keeps the lens state in the page URL (:mod:`app.views.url_state`), so a copied link
+reopens the same view.
 """
 
 from __future__ import annotations
 
 import html
 import io
-import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 import panel as pn
 import structlog
@@ -24,41 +23,31 @@ from panel.template.base import BasicTemplate
 
 from app.config import Settings
 from app.data.store import Store
-from app.engine.lens import KINDS, Lens
+from app.engine.lens import Lens
 from app.engine.privacy import BudgetLedger
 from app.views.announce import LiveRegion
 from app.views.anomaly_table import AnomalyTable
-from app.views.base import LensView
+from app.views.base import LENS_STATE, LensView
 from app.views.export import VIEW_PNG_JS, anomalies_csv, export_filename, unit_counts_csv, view_caption
 from app.views.heat import HeatView
 from app.views.narratives import Narratives
-from app.views.provenance import ProvenancePanel
+from app.views.provenance import ProvenancePanel, privacy_rule
 from app.views.sparkbands import Sparkbands
 from app.views.tables import BandTable, HeatTable, TileTable
 from app.views.template import template
 from app.views.tilegram import TILE_KEYS_JS, Tilegram
+from app.views.url_state import follow_url, url_notice, url_state, window_problem
 
 __all__ = [
     "FOLLOW_MS",
-    "HISTORY_JS",
     "NO_DATA",
-    "NO_KINDS",
     "TITLE",
-    "URL_KEYS",
-    "URL_PARAMS",
     "Controls",
-    "apply_url_state",
     "build_dashboard",
     "dashboard_page",
     "downloads",
     "follow_store",
-    "privacy_rule",
-    "privacy_state",
-    "restore_url_state",
     "selection_options",
-    "url_notice",
-    "url_query",
-    "url_state",
     "view_png",
 ]
 
@@ -78,7 +67,7 @@ NO_DATA = (
     "or wait for the scheduler's first refresh, then reload this page."
 )
 
-pn.extension("tabulator", sizing_mode="stretch_width")
+pn.extension(sizing_mode="stretch_width")
 
 
 def _naive_utc(value: date | None) -> datetime | None:
@@ -91,15 +80,6 @@ def _as_datetime(value: object) -> datetime | None:
     if isinstance(value, datetime):
         return value.replace(tzinfo=None)
     return datetime(value.year, value.month, value.day) if isinstance(value, date) else None
-
-
-def _window_problem(start: datetime | None, end: datetime | None) -> str:
-    """Why a picked window cannot be applied ('' when it can)."""
-    if start is None or end is None:
-        return "Pick both a start and an end."
-    if start >= end:
-        return "The start must be before the end: the window was not changed."
-    return ""
 
 
 class Controls(LensView):
@@ -123,7 +103,7 @@ class Controls(LensView):
 
         def push(*_: Any) -> None:
             start, end = _as_datetime(since.value), _as_datetime(until.value)
-            problem = _window_problem(start, end)
+            problem = window_problem(start, end)
             error.param.update(object=problem, visible=bool(problem))
             if start is not None and end is not None and not problem:
                 lens.param.update(since=start.replace(tzinfo=UTC), until=end.replace(tzinfo=UTC))
@@ -188,318 +168,6 @@ def selection_options(lens: Lens) -> dict[str, str]:
         return {}
     units = lens.snapshot.units(lens.city, lens.level).select("name", "unit_id").sort("name")
     return dict(zip(units["name"].to_list(), units["unit_id"].to_list(), strict=True))
-
-
-# ---- the lens state in the URL ---------------------------------------------------------------
-#: Query keys a shared link carries. Lens parameters keep their names; ``sel`` is the selection (unit
-#: ids at the link's level, sorted, comma-separated; absent when nothing is selected) and
-#: ``privacy`` the release rule the view was seen under, with its ``privacy_k`` (suppress) or
-#: ``epsilon`` (dp). The server's rule always applies: a link can state it, never lower it.
-URL_KEYS = ("city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q", "sel", "privacy", "privacy_k", "epsilon")
-#: Lens parameters whose change rewrites the URL.
-URL_PARAMS = (*URL_KEYS[: URL_KEYS.index("sel")], "selection", "privacy_mode", "privacy_k", "epsilon")
-#: ``kinds`` value of an empty selection (an empty query value would be dropped, i.e. read as "all").
-NO_KINDS = "none"
-
-
-def _iso(value: datetime) -> str:
-    """A UTC instant as ISO 8601: the bare date at midnight (the common case), else with ``Z``."""
-    value = value.astimezone(UTC)
-    return (
-        value.date().isoformat()
-        if value == datetime(value.year, value.month, value.day, tzinfo=UTC)
-        else value.isoformat().replace("+00:00", "Z")
-    )
-
-
-def _number(value: float) -> str:
-    """Shortest text that reads back as exactly ``value``."""
-    short = f"{value:g}"
-    return short if float(short) == value else repr(float(value))
-
-
-def privacy_state(lens: Lens) -> dict[str, str]:
-    """The release rule as query values: the mode, plus the one parameter that matters for it."""
-    if lens.privacy_mode == "suppress":
-        return {"privacy": "suppress", "privacy_k": str(lens.privacy_k)}
-    if lens.privacy_mode == "dp":
-        return {"privacy": "dp", "epsilon": _number(lens.epsilon)}
-    return {"privacy": lens.privacy_mode}
-
-
-def privacy_rule(lens: Lens) -> str:
-    """The release rule in words, e.g. ``suppress, k = 11`` (for the link notice and PNG caption)."""
-    if lens.privacy_mode == "suppress":
-        return f"suppress, k = {lens.privacy_k}"
-    if lens.privacy_mode == "dp":
-        return f"dp, ε = {_number(lens.epsilon)}"
-    return str(lens.privacy_mode)
-
-
-def url_state(lens: Lens) -> dict[str, str]:
-    """The lens state as query values: plain text, ISO dates, kinds and selection comma-separated.
-
-    Panel's own parameter (de)serialisation is not used: it drops the UTC offset of dates, and a
-    naive date read back into the lens breaks every comparison with the tz-aware events.
-    """
-    since, until = lens.window()
-    kinds = ",".join(k for k in KINDS if k in lens.kinds) or NO_KINDS
-    values = {
-        "city": lens.city,
-        "level": lens.level,
-        "since": _iso(since) if since is not None else None,
-        "until": _iso(until) if until is not None else None,
-        "category": lens.category,
-        "kinds": kinds,
-        "time_bin": lens.time_bin,
-        "min_z": _number(lens.min_z),
-        "q": _number(lens.q),
-        "sel": ",".join(sorted(lens.selection)) or None,
-        **privacy_state(lens),
-    }
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def url_query(state: Mapping[str, str]) -> str:
-    """Query values as a query string; commas stay literal (``sel=BK0101,BK0102``): a link stays
-    short and readable, and a comma is legal in a query."""
-    return urlencode(state, safe=",")
-
-
-def _parse_instant(text: str) -> datetime:
-    """ISO date or date-time; without an offset it is UTC (as the pickers are)."""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError("not an ISO date such as 2026-10-25 or 2026-10-25T06:00Z") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _bounded(lens: Lens, name: str) -> Callable[[str], float]:
-    """A parser of one numeric lens parameter that keeps to its bounds."""
-    low, high = lens.param[name].bounds
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError("not a number") from None
-        if not math.isfinite(value) or value < low or value > high:
-            raise ValueError(f"must be from {low:g} to {high:g}")
-        return value
-
-    return parse
-
-
-def _choice(options: list[str]) -> Callable[[str], str]:
-    def check(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"not one of: {', '.join(options)}")
-        return text
-
-    return check
-
-
-def _kinds(text: str) -> list[str]:
-    chosen = [] if text == NO_KINDS else [k.strip() for k in text.split(",") if k.strip()]
-    if text != NO_KINDS and (not chosen or any(k not in KINDS for k in chosen)):
-        raise ValueError(f"kinds are {', '.join(KINDS)} (comma-separated) or {NO_KINDS!r}")
-    return [k for k in KINDS if k in chosen]
-
-
-def _quoted(text: str) -> str:
-    """A value from the URL made inert for the Markdown notice: anyone can craft a link, so its
-    text is shortened, HTML-escaped and its Markdown syntax escaped before it is shown."""
-    short = text if len(text) <= 60 else text[:59] + "…"
-    return "“" + re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", html.escape(short)) + "”"
-
-
-def apply_url_state(lens: Lens, query: Mapping[str, str]) -> list[str]:
-    """Set the lens from a link's query values; return one problem per value that was not applied.
-
-    Each value is checked on its own, so one bad value (a typo, an edited link, a category another
-    snapshot no longer has) keeps its default and cannot take the rest of the link down with it.
-    The city goes first: it decides the categories on offer and resets the window; the selection
-    goes last: a level change carries the old selection over to the new level and would overwrite
-    it. The release rule is the server's whatever the link says (a difference is reported). Keys
-    that are not lens state are left alone (they may belong to whoever shared the link).
-    """
-    problems: list[str] = []
-
-    def parsed(name: str, parse: Callable[[str], Any]) -> Any:
-        try:
-            return parse(query[name])
-        except ValueError as exc:
-            problems.append(f"{name} = {_quoted(query[name])} ({exc})")
-            return None
-
-    if "city" in query and (city := parsed("city", _choice(list(lens.param.city.objects)))) is not None:
-        lens.city = city
-    checks: dict[str, Callable[[str], Any]] = {
-        "level": _choice(list(lens.param.level.objects)),
-        "category": _choice(list(lens.param.category.objects)),
-        "kinds": _kinds,
-        "time_bin": _choice(list(lens.param.time_bin.objects)),
-        "min_z": _bounded(lens, "min_z"),
-        "q": _bounded(lens, "q"),
-    }
-    updates = {name: value for name, check in checks.items() if name in query and (value := parsed(name, check)) is not None}
-    since = parsed("since", _parse_instant) if "since" in query else None
-    until = parsed("until", _parse_instant) if "until" in query else None
-    if since is not None or until is not None:
-        start, end = lens.window()
-        start, end = since or start, until or end
-        if _window_problem(start, end):
-            window = f"since = {_quoted(query.get('since', ''))}, until = {_quoted(query.get('until', ''))}"
-            problems.append(f"{window} (the start must be before the end)")
-        else:
-            updates.update(since=start, until=end)
-    if updates:
-        lens.param.update(**updates)
-    problems.extend(_privacy_problems(lens, query))
-    if "sel" in query:
-        chosen, unknown = _selection(lens, query["sel"])
-        if unknown:
-            problems.append(f"sel = {_quoted(','.join(unknown))} (no such {lens.level} in {lens.city})")
-        lens.selection = chosen
-    return problems
-
-
-def _selection(lens: Lens, text: str) -> tuple[list[str], list[str]]:
-    """The ids of ``text`` that are units of the lens level (sorted, once each), and the others."""
-    ids = list(dict.fromkeys(i.strip() for i in text.split(",") if i.strip()))
-    known = set(lens.snapshot.units(lens.city, lens.level)["unit_id"].to_list()) if lens.snapshot is not None else set()
-    return sorted(i for i in ids if i in known), [i for i in ids if i not in known]
-
-
-def _privacy_problems(lens: Lens, query: Mapping[str, str]) -> list[str]:
-    """A link's release rule that is not the server's, as problems (the server's rule stays).
-
-    A link cannot lower privacy (``privacy=none`` on a server that suppresses), and neither can it
-    raise it: the server publishes one rule, so two links never show the same cells differently.
-    """
-    rule = f"this server publishes with {privacy_rule(lens)}"
-    if "privacy" in query and query["privacy"] != lens.privacy_mode:
-        return [f"privacy = {_quoted(query['privacy'])} ({rule})"]
-    ours = privacy_state(lens)
-    problems = []
-    for key in ("privacy_k", "epsilon"):
-        if key not in query:
-            continue
-        try:
-            same = key in ours and float(query[key]) == float(ours[key])
-        except ValueError:
-            same = False
-        if not same:
-            problems.append(f"{key} = {_quoted(query[key])} ({rule})")
-    return problems
-
-
-def url_notice(problems: list[str]) -> str:
-    """The page's notice about ignored link values ('' when every value was applied)."""
-    return "This link holds values the dashboard cannot use, so their defaults are shown: " + "; ".join(problems) + "." if problems else ""
-
-
-def restore_url_state(lens: Lens, query: Mapping[str, str]) -> None:
-    """Show exactly the view of a history entry's query: what it leaves out is the default (a fresh
-    lens of the same snapshot and rule), not whatever the session shows now, so Back to a bare
-    link also clears the category or selection chosen since."""
-    target = Lens(
-        snapshot=lens.snapshot, privacy_mode=lens.privacy_mode, privacy_k=lens.privacy_k, epsilon=lens.epsilon, ledger=lens.ledger
-    )
-    apply_url_state(target, query)
-    apply_url_state(lens, url_state(target))
-    lens.selection = list(target.selection)
-
-
-#: Browser half of Back/Forward. Panel's Location model writes each server-side URL change with
-#: ``history.pushState`` (one history entry per view) but never listens for ``popstate``, so Back
-#: would change the address bar and leave the view as it was. This listener reports the URL the
-#: browser went to through that Location model (the server then shows that entry's view), holding
-#: ``pushState`` off meanwhile: the Location view would otherwise push the entry it is on again and
-#: cut off Forward.
-HISTORY_JS = r"""
-if (window.__csh_history__) {
-  return
-}
-window.__csh_history__ = true
-window.addEventListener("popstate", () => {
-  for (const doc of Bokeh.documents) {
-    const location = doc.get_model_by_name("location")
-    if (location == null || location.search === window.location.search) {
-      continue
-    }
-    const push = window.history.pushState
-    window.history.pushState = () => {}
-    try {
-      location.search = window.location.search
-    } finally {
-      window.history.pushState = push
-    }
-  }
-})
-"""
-
-
-class _UrlFollower:
-    """Keeps one session's URL and lens in step: the lens writes the URL on every change (a new
-    history entry each time, Panel's doing) and Back/Forward (:data:`HISTORY_JS`) set the lens."""
-
-    def __init__(self, lens: Lens, location: Any) -> None:
-        self.lens, self.location = lens, location
-        self.writing = False  # our own write: its echo on the ``search`` watcher is not a Back
-        self.restoring = False  # showing a history entry: its URL is already right, write nothing
-        self.listening = False  # browser reports before the page has loaded are its initial URL
-
-    def push(self, *_: Any) -> None:
-        if self.restoring:
-            return
-        # Other keys are kept as text after the lens state (``Location.update_query`` would re-parse
-        # them into numbers and keep a stale key order).
-        others = {k: v for k, v in parse_qsl(self.location.search.lstrip("?")) if k not in URL_KEYS}
-        self.writing = True
-        try:
-            self.location.search = "?" + url_query({**url_state(self.lens), **others})
-        finally:
-            self.writing = False
-
-    def loaded(self) -> None:
-        # After the browser has reported its own URL: a link without (or with bad) values then
-        # shows the full state at once, ready to be copied.
-        self.push()
-        self.listening = True
-
-    def popped(self, event: Any) -> None:
-        """The browser went Back or Forward: show that entry's view without writing the URL."""
-        if self.writing or self.restoring or not self.listening:
-            return
-        self.restoring = True
-        try:
-            restore_url_state(self.lens, dict(parse_qsl(str(event.new).lstrip("?"))))
-        finally:
-            self.restoring = False
-
-
-def _follow_url(lens: Lens) -> list[str]:
-    """Apply the session's URL to the lens and keep the URL following the lens (full state each time).
-
-    Deliberately not ``pn.state.location.sync(lens, ...)``: it re-applies the raw query through
-    Panel's parameter deserialisation whenever the browser reports its URL (which it does once on
-    connecting), setting naive datetimes and half-applying a link with one bad value. Here the
-    query is read once, value by value; after that the URL is written, and read again only when
-    the browser goes Back or Forward.
-    """
-    location = pn.state.location
-    if location is None:
-        return []
-    problems = apply_url_state(lens, dict(parse_qsl(location.search.lstrip("?"))))
-    follower = _UrlFollower(lens, location)
-    lens.param.watch(follower.push, list(URL_PARAMS))
-    location.param.watch(follower.popped, "search")
-    pn.state.onload(follower.loaded)
-    if pn.state.curdoc is not None:
-        pn.state.curdoc.js_on_event("document_ready", CustomJS(code=HISTORY_JS))
-    return problems
 
 
 # ---- exports -----------------------------------------------------------------------------------
@@ -587,8 +255,6 @@ def dashboard_page(lens: Lens, notice: str = "") -> BasicTemplate:
     # Every view is built before the page is sent: sending the shell first and the views after
     # load was measured slower to the last view (each late view re-lays out the whole Bokeh page
     # and re-renders the map) for a first paint only ~0.2 s earlier on a warm server.
-    from app.views.base import LENS_STATE
-
     stamp = pn.pane.HTML("", visible=False, margin=0)
     changes = [0]
 
@@ -624,7 +290,7 @@ def build_dashboard(store: Store, settings: Settings, ledger: BudgetLedger | Non
 
         pn.state.add_periodic_callback(tick, period=FOLLOW_MS)
         pn.state.curdoc.js_on_event("document_ready", CustomJS(code=TILE_KEYS_JS))  # the tiles by keyboard
-        return dashboard_page(lens, notice=url_notice(_follow_url(lens)))
+        return dashboard_page(lens, notice=url_notice(follow_url(lens)))
     return dashboard_page(lens)
 
 

@@ -21,10 +21,21 @@ from pydantic import ValidationError
 from app.data.demo_feed import DEMO_SOURCE, DemoSource
 from app.data.registry import SourceSpec, load_registry
 from app.data.snapshot import Snapshot
+from app.engine.lens import Lens
 from app.engine.privacy import BudgetExceeded
 from app.views.base import LensView
 
-__all__ = ["UNKNOWN", "ProvenancePanel", "SourceLine", "age_text", "privacy_text", "snapshot_text", "source_lines", "sources_markdown"]
+__all__ = [
+    "UNKNOWN",
+    "ProvenancePanel",
+    "SourceLine",
+    "age_text",
+    "privacy_rule",
+    "privacy_text",
+    "snapshot_text",
+    "source_lines",
+    "sources_markdown",
+]
 
 UNKNOWN = "unknown"
 _SMALL = {"font-size": "0.85em", "color": "#555"}
@@ -142,6 +153,15 @@ def snapshot_text(snap: Snapshot, city: str, now: datetime, newest: datetime | N
         f"Snapshot `{snap.id}` · built {_utc_minute(snap.created_at)} ({age_text(snap.created_at, now)} ago) · "
         f"rows: {rows} · newest {city} event: {_utc_minute(newest if isinstance(newest, datetime) else None)}"
     )
+
+
+def privacy_rule(lens: Lens) -> str:
+    """The release rule in short words, e.g. ``suppress, k = 11`` (table summary, link notice, PNG caption)."""
+    if lens.privacy_mode == "suppress":
+        return f"suppress, k = {lens.privacy_k}"
+    if lens.privacy_mode == "dp":
+        return f"dp, ε = {lens.epsilon:g}"
+    return str(lens.privacy_mode)
 
 
 def privacy_text(mode: str, k: int, epsilon: float, spent: float | None = None, budget: float | None = None, city: str = "") -> str:
