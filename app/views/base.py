@@ -9,23 +9,9 @@ from app.engine.lens import Lens
 
 __all__ = ["LENS_STATE", "LensView"]
 
-#: Lens parameters whose change re-renders a view of released numbers (all of them: one list, so a
-#: new parameter cannot be forgotten by one view).
-LENS_STATE = (
-    "snapshot",
-    "city",
-    "level",
-    "since",
-    "until",
-    "category",
-    "kinds",
-    "time_bin",
-    "min_z",
-    "q",
-    "privacy_mode",
-    "privacy_k",
-    "selection",
-)
+#: Lens parameters whose change re-renders a view of released numbers: every parameter but the
+#: ledger (an object, not state) and ``name``, derived so a new parameter cannot be forgotten.
+LENS_STATE = tuple(name for name in Lens.param if name not in ("name", "ledger"))
 
 
 class LensView(pn.viewable.Viewer):
