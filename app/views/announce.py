@@ -60,10 +60,7 @@ class LiveRegion(LensView):
 
     def __panel__(self) -> pn.viewable.Viewable:
         p = self._lens.param
-        return pn.pane.HTML(pn.bind(self._html, *[p[name] for name in _DEPENDS_ON]), sizing_mode="stretch_width", margin=(0, 10))
-
-
-_DEPENDS_ON = LENS_STATE
+        return pn.pane.HTML(pn.bind(self._html, *[p[name] for name in LENS_STATE]), sizing_mode="stretch_width", margin=(0, 10))
 
 
 def _where(lens: Lens) -> str:

@@ -28,8 +28,6 @@ COLUMNS = {
     "narrative": "narrative",
 }
 
-_DEPENDS_ON = LENS_STATE
-
 #: Sort choices of the table: label -> (column of the display frame, descending).
 SORTS = {
     "strongest first (z)": ("z", True),
@@ -95,7 +93,7 @@ class AnomalyTable(LensView):
 
     def __panel__(self) -> pn.viewable.Viewable:
         p = self._lens.param
-        deps = [p[name] for name in _DEPENDS_ON]
+        deps = [p[name] for name in LENS_STATE]
         order = pn.widgets.Select.from_param(self.param.sort, label="Sort the table", width=220)
         table = pn.pane.HTML(pn.bind(self._html, *deps, self.param.sort), sizing_mode="stretch_width", stylesheets=[TABLE_CSS])
         summary = pn.pane.Markdown(pn.bind(self._summary, *deps), sizing_mode="stretch_width", margin=(0, 10))

@@ -17,7 +17,6 @@ from app.views.base import LENS_STATE, LensView
 
 __all__ = ["Narratives", "driver_bars_html"]
 
-_DEPENDS_ON = LENS_STATE
 _BAR = "#08519c"
 
 
@@ -69,7 +68,7 @@ class NarrativeCards:
         self.footer = pn.pane.Markdown("", styles={"font-size": "12px"})
         self.panel = pn.Column(self.empty, sizing_mode="stretch_width")
         self._grow(view.top)
-        view._lens.param.watch(self.update, list(_DEPENDS_ON))
+        view._lens.param.watch(self.update, list(LENS_STATE))
         view.param.watch(self.update, ["top"])
         self.update()
 

@@ -40,8 +40,6 @@ _ROW_PX = 92
 #: Within a cell (1 x 1 plot units): side margins, bottom margin and the strip kept for the name.
 _PAD_X, _PAD_Y, _TITLE = 0.03, 0.06, 0.26
 
-_DEPENDS_ON = LENS_STATE
-
 
 def pick_units(bands: pl.DataFrame, top: int) -> list[str]:
     """Units to draw: every unit when there are at most ``top``, else the ``top`` with published
@@ -179,7 +177,7 @@ class SparkbandFigures:
             self.grid,
             sizing_mode="stretch_width",
         )
-        view._lens.param.watch(self.update, list(_DEPENDS_ON))
+        view._lens.param.watch(self.update, list(LENS_STATE))
         view.param.watch(self.update, ["top"])
         self.update()
 

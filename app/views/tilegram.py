@@ -80,8 +80,6 @@ _Relation = Literal["none", "same", "refine", "merge"]
 #: Columns a non-structural update patches in place (positions and labels stay as they are).
 _PATCHED = ("z", "z_text", "color", "line", "lw")
 
-_DEPENDS_ON = LENS_STATE
-
 #: The morph, run in the browser whenever the server replaces the tile data. Columns ``x0, y0, a0``
 #: are where a tile starts, ``x1, y1, a1`` where it ends (the server also sent the end in ``x, y,
 #: alpha``), ``f0, f1`` the part of the run over which its opacity changes. Arrays are edited in place
@@ -478,7 +476,7 @@ class _TileFigure:
         shape = pn.widgets.RadioButtonGroup.from_param(view.param.shape, name="Tiles")
         self.panel = pn.Column("## Tilegram", shape, self.message, self.plot, self.caption, sizing_mode="stretch_width")
         lens = view._lens
-        lens.param.watch(self.update, list(_DEPENDS_ON))
+        lens.param.watch(self.update, list(LENS_STATE))
         view.param.watch(self.update, ["shape"])
         self.update()
 
