@@ -644,3 +644,15 @@ def test_provenance_shows_the_epsilon_spent_in_dp_mode(tiny_store: Store, tmp_pa
         lens.category = "HEAT/HOT WATER"  # another release of the same bins: more ε
         assert ledger.peak("nyc") > first
         assert f"ε spent: {ledger.peak('nyc'):g} of the budget 10" in summary()
+
+
+def test_heat_hover_counts_follow_the_window_and_ignore_thresholds(lens: Lens) -> None:
+    from app.views.heat_hover import HeatHover
+
+    hover = HeatHover(lens)
+    before = list(hover.source.data["events"])
+    lens.min_z = 9.0  # thresholds do not change a unit's released total
+    assert list(hover.source.data["events"]) == before
+    assert lens.since is not None
+    lens.since = lens.since + timedelta(days=3)  # a shorter window does
+    assert list(hover.source.data["events"]) != before

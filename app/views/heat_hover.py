@@ -23,7 +23,11 @@ from app.data.snapshot import Snapshot
 from app.engine.lens import Lens
 from app.views.base import LENS_STATE
 
-__all__ = ["HeatHover", "count_texts", "unit_patches"]
+__all__ = ["COUNT_STATE", "HeatHover", "count_texts", "unit_patches"]
+
+#: The lens parameters a unit's released window total depends on: thresholds, the baseline and the
+#: selection do not change it, so moving them costs the hover nothing.
+COUNT_STATE = tuple(name for name in LENS_STATE if name not in ("min_z", "q", "baseline_days", "selection"))
 
 
 def unit_patches(snapshot: Snapshot, city: str, level: str) -> dict[str, list[Any]]:
@@ -72,7 +76,7 @@ class HeatHover:
         self.lens = lens
         self.source = ColumnDataSource(data={"unit_id": [], "xs": [], "ys": [], "name": [], "events": []}, name="heat-hover")
         self._shape: tuple[str, str] | None = None
-        lens.param.watch(self.update, list(LENS_STATE))
+        lens.param.watch(self.update, list(COUNT_STATE))
         self.update()
 
     def attach(self, plot: Any, _element: Any) -> None:
