@@ -21,25 +21,20 @@ import structlog
 
 from app.config import Settings, get_settings
 from app.data.demo import DemoCity, DemoSpec, floor_hour
-from app.data.demo_feed import DemoSource, Source
-from app.data.geography import load_geography, tract_parents
+from app.data.demo_feed import DEMO_SOURCE, DemoSource, Source
+from app.data.geography import load_geography
 from app.data.ingest import IngestReport, ingest_source
-from app.data.registry import SourceSpec, get_source
+from app.data.registry import SourceSpec, city_timezone, get_source
 from app.data.snapshot import Snapshot, query, read_events, read_units
 from app.data.store import Store
-from app.engine.attribution import rounded_drivers
-from app.engine.baselines import BASELINE
-from app.engine.bins import cube_counts
-from app.engine.detect import detect
-from app.engine.evaluate import history_start
-from app.engine.explain import explain
+from app.engine.privacy import Policy
+from app.engine.publish import publish_city
+from app.engine.scores import DEFAULT_MIN_Z, DEFAULT_Q
 
 __all__ = ["PLANTED_FILE", "build_demo", "ingest_live", "publish", "recompute_anomalies", "refresh", "registered_sources"]
 
 log = structlog.get_logger(__name__)
 PLANTED_FILE = "planted_anomalies.csv"
-_ANOMALY_LEVELS = ("tract", "neighborhood")
-_ANOMALY_DAYS = 14
 
 
 def build_demo(store: Store, spec: DemoSpec, force: bool = False) -> Snapshot:
@@ -147,60 +142,57 @@ def publish(store: Store, cities: set[str], built_by: str) -> Snapshot:
     return store.publish({"built_by": built_by})
 
 
-def recompute_anomalies(con: duckdb.DuckDBPyConnection, city: str, days: int = _ANOMALY_DAYS) -> int:
-    """Replace ``city``'s stored anomalies with those of the last ``days`` days (daily bins,
-    tract and neighborhood levels, the engine's default thresholds; one false-discovery family
-    per week, like the lens' default 7-day window)."""
+def recompute_anomalies(con: duckdb.DuckDBPyConnection, city: str, settings: Settings | None = None, horizon: datetime | None = None) -> int:
+    """Publish ``city``'s release and the score of every cell into the working database (the
+    next snapshot carries them); returns the number of released anomalies at the default
+    thresholds, which are also kept in the ``anomaly`` table for quick listing."""
+    settings = settings or get_settings()
     events = read_events(con, city)
+    units = read_units(con, city)
+    tz = city_timezone(city)
+    policy = Policy(settings.privacy_mode, settings.privacy_k, epsilon=settings.privacy_epsilon)
+    horizon = horizon or _horizon(con, city)
+    t0 = time.perf_counter()
+    published = publish_city(events, units, tz, policy, horizon=horizon)
+    meta: dict[str, object] = {
+        "mode": policy.mode,
+        "k": policy.k,
+        "epsilon": policy.epsilon if policy.mode == "dp" else None,
+        "grains": json.dumps({"grains": published.grains, "complete_until": {k: v.isoformat() for k, v in published.complete_until.items()}}),
+        "timezone": tz,
+        "history_start": published.history_start,
+        "horizon": published.horizon,
+    }
+    Store.replace_release(con, city, published.release, published.scores, meta)
+    rows = anomaly_rows(published.scores, city)
     con.execute("DELETE FROM anomaly WHERE city = $city", {"city": city})
-    if events.height == 0:
-        return 0
-    rows = anomaly_rows(events, read_units(con, city), city, days)
     if rows.height:
         con.register("_anomalies", rows.to_arrow())
         con.execute("INSERT INTO anomaly BY NAME SELECT * FROM _anomalies")
         con.unregister("_anomalies")
+    log.info("release.published", city=city, cells=published.release.height, scored=published.scores.height, seconds=round(time.perf_counter() - t0, 2))
     return rows.height
 
 
-def anomaly_rows(events: pl.DataFrame, units: pl.DataFrame, city: str, days: int = _ANOMALY_DAYS) -> pl.DataFrame:
-    """The anomaly table rows of the last ``days`` days of ``events`` (weekly families, newest first).
+def _horizon(con: duckdb.DuckDBPyConnection, city: str) -> datetime | None:
+    """Up to when ``city``'s data are complete: the demo feed's cursor when it has one, else the
+    newest event (the bin holding it is still filling)."""
+    if city != DemoSource.city:
+        return None
+    state = query(con, 'SELECT "cursor" FROM ingest_state WHERE source = $s', {"s": DEMO_SOURCE})
+    if state.height and state["cursor"][0]:
+        return datetime.fromisoformat(state["cursor"][0])
+    return None
 
-    The stored table is internal (raw evidence, no narrative): whatever leaves the process reads it
-    back through the privacy gate."""
-    last = events["ts"].max()
-    first = events["ts"].min()
-    assert isinstance(last, datetime)
-    assert isinstance(first, datetime)
-    until = last.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    earliest = history_start(first) + BASELINE
-    parents = tract_parents(units)
-    start = max(until - timedelta(days=days), earliest)
-    cube = cube_counts(events.filter(pl.col("ts") >= start - BASELINE), parents, "day", (*_ANOMALY_LEVELS, "borough", "city"))
-    n_units = {lvl: units.filter(pl.col("level") == lvl).height for lvl in _ANOMALY_LEVELS}
-    frames = []
-    hi = until
-    while hi > start:
-        lo = max(hi - timedelta(days=7), start)
-        run = detect(cube, n_units, _ANOMALY_LEVELS, lo, hi)
-        frames.append(explain(run, run.anomalies))
-        hi = lo
-    found = pl.concat([f for f in frames if f.height], how="diagonal_relaxed") if any(f.height for f in frames) else pl.DataFrame()
-    if found.height == 0:
+
+def anomaly_rows(scores: pl.DataFrame, city: str) -> pl.DataFrame:
+    """Released anomalies at the default thresholds (q <= 0.05, z >= 3), for the ``anomaly`` table."""
+    if scores.height == 0:
         return pl.DataFrame()
+    found = scores.filter(pl.col("scored") & (pl.col("q") <= DEFAULT_Q) & (pl.col("zscore") >= DEFAULT_MIN_Z))
     evidence = pl.struct(
-        observed="observed",
-        expected=pl.col("expected").round(3),
-        variance=pl.col("variance").round(3),
-        # Sums run in parallel, so the last digits of floats may differ between runs: round them.
-        p=pl.col("p").round_sig_figs(6),
-        q=pl.col("q").round_sig_figs(6),
-        baseline_start=pl.col("baseline_start").dt.to_string("%Y-%m-%dT%H:%M:%SZ"),
-        baseline_end=pl.col("baseline_end").dt.to_string("%Y-%m-%dT%H:%M:%SZ"),
-        bin=pl.lit("day"),
-        effect="effect",
-        share=pl.col("share").round(4),
-        drivers=rounded_drivers(excess_digits=3),
+        "grain", "observed", expected=pl.col("expected").round(3), variance=pl.col("variance").round(3),
+        p=pl.col("p").round_sig_figs(6), q=pl.col("q").round_sig_figs(6), baseline_days="baseline_days",
     )
     return found.sort("level", "unit_id", "category", "bin_start").select(
         pl.lit(city).alias("city"),
@@ -208,7 +200,7 @@ def anomaly_rows(events: pl.DataFrame, units: pl.DataFrame, city: str, days: int
         "unit_id",
         "category",
         pl.col("bin_start").alias("window_start"),
-        pl.col("bin_end").alias("window_end"),
+        pl.col("bin_start").alias("window_end"),
         pl.col("zscore").round(6),
         evidence.struct.json_encode().alias("evidence"),
     )

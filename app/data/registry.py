@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["REGISTRY_FILE", "FieldMap", "SourceSpec", "get_source", "load_registry"]
+__all__ = ["CITY_ZONES", "REGISTRY_FILE", "FieldMap", "SourceSpec", "city_timezone", "get_source", "load_registry"]
 
 REGISTRY_FILE = Path(__file__).with_name("sources.toml")
 Provider = Literal["socrata", "highways_xml", "highways_datex", "open311", "seeclickfix", "demo"]
@@ -89,3 +89,18 @@ def get_source(name: str, path: Path | None = None) -> SourceSpec:
     if name not in registry:
         raise KeyError(f"unknown source {name!r}; known: {', '.join(sorted(registry))}")
     return registry[name]
+
+
+#: The clock each known city lives by (a source's ``timezone`` is that of its floating timestamps,
+#: which may be UTC although the city is not).
+CITY_ZONES = {"nyc": "America/New_York", "chicago": "America/Chicago", "uk": "Europe/London", "boston": "America/New_York", "cambridge": "America/New_York"}
+
+
+def city_timezone(city: str, path: Path | None = None) -> str:
+    """The IANA time zone of ``city`` (days and weeks are cut at its local midnight): the known
+    zone, else that of its first registry source, else UTC."""
+    if city in CITY_ZONES:
+        return CITY_ZONES[city]
+    registry = _cached(str(path or os.environ.get("CSH_SOURCES_FILE", REGISTRY_FILE)))
+    zones = [s.timezone for s in registry.values() if s.city == city]
+    return zones[0] if zones else "UTC"

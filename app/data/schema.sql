@@ -40,3 +40,18 @@ ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS breaker_opened_at TIMESTAMPTZ;
 ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS last_error VARCHAR;
 ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS rows_total BIGINT DEFAULT 0;
 ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS unlocated_total BIGINT DEFAULT 0;
+-- The release and the score of every cell, computed once when a snapshot is published
+-- (app/engine/publish.py); readers only filter, sort and sum these.
+CREATE TABLE IF NOT EXISTS release_cell (
+    city VARCHAR NOT NULL, level VARCHAR NOT NULL, grain VARCHAR NOT NULL, unit_id VARCHAR NOT NULL, parent_id VARCHAR,
+    category VARCHAR NOT NULL, bin_start TIMESTAMPTZ NOT NULL, count BIGINT, suppressed BOOLEAN NOT NULL, partial BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS score_cell (
+    city VARCHAR NOT NULL, level VARCHAR NOT NULL, grain VARCHAR NOT NULL, unit_id VARCHAR NOT NULL, category VARCHAR NOT NULL,
+    bin_start TIMESTAMPTZ NOT NULL, observed BIGINT, expected DOUBLE, variance DOUBLE, baseline_days DOUBLE, scored BOOLEAN NOT NULL,
+    reason VARCHAR, p DOUBLE, zscore DOUBLE, q DOUBLE, p_low DOUBLE, z_low DOUBLE, q_low DOUBLE
+);
+CREATE TABLE IF NOT EXISTS release_meta (
+    city VARCHAR PRIMARY KEY, mode VARCHAR NOT NULL, k INTEGER NOT NULL, epsilon DOUBLE, grains JSON NOT NULL, timezone VARCHAR NOT NULL,
+    history_start TIMESTAMPTZ, horizon TIMESTAMPTZ, computed_at TIMESTAMPTZ NOT NULL
+);

@@ -6,6 +6,7 @@ memoised on the object; everything above the data layer works on those polars fr
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -147,6 +148,45 @@ class Snapshot:
                 {"city": city},
             ),
         )
+
+    def release(self, city: str) -> pl.DataFrame:
+        """The published cells of ``city`` (every level at its grain), computed at publish time:
+        ``level, grain, unit_id, parent_id, category, bin_start, count`` (null where withheld or
+        incomplete), ``suppressed``, ``partial``; absent cells of complete bins are zeros."""
+        return self.memo(
+            ("release", city),
+            lambda: self._query(
+                "SELECT level, grain, unit_id, parent_id, category, bin_start, count, suppressed, partial FROM release_cell "
+                "WHERE city = $city ORDER BY level, category, unit_id, bin_start",
+                {"city": city},
+            ).with_columns(pl.col("bin_start").dt.convert_time_zone("UTC")),
+        )
+
+    def scores(self, city: str) -> pl.DataFrame:
+        """The score of every cell of ``city`` at every level and grain (see :mod:`app.engine.scoring`)."""
+        return self.memo(
+            ("scores", city),
+            lambda: self._query(
+                "SELECT * EXCLUDE (city) FROM score_cell WHERE city = $city ORDER BY level, grain, category, unit_id, bin_start",
+                {"city": city},
+            ).with_columns(pl.col("bin_start").dt.convert_time_zone("UTC")),
+        )
+
+    def release_meta(self, city: str) -> dict[str, Any]:
+        """How ``city``'s release was made: mode, k, epsilon, grains per level, time zone, history
+        start and horizon (empty when the snapshot has no release for it)."""
+
+        def read() -> dict[str, Any]:
+            rows = self._query("SELECT * FROM release_meta WHERE city = $city", {"city": city}).to_dicts()
+            if not rows:
+                return {}
+            meta = rows[0]
+            packed = json.loads(meta["grains"]) if isinstance(meta["grains"], str) else meta["grains"]
+            meta["grains"] = packed["grains"]
+            meta["complete_until"] = {k: datetime.fromisoformat(v) for k, v in packed["complete_until"].items()}
+            return meta
+
+        return self.memo(("release_meta", city), read)
 
     def ingest_state(self) -> pl.DataFrame:
         """Per-source ingest state (cursor, last success, failures, breaker, drift, totals)."""

@@ -73,6 +73,25 @@ class Store:
             con.unregister("_upsert_frame")
         return frame.height
 
+    @staticmethod
+    def replace_release(con: duckdb.DuckDBPyConnection, city: str, release: pl.DataFrame, scores: pl.DataFrame, meta: dict[str, object]) -> None:
+        """Replace ``city``'s release, scores and release facts in the working database (they are
+        copied into the next snapshot with everything else)."""
+        for table in ("release_cell", "score_cell", "release_meta"):
+            con.execute(f"DELETE FROM {table} WHERE city = $city", {"city": city})
+        for table, frame in (("release_cell", release), ("score_cell", scores)):
+            if frame.height:
+                con.register("_frame", frame.with_columns(city=pl.lit(city)).to_arrow())
+                try:
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _frame")
+                finally:
+                    con.unregister("_frame")
+        con.execute(
+            "INSERT INTO release_meta BY NAME SELECT $city AS city, $mode AS mode, $k AS k, $epsilon AS epsilon, $grains AS grains, "
+            "$timezone AS timezone, $history_start AS history_start, $horizon AS horizon, now() AS computed_at",
+            {"city": city, **meta},
+        )
+
     def publish(self, meta: dict[str, str] | None = None) -> Snapshot:
         """Copy the working database to a new immutable snapshot and make it current atomically."""
         self.snapshots_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,129 @@
+"""Publish one city: the release (every level at its grain) and the score of every cell, computed
+once per snapshot and stored with it; readers only filter, sort and sum these two tables.
+
+Everything a reader can see is post-processing of the release: counts are released cells (a
+coarser bin is a sum of released cells, withheld when any part is), and scores are computed from
+the release with withheld cells filled from released numbers. The newest cells whose pair block
+is still filling are *incomplete*: not published (a partial day is not drawn as a collapse) and not
+scored, and published once the block is complete (so a later snapshot never re-audits a bin).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import polars as pl
+
+from app.data.geography import LEVELS, tract_parents
+from app.engine.bins import ALL_CATEGORIES
+from app.engine.fill import fill_withheld
+from app.engine.grains import DEFAULT_GRAINS, bin_expr, bin_range, check_grains, coarser_grains, floor_bin, next_bin
+from app.engine.layers import layer_cells
+from app.engine.privacy import Policy
+from app.engine.scoring import ScoreSpec, score_layer
+from app.engine.suppression import segments, suppress_layers
+
+__all__ = ["Published", "complete_until", "publish_city"]
+
+
+@dataclass(frozen=True)
+class Published:
+    """One city's release and scores (the two tables stored with the snapshot)."""
+
+    release: pl.DataFrame  # level, grain, unit_id, parent_id, category, bin_start, count, suppressed, partial
+    scores: pl.DataFrame  # level, grain, unit_id, category, bin_start, observed, expected, variance, ...
+    grains: dict[str, str] = field(default_factory=dict)
+    history_start: datetime | None = None
+    horizon: datetime | None = None
+    complete_until: dict[str, datetime] = field(default_factory=dict)  # per level: first unpublished bin
+
+
+def complete_until(horizon: datetime, grain: str, below: str | None, tz: str) -> datetime:
+    """Start of the first bin of ``grain`` that is not yet published: the bin holding
+    ``horizon`` or, with a coarser level ``below``, the first bin of its pair block (see
+    :mod:`app.engine.suppression`)."""
+    start = floor_bin(horizon, grain, tz)
+    if below is None:
+        return start
+    coarse = floor_bin(horizon, below, tz)
+    bins = bin_range(coarse, next_bin(coarse, below, tz), grain, tz)
+    i, n = bins.index(start), len(bins)
+    block = max(min(i // 2, n // 2 - 1), 0)
+    return bins[2 * block]
+
+
+def publish_city(
+    events: pl.DataFrame,
+    units: pl.DataFrame,
+    tz: str,
+    policy: Policy,
+    horizon: datetime | None = None,
+    grains: Mapping[str, str] = DEFAULT_GRAINS,
+) -> Published:
+    """The release and scores of one city's current events (see the module docstring).
+
+    ``horizon``: the instant up to which the data are complete (default: the newest event)."""
+    present = [lvl for lvl in LEVELS if units.filter(pl.col("level") == lvl).height]
+    grains = check_grains(grains, present)
+    if events.height == 0 or not present:
+        return Published(_empty_release(), pl.DataFrame(), dict(grains))
+    newest = events["ts"].max()
+    first = events["ts"].min()
+    assert isinstance(newest, datetime) and isinstance(first, datetime)
+    horizon = horizon or newest
+    history = floor_bin(first, "day", tz)
+    layers = layer_cells(events, tract_parents(units), grains, tz, present)
+    if policy.mode == "suppress":
+        released = suppress_layers(layers, units.select("level", "unit_id", "parent_id"), grains, policy.k, tz, present)
+    elif policy.mode == "none":
+        released = layers.with_columns(suppressed=pl.lit(False))
+    else:
+        raise ValueError("'dp' snapshots are published by app.engine.dp_publish")
+    below = dict.fromkeys(present)
+    for i, (seg, _) in enumerate(segs := segments(present, grains)):
+        if i:
+            below[seg[0]] = segs[i - 1][1]
+    cutoff = {lvl: complete_until(horizon, grains[lvl], below[lvl], tz) for lvl in present}
+    filled = fill_withheld(released, grains, tz, present, policy.k)
+    n_cats = events["category"].n_unique() + 1
+    scores = []
+    for level in present:
+        mine = filled.filter(pl.col("level") == level)
+        n_units = units.filter(pl.col("level") == level).height
+        for grain in coarser_grains(grains[level]):
+            cells = mine if grain == grains[level] else _coarser(mine, grain, tz)
+            until = cutoff[level] if grain == grains[level] else floor_bin(cutoff[level], grain, tz)
+            spec = ScoreSpec(grain, tz, history, n_units, n_cats, until)
+            scored = score_layer(cells.select("unit_id", "category", "bin_start", "count", "suppressed", "filled"), spec)
+            scores.append(scored.with_columns(level=pl.lit(level), grain=pl.lit(grain)))
+    release = released.with_columns(
+        grain=pl.col("level").replace_strict(grains, return_dtype=pl.String),
+        partial=pl.col("bin_start") >= pl.col("level").replace_strict(cutoff, return_dtype=pl.Datetime("us", "UTC")),
+    ).with_columns(count=pl.when(pl.col("partial")).then(None).otherwise(pl.col("count")))
+    release = release.select("level", "grain", "unit_id", "parent_id", "category", "bin_start", "count", "suppressed", "partial")
+    return Published(
+        release.sort("level", "category", "unit_id", "bin_start"), pl.concat(scores, how="vertical_relaxed"), dict(grains), history, horizon, cutoff
+    )
+
+
+def _coarser(cells: pl.DataFrame, grain: str, tz: str) -> pl.DataFrame:
+    """A level's filled release summed to a coarser grain (withheld when any part is)."""
+    binned = cells.with_columns(bin_start=bin_expr("bin_start", grain, tz))
+    out = binned.group_by("unit_id", "category", "bin_start").agg(
+        count=pl.col("count").sum(), suppressed=pl.col("suppressed").any(), filled=pl.col("filled").sum()
+    )
+    return out.with_columns(count=pl.when(pl.col("suppressed")).then(None).otherwise(pl.col("count")))
+
+
+def _empty_release() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            "level": pl.String, "grain": pl.String, "unit_id": pl.String, "parent_id": pl.String, "category": pl.String,
+            "bin_start": pl.Datetime("us", "UTC"), "count": pl.Int64, "suppressed": pl.Boolean, "partial": pl.Boolean,
+        }
+    )
+
+
+assert ALL_CATEGORIES == "*"

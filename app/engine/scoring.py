@@ -1,0 +1,278 @@
+"""Causal scores of every cell of one level at one grain, computed once at publish time.
+
+A cell's expected value, variance, p, z and q depend only on that cell and the history before it:
+
+* **Level** from the series' own trailing window ``[b - 28 days, b)``, clipped to the data's
+  start (days before the data begin are never zeros); a cell with less than 7 days of history is
+  not scored (``reason`` says so) and one with less than 28 says "baseline of N days".
+* **Shape, dispersion and prior** (Gamma-Poisson shrinkage towards unit activity x category
+  share; weekday or hour-of-week profile in local time; quasi-Poisson ``phi``) are fitted per
+  local week on the 28 days before the week starts, so every cell of a week uses the same fit and
+  none of it comes from the cell's own week or later.
+* **p** is the exact negative-binomial tail; **z = Phi^-1(1 - p)**, so z and p always agree (a
+  Gaussian z at 0.01 expected events is meaningless); ``p_low``/``z_low`` give the lower tail
+  (dips).
+* **q** is Benjamini-Hochberg over the fixed family of that level and bin: every unit x category
+  (with ``"*"``) of the level, whatever window a user looks at; withheld and unscored cells count
+  as p = 1, so q is a function of released cells only.
+
+The input counts are the release with withheld cells filled from released numbers
+(:func:`app.engine.fill.fill_withheld`), so every number here is post-processing of the release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+from numpy.typing import NDArray
+from scipy import stats
+
+from app.engine.grains import bin_range, floor_bin, slot_expr, slots
+from app.engine.scores import nb_upper_p
+
+__all__ = ["BASELINE_DAYS", "MIN_HISTORY_DAYS", "ScoreSpec", "score_layer"]
+
+BASELINE_DAYS = 28
+MIN_HISTORY_DAYS = 7
+_Z_CAP = 37.5  # Phi^-1(1 - 1e-300): p underflows past this
+_PRIOR_WEIGHT = 0.25
+_MIN_FACTOR = 0.05
+_SMOOTHING = 20.0
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """Where one layer's scores come from: its grain, the city's clock and history, the family."""
+
+    grain: str
+    tz: str
+    history_start: datetime  # local midnight of the first event's day
+    n_units: int  # units of the level (the FDR family is units x categories per bin)
+    n_categories: int  # categories of the city plus "*"
+    complete_until: datetime  # bins from here on are incomplete (their block is still filling)
+    baseline_days: int = BASELINE_DAYS
+
+
+def _norm_isf(p: NDArray[np.float64]) -> NDArray[np.float64]:
+    out: NDArray[np.float64] = np.clip(stats.norm.isf(np.clip(p, 1e-300, 1.0)), -_Z_CAP, _Z_CAP)
+    return out
+
+
+def _nb_lower_p(x: NDArray[np.float64], mean: NDArray[np.float64], var: NDArray[np.float64]) -> NDArray[np.float64]:
+    """P(X <= x) for the negative binomial with this mean and variance (Poisson when not over)."""
+    mu = np.maximum(mean, 1e-12)
+    over = var > mu * (1 + 1e-9)
+    p = np.empty_like(x)
+    p[~over] = stats.poisson.cdf(x[~over], mu[~over])
+    size = mu[over] ** 2 / (var[over] - mu[over])
+    p[over] = stats.nbinom.cdf(x[over], size, size / (size + mu[over]))
+    out: NDArray[np.float64] = np.clip(p, 0.0, 1.0)
+    return out
+
+
+def score_layer(cells: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:
+    """Scores of one level at one grain.
+
+    ``cells``: ``unit_id, category, bin_start, count`` (null where withheld), ``suppressed``,
+    ``filled`` (the release with withheld cells filled); absent cells are released zeros. Output, per
+    active series and calendar bin: ``observed`` (published count or null), ``expected,
+    variance, baseline_days, scored, reason, p, zscore, p_low, z_low, q, q_low``; rows of no
+    interest (nothing observed, under half an event expected) are dropped."""
+    if cells.height == 0:
+        return _empty()
+    lo = spec.history_start
+    last = cells["bin_start"].max()
+    assert isinstance(last, datetime)
+    calendar = bin_range(lo, last + timedelta(seconds=1), spec.grain, spec.tz)
+    cal = pl.DataFrame({"bin_start": calendar}, schema={"bin_start": pl.Datetime("us", "UTC")}).with_row_index("idx")
+    cal = cal.with_columns(pl.col("idx").cast(pl.Int64))
+    starts = np.array([int(b.timestamp() * 1e6) for b in calendar], np.int64)
+    base = spec.baseline_days
+    lo_us = np.maximum(starts - base * 86_400_000_000, int(lo.timestamp() * 1e6))
+    lo_idx = np.searchsorted(starts, lo_us, side="left")
+    history = (starts - int(lo.timestamp() * 1e6)) / 86_400e6  # days of history before each bin
+    n_base = np.arange(len(calendar)) - lo_idx  # bins in each trailing window
+
+    data = cells.join(cal, on="bin_start", how="inner").with_columns(sid=pl.struct("unit_id", "category").rank("dense").cast(pl.Int64) - 1)
+    series = data.group_by("sid", "unit_id", "category").agg(first=pl.col("idx").min(), last=pl.col("idx").max())
+    reach = int(np.max(n_base)) + 1 if n_base.size else 1
+    grid = series.with_columns(idx=pl.int_ranges("first", pl.min_horizontal(pl.col("last") + reach, len(calendar)))).explode("idx")
+    grid = grid.select("sid", "unit_id", "category", pl.col("idx").cast(pl.Int64))
+    grid = grid.join(data.select("sid", "idx", "count", "suppressed", "filled"), on=["sid", "idx"], how="left").join(cal, on="idx")
+    hid = pl.col("suppressed").fill_null(False)
+    grid = grid.with_columns(
+        pl.col("filled").fill_null(0.0),
+        count=pl.when(hid).then(None).otherwise(pl.col("count").fill_null(0)),
+        publishable=pl.col("bin_start") < spec.complete_until,
+    ).sort("sid", "idx")
+
+    sid = grid["sid"].to_numpy()
+    idx = grid["idx"].to_numpy()
+    val = grid["filled"].to_numpy()
+    cum = np.concatenate([[0.0], np.cumsum(val)])
+    code = sid * (len(calendar) + 1) + idx
+    at = np.searchsorted(code, code, side="left")
+    at_lo = np.searchsorted(code, sid * (len(calendar) + 1) + lo_idx[idx], side="left")
+    trailing = cum[at] - cum[at_lo]
+    grid = grid.with_columns(
+        trailing=pl.Series(trailing),
+        n_base=pl.Series(n_base[idx]),
+        history=pl.Series(history[idx]),
+    )
+    grid = _expectations(grid, cells, spec)
+    return _test(grid, spec)
+
+
+def _fit(window: pl.DataFrame, spec: ScoreSpec, lo: datetime, hi: datetime) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, float]:
+    """Profile (category, slot, factor), phi (category, phi), prior (unit_id, category,
+    prior_rate) and the prior floor from the filled cells of ``[lo, hi)``."""
+    n_slots = slots(spec.grain)
+    bins = bin_range(lo, hi, spec.grain, spec.tz)
+    n_bins = max(len(bins), 1)
+    grid = pl.DataFrame({"bin_start": bins}, schema={"bin_start": pl.Datetime("us", "UTC")}).with_columns(slot=slot_expr(spec.grain, spec.tz))
+    per_slot = grid.group_by("slot").len("n_bins")
+    w = window.with_columns(slot=slot_expr(spec.grain, spec.tz))
+    if n_slots > 1 and w.height:
+        by = per_slot.join(w.group_by("slot").agg(n=pl.col("filled").sum()), on="slot", how="left").fill_null(0)
+        by = by.with_columns(rate=pl.col("n") / pl.col("n_bins"))
+        mean_all = by["rate"].mean() or 1.0
+        f_all = by.select("slot", f_all=pl.col("rate") / (mean_all if mean_all > 0 else 1.0))
+        cats = w.select("category").unique().join(f_all, how="cross").join(per_slot, on="slot")
+        cats = cats.join(w.group_by("category", "slot").agg(n_cs=pl.col("filled").sum()), on=["category", "slot"], how="left")
+        cats = cats.with_columns(rate=pl.col("n_cs").fill_null(0.0) / pl.col("n_bins"))
+        mean_rate = pl.col("rate").mean().over("category")
+        factor = (pl.col("rate") + _SMOOTHING / n_slots * pl.col("f_all")) / (mean_rate + _SMOOTHING / n_slots)
+        profile = cats.with_columns(factor=factor.clip(lower_bound=_MIN_FACTOR)).with_columns(pl.col("factor") / pl.col("factor").mean().over("category"))
+        profile = profile.select("category", "slot", "factor")
+    else:
+        profile = pl.DataFrame(schema={"category": pl.String, "slot": pl.Int32, "factor": pl.Float64})
+    total = float(w["filled"].sum()) if w.height else 0.0
+    series = w.group_by("unit_id", "category").agg(total=pl.col("filled").sum())
+    # Quasi-Poisson phi from Pearson's statistic against each series' seasonal mean (non-zero
+    # cells carry it: zero cells contribute their expectation, which sums to the total).
+    if w.height:
+        cells = w.join(profile, on=["category", "slot"], how="left").with_columns(pl.col("factor").fill_null(1.0))
+        cells = cells.join(series, on=["unit_id", "category"]).with_columns(mu=pl.col("total") / n_bins * pl.col("factor"))
+        stat = cells.filter(pl.col("mu") > 0).group_by("category").agg(x2=(pl.col("filled").pow(2) / pl.col("mu")).sum() - pl.col("filled").sum())
+        stat = stat.join(series.group_by("category").agg(n_series=pl.len()), on="category")
+        dof = pl.col("n_series") * (n_bins - 1)
+        phi = stat.select("category", phi=pl.when(dof > 0).then(pl.col("x2") / dof).otherwise(1.0).clip(1.0, 10.0))
+        unit_rate = w.group_by("unit_id").agg(u=pl.col("filled").sum() / n_bins)
+        share = w.group_by("category").agg(s=pl.col("filled").sum() / max(total, 1.0))
+        prior = unit_rate.join(share, how="cross").select("unit_id", "category", prior_rate=pl.col("u") * pl.col("s"))
+        floor = 0.1 * max(total, 1.0) / n_bins / max(unit_rate.height, 1) / max(share.height, 1)
+    else:
+        phi = pl.DataFrame(schema={"category": pl.String, "phi": pl.Float64})
+        prior = pl.DataFrame(schema={"unit_id": pl.String, "category": pl.String, "prior_rate": pl.Float64})
+        floor = 1e-3
+    return profile, phi, prior, floor
+
+
+def _expectations(grid: pl.DataFrame, cells: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:
+    """Expected value and variance of every grid row, one fit per local week (see module doc)."""
+    h0 = spec.history_start
+    epochs = sorted({floor_bin(b, "week", spec.tz) for b in grid["bin_start"].unique().to_list()})
+    grid = grid.with_columns(epoch=_week_of(grid["bin_start"], spec.tz))
+    parts = []
+    observed = cells.select("unit_id", "category", "bin_start", "filled")
+    for e in epochs:
+        fit_lo = max(h0, e - timedelta(days=spec.baseline_days))
+        rows = grid.filter(pl.col("epoch") == e)
+        if (e - fit_lo) >= timedelta(days=MIN_HISTORY_DAYS):
+            window = observed.filter((pl.col("bin_start") >= fit_lo) & (pl.col("bin_start") < e))
+            profile, phi, prior, floor = _fit(window, spec, fit_lo, e)
+        else:  # too little history before this week for a shape: flat, Poisson, own level
+            profile, phi, prior, floor = _fit(observed.clear(), spec, fit_lo, e)
+        parts.append(_expect(rows, profile, phi, prior, floor, spec))
+    return pl.concat(parts, how="vertical_relaxed") if parts else grid
+
+
+def _week_of(bins: pl.Series, tz: str) -> pl.Series:
+    from app.engine.grains import bin_expr
+
+    return bins.to_frame("b").select(bin_expr("b", "week", tz))[:, 0]
+
+
+def _expect(rows: pl.DataFrame, profile: pl.DataFrame, phi: pl.DataFrame, prior: pl.DataFrame, floor: float, spec: ScoreSpec) -> pl.DataFrame:
+    rows = rows.with_columns(slot=slot_expr(spec.grain, spec.tz))
+    if profile.height:
+        rows = rows.join(profile, on=["category", "slot"], how="left").with_columns(pl.col("factor").fill_null(1.0))
+    else:
+        rows = rows.with_columns(factor=pl.lit(1.0))
+    rows = rows.join(prior, on=["unit_id", "category"], how="left").join(phi, on="category", how="left")
+    nb = pl.col("n_base").cast(pl.Float64)
+    w = _PRIOR_WEIGHT * nb
+    m0 = pl.max_horizontal(pl.col("prior_rate").fill_null(0.0), pl.lit(floor))
+    a = w * m0 + pl.col("trailing")
+    b = w + nb
+    f = pl.col("factor")
+    ph = pl.col("phi").fill_null(1.0)
+    return rows.with_columns(
+        expected=pl.when(nb > 0).then(f * a / b), variance=pl.when(nb > 0).then(ph * f * a / b + f.pow(2) * a / b.pow(2))
+    ).drop("slot", "factor", "prior_rate", "phi", "epoch")
+
+
+def _test(grid: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:
+    """Tail probabilities, honest z and the per-bin FDR of the published cells."""
+    enough = pl.col("history") >= MIN_HISTORY_DAYS
+    published = pl.col("count").is_not_null() & pl.col("publishable")
+    grid = grid.with_columns(
+        observed=pl.when(published).then(pl.col("count")),
+        baseline_days=pl.min_horizontal(pl.col("history"), pl.lit(float(spec.baseline_days))).round(2),
+        scored=enough & published,
+        reason=pl.when(~pl.col("publishable"))
+        .then(pl.lit("incomplete bin: not published yet"))
+        .when(pl.col("count").is_null())
+        .then(pl.lit("withheld by the privacy rule"))
+        .when(~enough)
+        .then(pl.lit(f"under {MIN_HISTORY_DAYS} days of history: not scored"))
+        .when(pl.col("history") < spec.baseline_days)
+        .then(pl.format("baseline of {} days", pl.col("history").floor().cast(pl.Int64)))
+        .otherwise(pl.lit(None, pl.String)),
+    )
+    keep = pl.col("observed").fill_null(0).gt(0) | pl.col("expected").fill_null(0.0).ge(0.5) | (pl.col("category") == "*")
+    grid = grid.filter(keep & (pl.col("history") >= 0))
+    scored = grid["scored"].to_numpy()
+    x = grid["observed"].fill_null(0).to_numpy().astype(np.float64)
+    mu = grid["expected"].fill_null(1.0).to_numpy()
+    var = grid["variance"].fill_null(1.0).to_numpy()
+    p = np.full(grid.height, np.nan)
+    p_low = np.full(grid.height, np.nan)
+    p[scored] = nb_upper_p(x[scored], mu[scored], var[scored])
+    p_low[scored] = _nb_lower_p(x[scored], mu[scored], var[scored])
+    grid = grid.with_columns(
+        p=pl.Series(p).fill_nan(None),
+        p_low=pl.Series(p_low).fill_nan(None),
+        zscore=pl.Series(_norm_isf(np.where(scored, p, 1.0))),
+        z_low=pl.Series(-_norm_isf(np.where(scored, p_low, 1.0))),
+    )
+    grid = grid.with_columns(zscore=pl.when(pl.col("scored")).then(pl.col("zscore")), z_low=pl.when(pl.col("scored")).then(pl.col("z_low")))
+    m = float(spec.n_units * spec.n_categories)
+    return _bh(_bh(grid, "p", "q", m), "p_low", "q_low", m).select(
+        "unit_id", "category", "bin_start", "observed", "expected", "variance", "baseline_days", "scored", "reason",
+        "p", "zscore", "q", "p_low", "z_low", "q_low",
+    )
+
+
+def _bh(frame: pl.DataFrame, p: str, q: str, m: float) -> pl.DataFrame:
+    """Benjamini-Hochberg ``q`` of column ``p`` per bin over ``m`` hypotheses (untested: p = 1)."""
+    ranked = frame.with_row_index("_row").sort("bin_start", pl.col(p).fill_null(2.0))
+    r = pl.int_range(1, pl.len() + 1).over("bin_start")
+    raw = (pl.col(p) * m / r).clip(upper_bound=1.0)
+    ranked = ranked.with_columns(_raw=raw).with_columns(
+        pl.col("_raw").reverse().cum_min().reverse().over("bin_start").alias(q)
+    )
+    return ranked.with_columns(pl.when(pl.col(p).is_not_null()).then(pl.col(q)).alias(q)).sort("_row").drop("_row", "_raw")
+
+
+def _empty() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            "unit_id": pl.String, "category": pl.String, "bin_start": pl.Datetime("us", "UTC"), "observed": pl.Int64,
+            "expected": pl.Float64, "variance": pl.Float64, "baseline_days": pl.Float64, "scored": pl.Boolean, "reason": pl.String,
+            "p": pl.Float64, "zscore": pl.Float64, "q": pl.Float64, "p_low": pl.Float64, "z_low": pl.Float64, "q_low": pl.Float64,
+        }
+    )
