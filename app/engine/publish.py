@@ -10,11 +10,13 @@ scored, and published once the block is complete (so a later snapshot never re-a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import polars as pl
+import structlog
 
 from app.data.geography import LEVELS, tract_parents
 from app.engine.bins import ALL_CATEGORIES
@@ -26,6 +28,8 @@ from app.engine.scoring import ScoreSpec, score_layer
 from app.engine.suppression import segments, suppress_layers
 
 __all__ = ["Published", "complete_until", "publish_city"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,9 @@ def publish_city(
     assert isinstance(newest, datetime) and isinstance(first, datetime)
     horizon = horizon or newest
     history = floor_bin(first, "day", tz)
+    clock = _Clock()
     layers = layer_cells(events, tract_parents(units), grains, tz, present)
+    clock.lap("layers")
     if policy.mode == "suppress":
         released = suppress_layers(layers, units.select("level", "unit_id", "parent_id"), grains, policy.k, tz, present)
     elif policy.mode == "none":
@@ -87,6 +93,7 @@ def publish_city(
             below[seg[0]] = segs[i - 1][1]
     cutoff = {lvl: complete_until(horizon, grains[lvl], below[lvl], tz) for lvl in present}
     filled = fill_withheld(released, grains, tz, present, policy.k)
+    clock.lap("fill")
     n_cats = events["category"].n_unique() + 1
     scores = []
     for level in present:
@@ -98,6 +105,7 @@ def publish_city(
             spec = ScoreSpec(grain, tz, history, n_units, n_cats, until)
             scored = score_layer(cells.select("unit_id", "category", "bin_start", "count", "suppressed", "filled"), spec)
             scores.append(scored.with_columns(level=pl.lit(level), grain=pl.lit(grain)))
+            clock.lap(f"scores {level}@{grain}")
     release = released.with_columns(
         grain=pl.col("level").replace_strict(grains, return_dtype=pl.String),
         partial=pl.col("bin_start") >= pl.col("level").replace_strict(cutoff, return_dtype=pl.Datetime("us", "UTC")),
@@ -106,6 +114,18 @@ def publish_city(
     return Published(
         release.sort("level", "category", "unit_id", "bin_start"), pl.concat(scores, how="vertical_relaxed"), dict(grains), history, horizon, cutoff
     )
+
+
+class _Clock:
+    """Phase timings of a publish, logged at debug level (what a slow publish spent its time on)."""
+
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        log.debug("publish.phase", phase=phase, seconds=round(now - self.t, 3))
+        self.t = now
 
 
 def _coarser(cells: pl.DataFrame, grain: str, tz: str) -> pl.DataFrame:

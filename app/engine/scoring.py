@@ -30,7 +30,7 @@ import polars as pl
 from numpy.typing import NDArray
 from scipy import stats
 
-from app.engine.grains import bin_range, floor_bin, slot_expr, slots
+from app.engine.grains import bin_expr, bin_range, slot_expr, slots
 from app.engine.scores import nb_upper_p
 
 __all__ = ["BASELINE_DAYS", "MIN_HISTORY_DAYS", "ScoreSpec", "score_layer"]
@@ -126,93 +126,71 @@ def score_layer(cells: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:
     return _test(grid, spec)
 
 
-def _fit(window: pl.DataFrame, spec: ScoreSpec, lo: datetime, hi: datetime) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, float]:
-    """Profile (category, slot, factor), phi (category, phi), prior (unit_id, category,
-    prior_rate) and the prior floor from the filled cells of ``[lo, hi)``."""
-    n_slots = slots(spec.grain)
-    bins = bin_range(lo, hi, spec.grain, spec.tz)
-    n_bins = max(len(bins), 1)
-    grid = pl.DataFrame({"bin_start": bins}, schema={"bin_start": pl.Datetime("us", "UTC")}).with_columns(slot=slot_expr(spec.grain, spec.tz))
-    per_slot = grid.group_by("slot").len("n_bins")
-    w = window.with_columns(slot=slot_expr(spec.grain, spec.tz))
-    if n_slots > 1 and w.height:
-        by = per_slot.join(w.group_by("slot").agg(n=pl.col("filled").sum()), on="slot", how="left").fill_null(0)
-        by = by.with_columns(rate=pl.col("n") / pl.col("n_bins"))
-        mean_all = by["rate"].mean() or 1.0
-        f_all = by.select("slot", f_all=pl.col("rate") / (mean_all if mean_all > 0 else 1.0))
-        cats = w.select("category").unique().join(f_all, how="cross").join(per_slot, on="slot")
-        cats = cats.join(w.group_by("category", "slot").agg(n_cs=pl.col("filled").sum()), on=["category", "slot"], how="left")
-        cats = cats.with_columns(rate=pl.col("n_cs").fill_null(0.0) / pl.col("n_bins"))
-        mean_rate = pl.col("rate").mean().over("category")
-        factor = (pl.col("rate") + _SMOOTHING / n_slots * pl.col("f_all")) / (mean_rate + _SMOOTHING / n_slots)
-        profile = cats.with_columns(factor=factor.clip(lower_bound=_MIN_FACTOR)).with_columns(pl.col("factor") / pl.col("factor").mean().over("category"))
-        profile = profile.select("category", "slot", "factor")
-    else:
-        profile = pl.DataFrame(schema={"category": pl.String, "slot": pl.Int32, "factor": pl.Float64})
-    total = float(w["filled"].sum()) if w.height else 0.0
-    series = w.group_by("unit_id", "category").agg(total=pl.col("filled").sum())
-    # Quasi-Poisson phi from Pearson's statistic against each series' seasonal mean (non-zero
-    # cells carry it: zero cells contribute their expectation, which sums to the total).
-    if w.height:
-        cells = w.join(profile, on=["category", "slot"], how="left").with_columns(pl.col("factor").fill_null(1.0))
-        cells = cells.join(series, on=["unit_id", "category"]).with_columns(mu=pl.col("total") / n_bins * pl.col("factor"))
-        stat = cells.filter(pl.col("mu") > 0).group_by("category").agg(x2=(pl.col("filled").pow(2) / pl.col("mu")).sum() - pl.col("filled").sum())
-        stat = stat.join(series.group_by("category").agg(n_series=pl.len()), on="category")
-        dof = pl.col("n_series") * (n_bins - 1)
-        phi = stat.select("category", phi=pl.when(dof > 0).then(pl.col("x2") / dof).otherwise(1.0).clip(1.0, 10.0))
-        unit_rate = w.group_by("unit_id").agg(u=pl.col("filled").sum() / n_bins)
-        share = w.group_by("category").agg(s=pl.col("filled").sum() / max(total, 1.0))
-        prior = unit_rate.join(share, how="cross").select("unit_id", "category", prior_rate=pl.col("u") * pl.col("s"))
-        floor = 0.1 * max(total, 1.0) / n_bins / max(unit_rate.height, 1) / max(share.height, 1)
-    else:
-        phi = pl.DataFrame(schema={"category": pl.String, "phi": pl.Float64})
-        prior = pl.DataFrame(schema={"unit_id": pl.String, "category": pl.String, "prior_rate": pl.Float64})
-        floor = 1e-3
-    return profile, phi, prior, floor
-
-
 def _expectations(grid: pl.DataFrame, cells: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:
-    """Expected value and variance of every grid row, one fit per local week (see module doc)."""
-    h0 = spec.history_start
-    epochs = sorted({floor_bin(b, "week", spec.tz) for b in grid["bin_start"].unique().to_list()})
-    grid = grid.with_columns(epoch=_week_of(grid["bin_start"], spec.tz))
-    parts = []
-    observed = cells.select("unit_id", "category", "bin_start", "filled")
+    """Expected value and variance of every grid row: one fit per local week ``e`` on the filled
+    cells of ``[max(start, e - 28 days), e)`` (see the module docstring), all weeks at once.
+
+    A cell belongs to the fit windows of the four weeks after its own, so the cells are repeated
+    four times and every statistic is one group-by keyed by the week."""
+    h0, tz, grain = spec.history_start, spec.tz, spec.grain
+    n_slots = slots(grain)
+    grid = grid.with_columns(epoch=bin_expr("bin_start", "week", tz), slot=slot_expr(grain, tz))
+    epochs = sorted(set(grid["epoch"].unique().to_list()))
+    bins_rows, ok = [], []
     for e in epochs:
-        fit_lo = max(h0, e - timedelta(days=spec.baseline_days))
-        rows = grid.filter(pl.col("epoch") == e)
-        if (e - fit_lo) >= timedelta(days=MIN_HISTORY_DAYS):
-            window = observed.filter((pl.col("bin_start") >= fit_lo) & (pl.col("bin_start") < e))
-            profile, phi, prior, floor = _fit(window, spec, fit_lo, e)
-        else:  # too little history before this week for a shape: flat, Poisson, own level
-            profile, phi, prior, floor = _fit(observed.clear(), spec, fit_lo, e)
-        parts.append(_expect(rows, profile, phi, prior, floor, spec))
-    return pl.concat(parts, how="vertical_relaxed") if parts else grid
-
-
-def _week_of(bins: pl.Series, tz: str) -> pl.Series:
-    from app.engine.grains import bin_expr
-
-    return bins.to_frame("b").select(bin_expr("b", "week", tz))[:, 0]
-
-
-def _expect(rows: pl.DataFrame, profile: pl.DataFrame, phi: pl.DataFrame, prior: pl.DataFrame, floor: float, spec: ScoreSpec) -> pl.DataFrame:
-    rows = rows.with_columns(slot=slot_expr(spec.grain, spec.tz))
-    if profile.height:
-        rows = rows.join(profile, on=["category", "slot"], how="left").with_columns(pl.col("factor").fill_null(1.0))
+        lo = max(h0, e - timedelta(days=spec.baseline_days))
+        if e - lo >= timedelta(days=MIN_HISTORY_DAYS):
+            ok.append(e)
+            bins_rows.extend((e, b) for b in bin_range(lo, e, grain, tz))
+    dt = pl.Datetime("us", "UTC")
+    wbins = pl.DataFrame(bins_rows, schema={"epoch": dt, "bin_start": dt}, orient="row").with_columns(slot=slot_expr(grain, tz))
+    n_bins = wbins.group_by("epoch").agg(n_bins=pl.len().cast(pl.Float64))
+    per_slot = wbins.group_by("epoch", "slot").agg(n_slot=pl.len().cast(pl.Float64))
+    obs = cells.select("unit_id", "category", "bin_start", "filled").filter(pl.col("filled") > 0)
+    obs = pl.concat([obs.with_columns(epoch=bin_expr(pl.col("bin_start") + pl.duration(days=7 * j), "week", tz)) for j in range(1, 5)])
+    obs = obs.filter(pl.col("epoch").is_in(pl.Series(ok, dtype=dt).implode()) & (pl.col("bin_start") >= h0))
+    obs = obs.join(n_bins, on="epoch").with_columns(slot=slot_expr(grain, tz))
+    if n_slots > 1:
+        by = per_slot.join(obs.group_by("epoch", "slot").agg(n=pl.col("filled").sum()), on=["epoch", "slot"], how="left")
+        by = by.with_columns(pl.col("n").fill_null(0.0))
+        by = by.with_columns(rate=pl.col("n") / pl.col("n_slot"))
+        f_all = by.select("epoch", "slot", "n_slot", f_all=pl.col("rate") / pl.col("rate").mean().over("epoch").clip(lower_bound=1e-12))
+        cats = obs.select("epoch", "category").unique().join(f_all, on="epoch")
+        cats = cats.join(obs.group_by("epoch", "category", "slot").agg(n_cs=pl.col("filled").sum()), on=["epoch", "category", "slot"], how="left")
+        cats = cats.with_columns(rate=pl.col("n_cs").fill_null(0.0) / pl.col("n_slot"))
+        smooth = _SMOOTHING / n_slots
+        factor = (pl.col("rate") + smooth * pl.col("f_all")) / (pl.col("rate").mean().over("epoch", "category") + smooth)
+        profile = cats.with_columns(factor=factor.clip(lower_bound=_MIN_FACTOR)).with_columns(
+            pl.col("factor") / pl.col("factor").mean().over("epoch", "category")
+        ).select("epoch", "category", "slot", "factor")
     else:
-        rows = rows.with_columns(factor=pl.lit(1.0))
-    rows = rows.join(prior, on=["unit_id", "category"], how="left").join(phi, on="category", how="left")
+        profile = pl.DataFrame(schema={"epoch": dt, "category": pl.String, "slot": pl.Int32, "factor": pl.Float64})
+    series = obs.group_by("epoch", "unit_id", "category").agg(total=pl.col("filled").sum())
+    withf = obs.join(profile, on=["epoch", "category", "slot"], how="left").with_columns(pl.col("factor").fill_null(1.0))
+    withf = withf.join(series, on=["epoch", "unit_id", "category"]).with_columns(mu=pl.col("total") / pl.col("n_bins") * pl.col("factor"))
+    stat = withf.group_by("epoch", "category").agg(
+        x2=(pl.col("filled").pow(2) / pl.col("mu")).sum() - pl.col("filled").sum(), n_bins=pl.col("n_bins").first()
+    )
+    stat = stat.join(series.group_by("epoch", "category").agg(n_series=pl.len()), on=["epoch", "category"])
+    dof = pl.col("n_series") * (pl.col("n_bins") - 1)
+    phi = stat.select("epoch", "category", phi=pl.when(dof > 0).then(pl.col("x2") / dof).otherwise(1.0).clip(1.0, 10.0))
+    total = obs.group_by("epoch").agg(total=pl.col("filled").sum(), n_units=pl.col("unit_id").n_unique(), n_cats=pl.col("category").n_unique())
+    total = total.join(n_bins, on="epoch").with_columns(floor=0.1 * pl.col("total") / pl.col("n_bins") / pl.col("n_units") / pl.col("n_cats"))
+    unit_rate = obs.group_by("epoch", "unit_id").agg(u=pl.col("filled").sum()).join(n_bins, on="epoch").select("epoch", "unit_id", u=pl.col("u") / pl.col("n_bins"))
+    share = obs.group_by("epoch", "category").agg(c=pl.col("filled").sum()).join(total, on="epoch").select("epoch", "category", s=pl.col("c") / pl.col("total"))
+    rows = grid.join(profile, on=["epoch", "category", "slot"], how="left").join(phi, on=["epoch", "category"], how="left")
+    rows = rows.join(unit_rate, on=["epoch", "unit_id"], how="left").join(share, on=["epoch", "category"], how="left")
+    rows = rows.join(total.select("epoch", "floor"), on="epoch", how="left")
     nb = pl.col("n_base").cast(pl.Float64)
     w = _PRIOR_WEIGHT * nb
-    m0 = pl.max_horizontal(pl.col("prior_rate").fill_null(0.0), pl.lit(floor))
+    m0 = pl.max_horizontal((pl.col("u") * pl.col("s")).fill_null(0.0), pl.col("floor").fill_null(1e-3))
     a = w * m0 + pl.col("trailing")
     b = w + nb
-    f = pl.col("factor")
+    f = pl.col("factor").fill_null(1.0)
     ph = pl.col("phi").fill_null(1.0)
     return rows.with_columns(
         expected=pl.when(nb > 0).then(f * a / b), variance=pl.when(nb > 0).then(ph * f * a / b + f.pow(2) * a / b.pow(2))
-    ).drop("slot", "factor", "prior_rate", "phi", "epoch")
+    ).drop("slot", "factor", "u", "s", "phi", "epoch", "floor")
 
 
 def _test(grid: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:

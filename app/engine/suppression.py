@@ -355,33 +355,55 @@ def _cheapest_path(n_nodes: int, u: _I64, v: _I64, w: _F64, source: int, target:
     return out
 
 
+def _gather(starts: _I64, order: _I64, groups: _I64) -> tuple[_I64, _I64]:
+    """Memberships of ``groups`` (CSR ``starts``/``order``) and each one's position in ``groups``."""
+    lens = starts[groups + 1] - starts[groups]
+    total = int(lens.sum())
+    offsets = np.repeat(starts[groups] - (np.cumsum(lens) - lens), lens)
+    out: _I64 = order[offsets + np.arange(total)]
+    return out, np.repeat(np.arange(groups.shape[0]), lens)
+
+
 def _group_rule(g: _CubeGraph, hidden: _BOOL, locked: _BOOL, k: int) -> None:
     """Hide cells (in place) until every group with a visible total is safe: no hidden child, or
     at least two hidden "children" (a positive rest counts as one) whose sum as the public sees it
     is 0 or at least ``k``; the smallest visible unlocked child is hidden next (or the total, when
-    every child is hidden and the total is not locked). Groups that cannot be fixed are left."""
+    every child is hidden and the total is not locked). Groups that cannot be fixed are left.
+
+    Each pass looks only at the groups a change of the previous pass touched."""
     n = g.count.shape[0]
     n_groups = 2 * n
+    by_group = np.argsort(g.group, kind="stable")
+    gstart = np.searchsorted(g.group[by_group], np.arange(n_groups + 1)).astype(np.int64)
+    by_child = np.argsort(g.child, kind="stable")
+    cstart = np.searchsorted(g.child[by_child], np.arange(n + 1)).astype(np.int64)
     stuck = np.zeros(n_groups, np.bool_)
-    while True:
-        hid_c = hidden[g.child]
-        n_hid = np.bincount(g.group[hid_c], minlength=n_groups)
-        vis_sum = np.bincount(g.group[~hid_c], weights=g.count[g.child[~hid_c]], minlength=n_groups)
-        seen = g.count[g.total] - vis_sum
-        n_eff = n_hid + (g.rest > 0)
-        bad = g.valid & ~hidden[g.total] & (n_hid >= 1) & ((n_eff == 1) | ((seen >= 1) & (seen <= k - 1))) & ~stuck
+    dirty = np.flatnonzero(g.valid).astype(np.int64)
+    while dirty.size:
+        mem, local = _gather(gstart, by_group, dirty)
+        kid = g.child[mem]
+        hid_c = hidden[kid]
+        n_hid = np.bincount(local[hid_c], minlength=dirty.size)
+        vis_sum = np.bincount(local[~hid_c], weights=g.count[kid[~hid_c]], minlength=dirty.size)
+        seen = g.count[g.total[dirty]] - vis_sum
+        n_eff = n_hid + (g.rest[dirty] > 0)
+        bad = ~hidden[g.total[dirty]] & (n_hid >= 1) & ((n_eff == 1) | ((seen >= 1) & (seen <= k - 1))) & ~stuck[dirty]
         if not bad.any():
             return
-        sel = bad[g.group] & ~hid_c & ~locked[g.child]
-        best = np.full(n_groups, n, np.int64)
-        np.minimum.at(best, g.group[sel], g.rank[g.child[sel]])
-        bad_groups = np.flatnonzero(bad)
-        picks = best[bad_groups]
-        hidden[g.by_rank[picks[picks < n]]] = True
-        no_child = bad_groups[picks == n]
+        sel = bad[local] & ~hid_c & ~locked[kid]
+        best = np.full(dirty.size, n, np.int64)
+        np.minimum.at(best, local[sel], g.rank[kid[sel]])
+        bad_at = np.flatnonzero(bad)
+        picks = best[bad_at]
+        newly = g.by_rank[picks[picks < n]]
+        no_child = dirty[bad_at[picks == n]]
         total_ok = ~locked[g.total[no_child]]
-        hidden[g.total[no_child[total_ok]]] = True
         stuck[no_child[~total_ok]] = True
+        changed = np.concatenate([newly, g.total[no_child[total_ok]]]).astype(np.int64)
+        hidden[changed] = True
+        as_child, _ = _gather(cstart, by_child, np.unique(changed))
+        touched = np.concatenate([g.group[as_child], changed, changed + n])
+        dirty = np.unique(touched[g.valid[touched]])
 
 
 assert ALL_CATEGORIES == "*"
