@@ -15,9 +15,15 @@ from typing import IO
 
 import httpx
 
-__all__ = ["served"]
+__all__ = ["ServedURL", "served"]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServedURL(str):
+    """The base URL of a served process, with the process id (for memory readings)."""
+
+    pid: int
 
 
 def _free_port() -> int:
@@ -36,7 +42,8 @@ def served(data_dir: Path, log: IO[bytes] | int = subprocess.DEVNULL, timeout: f
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "panel_serve.py"), "--no-demo"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    url = f"http://127.0.0.1:{port}"
+    url = ServedURL(f"http://127.0.0.1:{port}")
+    url.pid = proc.pid
     try:
         deadline = time.monotonic() + timeout
         while True:

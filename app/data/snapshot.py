@@ -82,7 +82,8 @@ class Snapshot:
         self.path = path
         self._con = connect(path, read_only=True)
         self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-        self._lock = threading.RLock()  # re-entrant: a memoised build may read other memoised frames
+        self._lock = threading.Lock()  # guards the memo dict only; builds run outside it
+        self._building: dict[tuple[Any, ...], threading.Lock] = {}
         meta = dict(self._query("SELECT key, value FROM snapshot_meta").iter_rows())
         self.meta: dict[str, str] = meta
         self.id: str = meta.get("snapshot_id", path.stem)
@@ -100,11 +101,23 @@ class Snapshot:
         with self._lock:
             if key in self._memo:
                 self._memo.move_to_end(key)
-            else:
-                self._memo[key] = build()
+                return self._memo[key]  # type: ignore[no-any-return]  # memo values are typed by their key's builder
+            pending = self._building.get(key)
+            if pending is None:
+                pending = self._building[key] = threading.Lock()
+        # Built outside the snapshot-wide lock, so a slow build never stalls readers of other keys;
+        # one lock per key makes concurrent askers of the same key wait for one build.
+        with pending:
+            with self._lock:
+                if key in self._memo:
+                    return self._memo[key]  # type: ignore[no-any-return]  # memo values are typed by their key's builder
+            value = build()
+            with self._lock:
+                self._memo[key] = value
+                self._building.pop(key, None)
                 while len(self._memo) > MEMO_SIZE:
                     self._memo.popitem(last=False)
-            return self._memo[key]  # type: ignore[no-any-return]  # memo values are typed by their key's builder
+            return value
 
     # ---- what the engine and the API read -----------------------------------------------------
     def row_counts(self) -> dict[str, int]:
