@@ -22,11 +22,14 @@ def anomalies(
     q: Annotated[
         float, Query(gt=0, le=1, allow_inf_nan=False, description="Largest Benjamini-Hochberg q-value listed (0 < q <= 1).")
     ] = DEFAULT_Q,
-    time_bin: Annotated[TimeBin, Query(description="Bin width scored: hour, day or week.")] = "day",
+    time_bin: Annotated[
+        TimeBin, Query(description="Bin width: hour, day or week; a level published at a coarser grain answers at its grain.")
+    ] = "day",
+    dips: Annotated[bool, Query(description="List unusually low cells (lower tail: z <= -min_z) instead of high ones.")] = False,
 ) -> AnomaliesOut:
     """Released anomalies of the window against seasonal baselines (exact tail p-values, FDR), with
     drivers and a narrative each; paged. Cells too small to publish roll up to their parent."""
-    lens.param.update(min_z=min_z, q=q, time_bin=time_bin)
+    lens.param.update(min_z=min_z, q=q, time_bin=time_bin, dips=dips)
     found, withheld = lens.anomalies()
     total = found.height
     rows = found.slice(page.offset, page.limit) if total else found
