@@ -86,7 +86,10 @@ def publish_city(
     elif policy.mode == "none":
         released = layers.with_columns(suppressed=pl.lit(False))
     else:
-        raise ValueError("'dp' snapshots are published by app.engine.dp_publish")
+        raise ValueError(
+            "privacy mode 'dp' cannot publish a snapshot yet: a publish-time dp release (one noisy release per snapshot, "
+            "charged once per cell-instant) is not built; set CSH_PRIVACY_MODE=suppress"
+        )
     below = dict.fromkeys(present)
     for i, (seg, _) in enumerate(segs := segments(present, grains)):
         if i:
