@@ -37,8 +37,9 @@ log = structlog.get_logger(__name__)
 PLANTED_FILE = "planted_anomalies.csv"
 
 
-def build_demo(store: Store, spec: DemoSpec, force: bool = False) -> Snapshot:
-    """Build the demo city into ``store`` and publish it (unless a snapshot exists and not ``force``)."""
+def build_demo(store: Store, spec: DemoSpec, force: bool = False, settings: Settings | None = None) -> Snapshot:
+    """Build the demo city into ``store`` and publish it (unless a snapshot exists and not ``force``);
+    ``settings`` give the release rule (default: the process settings)."""
     current = store.current()
     if current is not None and not force:
         log.info("demo.exists", snapshot=current.id)
@@ -56,7 +57,7 @@ def build_demo(store: Store, spec: DemoSpec, force: bool = False) -> Snapshot:
             store.upsert(con, kind, frame.drop("planted"))
         _set_state(con, source.name, cursor=spec.end, ok=True)
         con.executemany("INSERT OR REPLACE INTO snapshot_meta VALUES (?, ?)", list(source.to_meta().items()))
-        recompute_anomalies(con, "nyc")
+        recompute_anomalies(con, "nyc", settings)
     truth = _ground_truth(city, frames)
     store.data_dir.mkdir(parents=True, exist_ok=True)
     truth.write_csv(store.data_dir / PLANTED_FILE)
@@ -134,11 +135,11 @@ async def ingest_live(
         return await ingest_source(store, spec, client, since=since, on_page=on_page)
 
 
-def publish(store: Store, cities: set[str], built_by: str) -> Snapshot:
-    """Recompute the anomalies of ``cities`` in the working database and publish a snapshot."""
+def publish(store: Store, cities: set[str], built_by: str, settings: Settings | None = None) -> Snapshot:
+    """Publish the release and scores of ``cities`` in the working database, then a snapshot."""
     with store.writer() as con:
         for city in sorted(cities):
-            recompute_anomalies(con, city)
+            recompute_anomalies(con, city, settings)
     return store.publish({"built_by": built_by})
 
 

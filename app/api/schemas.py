@@ -44,6 +44,14 @@ class WindowOut(BaseModel):
     until: datetime
     category: str | None = Field(description="The one category counted, or null for all.")
     snapshot_id: str
+    grid_since: datetime | None = Field(None, description="The window snapped outwards to whole bins of the city's local time: start.")
+    grid_until: datetime | None = Field(None, description="... and end (exclusive). Counts and anomalies cover this grid.")
+    time_bin: str | None = Field(None, description="The bin shown: the asked one, or the level's published grain when that is coarser.")
+    grain: str | None = Field(None, description="The grain this level is published at (finer bins are not published for it).")
+    published_until: datetime | None = Field(
+        None, description="Bins from here on are still filling and not published yet; window totals stop here."
+    )
+    timezone: str | None = Field(None, description="The city's time zone: days and weeks are its local days and weeks.")
 
 
 class RollupOut(BaseModel):

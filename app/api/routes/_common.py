@@ -11,6 +11,7 @@ def lens_out(lens: Lens) -> WindowOut:
     assert lens.snapshot is not None
     assert lens.since is not None
     assert lens.until is not None
+    grid = lens.grid_window()
     return WindowOut(
         city=lens.city,
         level=lens.level,
@@ -18,6 +19,12 @@ def lens_out(lens: Lens) -> WindowOut:
         until=lens.until,
         category=None if lens.category == ALL else lens.category,
         snapshot_id=lens.snapshot.id,
+        grid_since=grid[0] if grid else None,
+        grid_until=grid[1] if grid else None,
+        time_bin=lens.effective_bin(),
+        grain=lens.grain_of(),
+        published_until=lens.published_until(),
+        timezone=lens.tz,
     )
 
 
