@@ -96,7 +96,18 @@ def score_layer(cells: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:
     history = (starts - int(lo.timestamp() * 1e6)) / 86_400e6  # days of history before each bin
     n_base = np.arange(len(calendar)) - lo_idx  # bins in each trailing window
 
-    data = cells.join(cal, on="bin_start", how="inner").with_columns(sid=pl.struct("unit_id", "category").rank("dense").cast(pl.Int64) - 1)
+    # Integer codes for units, categories and series: every join below is on integers.
+    data = cells.join(cal, on="bin_start", how="inner").with_columns(
+        sid=pl.struct("unit_id", "category").rank("dense").cast(pl.Int64) - 1,
+        unit_id=pl.col("unit_id").rank("dense").cast(pl.Int64),
+        category=pl.col("category").rank("dense").cast(pl.Int64),
+        _unit=pl.col("unit_id"),
+        _cat=pl.col("category"),
+    )
+    names = data.select("sid", unit_id="_unit", category="_cat").unique("sid")
+    star = data.filter(pl.col("_cat") == "*")["category"]
+    star_code = int(star[0]) if star.len() else -1
+    data = data.drop("_unit", "_cat")
     series = data.group_by("sid", "unit_id", "category").agg(first=pl.col("idx").min(), last=pl.col("idx").max())
     reach = int(np.max(n_base)) + 1 if n_base.size else 1
     grid = series.with_columns(idx=pl.int_ranges("first", pl.min_horizontal(pl.col("last") + reach, len(calendar)))).explode("idx")
@@ -122,8 +133,11 @@ def score_layer(cells: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:
         n_base=pl.Series(n_base[idx]),
         history=pl.Series(history[idx]),
     )
-    grid = _expectations(grid, cells, spec)
-    return _test(grid, spec)
+    # Silent series (nothing observed, nothing in the trailing window) hold no news, dips included.
+    grid = grid.filter((pl.col("trailing") > 0) | (pl.col("filled") > 0) | pl.col("count").is_null() | (pl.col("category") == star_code))
+    grid = _expectations(grid, data, spec)
+    out = _test(grid, spec, star_code)
+    return out.drop("unit_id", "category").join(names, on="sid").drop("sid").select(_empty().columns)
 
 
 def _expectations(grid: pl.DataFrame, cells: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:
@@ -164,7 +178,7 @@ def _expectations(grid: pl.DataFrame, cells: pl.DataFrame, spec: ScoreSpec) -> p
             pl.col("factor") / pl.col("factor").mean().over("epoch", "category")
         ).select("epoch", "category", "slot", "factor")
     else:
-        profile = pl.DataFrame(schema={"epoch": dt, "category": pl.String, "slot": pl.Int32, "factor": pl.Float64})
+        profile = pl.DataFrame(schema={"epoch": dt, "category": obs.schema["category"], "slot": pl.Int32, "factor": pl.Float64})
     series = obs.group_by("epoch", "unit_id", "category").agg(total=pl.col("filled").sum())
     withf = obs.join(profile, on=["epoch", "category", "slot"], how="left").with_columns(pl.col("factor").fill_null(1.0))
     withf = withf.join(series, on=["epoch", "unit_id", "category"]).with_columns(mu=pl.col("total") / pl.col("n_bins") * pl.col("factor"))
@@ -193,7 +207,7 @@ def _expectations(grid: pl.DataFrame, cells: pl.DataFrame, spec: ScoreSpec) -> p
     ).drop("slot", "factor", "u", "s", "phi", "epoch", "floor")
 
 
-def _test(grid: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:
+def _test(grid: pl.DataFrame, spec: ScoreSpec, star_code: int) -> pl.DataFrame:
     """Tail probabilities, honest z and the per-bin FDR of the published cells."""
     enough = pl.col("history") >= MIN_HISTORY_DAYS
     published = pl.col("count").is_not_null() & pl.col("publishable")
@@ -211,7 +225,7 @@ def _test(grid: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:
         .then(pl.format("baseline of {} days", pl.col("history").floor().cast(pl.Int64)))
         .otherwise(pl.lit(None, pl.String)),
     )
-    keep = pl.col("observed").fill_null(0).gt(0) | pl.col("expected").fill_null(0.0).ge(0.5) | (pl.col("category") == "*")
+    keep = pl.col("observed").fill_null(0).gt(0) | pl.col("expected").fill_null(0.0).ge(0.5) | (pl.col("category") == star_code)
     grid = grid.filter(keep & (pl.col("history") >= 0))
     scored = grid["scored"].to_numpy()
     x = grid["observed"].fill_null(0).to_numpy().astype(np.float64)
@@ -230,7 +244,7 @@ def _test(grid: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:
     grid = grid.with_columns(zscore=pl.when(pl.col("scored")).then(pl.col("zscore")), z_low=pl.when(pl.col("scored")).then(pl.col("z_low")))
     m = float(spec.n_units * spec.n_categories)
     return _bh(_bh(grid, "p", "q", m), "p_low", "q_low", m).select(
-        "unit_id", "category", "bin_start", "observed", "expected", "variance", "baseline_days", "scored", "reason",
+        "sid", "unit_id", "category", "bin_start", "observed", "expected", "variance", "baseline_days", "scored", "reason",
         "p", "zscore", "q", "p_low", "z_low", "q_low",
     )
 
