@@ -341,7 +341,9 @@ def _cube_graph(cube: pl.DataFrame, levels: Sequence[str] | None) -> _CubeGraph:
     with_rest = np.flatnonzero(rest[:n] > 0)
     rest_end1 = with_rest
     rest_end2 = 2 * n + star[with_rest]
-    order_rows = frame.sort(["count", "_li", "unit_id", "category", "bin_start"])["_row"].to_numpy()
+    # Tie-break by a hash of the key, not by sorting its strings (several times faster on millions of rows).
+    keyed = frame.select("_row", "count", "_li", "bin_start", _h=pl.struct("level", "unit_id", "category").hash(seed=5))
+    order_rows = keyed.sort(["count", "_li", "_h", "bin_start"])["_row"].to_numpy()
     rank = np.empty(n, np.int64)
     rank[order_rows] = np.arange(n)
     hashed = frame.select(pl.struct("level", "unit_id", "category", "bin_start").hash(seed=11))[:, 0].to_numpy()

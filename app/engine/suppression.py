@@ -170,13 +170,17 @@ def _suppress_segment(
         return cells.with_columns(suppressed=pl.lit(False))
     frame = _with_siblings(frame, units, order)
     blocks = _blocks(frame, grain, below, tz) if below is not None else frame.select("bin_start").unique().with_row_index("block")
-    frame = frame.join(blocks.with_columns(pl.col("block").cast(pl.Int64)), on="bin_start", how="left")
+    # One 64-bit key per (level, unit, parent, category): joins and sorts on it instead of four
+    # strings (a collision among a few million keys has odds of about 1e-7).
+    frame = frame.join(blocks.with_columns(pl.col("block").cast(pl.Int64)), on="bin_start", how="left").with_columns(
+        _k=pl.struct(_KEYS).hash(seed=3)
+    )
     primary = pl.col("count").is_between(1, k - 1) & ~pl.col("locked")
     block_cube = (
-        frame.group_by(*_KEYS, "block")
-        .agg(pl.col("count").sum(), pl.col("locked").first(), _primary=primary.any(), _first=pl.col("bin_start").min())
+        frame.group_by("_k", "block")
+        .agg(*(pl.col(c).first() for c in _KEYS), pl.col("count").sum(), pl.col("locked").first(), _primary=primary.any(), _first=pl.col("bin_start").min())
         .with_columns(bin_start=pl.col("_first").min().over("block"))
-        .sort("block", *_KEYS)
+        .sort("block", "_k")
     )
     g = _cube_graph(block_cube.select(*_KEYS, "bin_start", "count"), order)
     if below is not None:
@@ -186,14 +190,13 @@ def _suppress_segment(
     t0 = time.perf_counter()
     audit_blocks(g, hidden, locked, k, label=f"{'+'.join(order)}@{grain}")
     log.debug("privacy.segment", segment=f"{'+'.join(order)}@{grain}", cells=block_cube.height, seconds=round(time.perf_counter() - t0, 3))
-    flags = block_cube.select(*_KEYS, "block", suppressed=pl.Series(hidden))
-    out = frame.filter(~pl.col("locked")).join(flags, on=[*_KEYS, "block"], how="left", nulls_equal=True)
+    flags = block_cube.select("_k", "block", suppressed=pl.Series(hidden))
+    out = frame.filter(~pl.col("locked")).join(flags, on=["_k", "block"], how="left")
     if below is not None:  # hidden keys are hidden in every bin of the block, zeros included
-        grid = flags.filter(pl.col("suppressed")).join(blocks, on="block").join(
-            out.select(*_KEYS, "bin_start", "count"), on=[*_KEYS, "bin_start"], how="left", nulls_equal=True
-        )
+        keys = block_cube.filter(pl.Series(hidden)).select("_k", "block", *_KEYS)
+        grid = keys.join(blocks, on="block").join(out.select("_k", "bin_start", "count"), on=["_k", "bin_start"], how="left")
         grid = grid.filter(pl.col("count").is_null() & pl.col("level").is_in(order[: len(order) - (pinned is not None)]))
-        out = pl.concat([out, grid.with_columns(count=pl.lit(0, pl.Int64), locked=pl.lit(False)).select(out.columns)])
+        out = pl.concat([out, grid.with_columns(count=pl.lit(0, pl.Int64), locked=pl.lit(False), suppressed=pl.lit(True)).select(out.columns)])
     out = out.filter((pl.col("count") > 0) | pl.col("suppressed"))  # zeros stay implicit unless hidden
     out = out.with_columns(count=pl.when(pl.col("suppressed")).then(None).otherwise(pl.col("count")))
     return out.select(*cells.columns, "suppressed")
@@ -211,8 +214,8 @@ def _keep_rests_in_every_bin(g: _CubeGraph, frame: pl.DataFrame, block_cube: pl.
         _rest=pl.col("count") - pl.col("_kids").fill_null(0)
     )
     has_kids = frame.filter(pl.col("parent_id").is_not_null())["parent_id"].unique()
-    always = per_bin.filter(pl.col("unit_id").is_in(has_kids.implode())).group_by(*_KEYS, "block").agg(_ok=(pl.col("_rest") > 0).all())
-    ok = block_cube.select(*_KEYS, "block").join(always, on=[*_KEYS, "block"], how="left", nulls_equal=True)["_ok"].fill_null(False)
+    always = per_bin.filter(pl.col("unit_id").is_in(has_kids.implode())).group_by("_k", "block").agg(_ok=(pl.col("_rest") > 0).all())
+    ok = block_cube.select("_k", "block").join(always, on=["_k", "block"], how="left")["_ok"].fill_null(False)
     keep = ok.to_numpy()[g.rest_end1]
     g.rest_end1, g.rest_end2 = g.rest_end1[keep], g.rest_end2[keep]
     g.rest_bin, g.rest_jitter = g.rest_bin[keep], g.rest_jitter[keep]
