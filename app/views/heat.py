@@ -7,6 +7,7 @@ colours reach the browser, never per-pixel counts: those have not passed the pri
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import holoviews as hv
@@ -137,6 +138,12 @@ class HeatView(LensView):
             return
         lon, lat = easting_northing_to_lon_lat(x, y)
         unit = self._lens.unit_at(float(lon), float(lat))
+        # The tap arrives from HoloViews' stream task, outside the Bokeh document lock; the views
+        # that follow the selection modify Bokeh models, so the change runs where the lock is held
+        # (it raised "_pending_writes should be non-None" in the tilegram update otherwise).
+        pn.state.execute(partial(self._toggle, unit), schedule=True)
+
+    def _toggle(self, unit: str | None) -> None:
         lens = self._lens
         if unit is None:
             lens.selection = []
