@@ -92,7 +92,8 @@ class Lens(param.Parameterized):
         meta = self.snapshot.release_meta(self.city)
         if meta:
             self.param.update(privacy_mode=meta["mode"], privacy_k=int(meta["k"]), epsilon=float(meta["epsilon"] or self.epsilon))
-        cats = sorted(self.snapshot.events(self.city)["category"].unique().drop_nulls().to_list())
+        snap, city = self.snapshot, self.city
+        cats = snap.memo(("categories", city), lambda: sorted(snap.events(city)["category"].unique().drop_nulls().to_list()))
         self.param.category.objects = [ALL, *cats]
         if self.category not in self.param.category.objects:
             self.category = ALL
@@ -179,8 +180,8 @@ class Lens(param.Parameterized):
         """Time of the city's newest event (how fresh the data is; not a count)."""
         if self.snapshot is None:
             return None
-        ts = self.snapshot.events(self.city)["ts"]
-        newest = ts.max() if ts.len() else None
+        snap, city = self.snapshot, self.city
+        newest = snap.memo(("newest-event", city), lambda: snap.events(city)["ts"].max())
         return newest if isinstance(newest, datetime) else None
 
     def selected_tracts(self) -> list[str] | None:
@@ -233,9 +234,12 @@ class Lens(param.Parameterized):
             return [self.category]
         if set(self.kinds) == set(KINDS):
             return [ALL_CATEGORIES]
-        assert self.snapshot is not None
-        events = self.snapshot.events(self.city)
-        return sorted(events.filter(pl.col("kind").is_in(list(self.kinds)))["category"].unique().drop_nulls().to_list())
+        snap, city, kinds = self.snapshot, self.city, sorted(self.kinds)
+        assert snap is not None
+        return snap.memo(  # type: ignore[no-any-return]
+            ("kind-categories", city, tuple(kinds)),
+            lambda: sorted(snap.events(city).filter(pl.col("kind").is_in(kinds))["category"].unique().drop_nulls().to_list()),
+        )
 
     def _level_cells(self, level: str) -> pl.DataFrame:
         assert self.snapshot is not None
