@@ -76,8 +76,9 @@ class HeatCell(BaseModel):
     unit_id: str
     name: str | None = None
     bin_start: datetime | None = Field(None, description="Start of the time bin (UTC), when time_bin was given.")
-    count: int | None = Field(description="Released count; null when withheld by the privacy rule.")
-    suppressed: bool = Field(description="True when the count was withheld.")
+    count: int | None = Field(description="Released count; null when withheld by the privacy rule or not published yet.")
+    suppressed: bool = Field(description="True when the count was withheld by the privacy rule.")
+    partial: bool = Field(False, description="True when the bin is still filling (not published yet; neither withheld nor zero).")
     rollup: RollupOut | None = Field(None, description="For a withheld window total: the parent unit's released total.")
 
 

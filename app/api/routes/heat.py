@@ -50,6 +50,7 @@ def heat(
                 bin_start=r.get("bin_start"),
                 count=r["count"],
                 suppressed=r["suppressed"],
+                partial=bool(r.get("partial") or False),
                 rollup=RollupOut(level=r["rollup_level"], unit_id=r["rollup_unit_id"], count=r["rollup_count"])
                 if r.get("rollup_level")
                 else None,
