@@ -143,7 +143,9 @@ def publish(store: Store, cities: set[str], built_by: str, settings: Settings | 
     return store.publish({"built_by": built_by})
 
 
-def recompute_anomalies(con: duckdb.DuckDBPyConnection, city: str, settings: Settings | None = None, horizon: datetime | None = None) -> int:
+def recompute_anomalies(
+    con: duckdb.DuckDBPyConnection, city: str, settings: Settings | None = None, horizon: datetime | None = None
+) -> int:
     """Publish ``city``'s release and the score of every cell into the working database (the
     next snapshot carries them); returns the number of released anomalies at the default
     thresholds, which are also kept in the ``anomaly`` table for quick listing."""
@@ -159,7 +161,9 @@ def recompute_anomalies(con: duckdb.DuckDBPyConnection, city: str, settings: Set
         "mode": policy.mode,
         "k": policy.k,
         "epsilon": policy.epsilon if policy.mode == "dp" else None,
-        "grains": json.dumps({"grains": published.grains, "complete_until": {k: v.isoformat() for k, v in published.complete_until.items()}}),
+        "grains": json.dumps(
+            {"grains": published.grains, "complete_until": {k: v.isoformat() for k, v in published.complete_until.items()}}
+        ),
         "timezone": tz,
         "history_start": published.history_start,
         "horizon": published.horizon,
@@ -171,7 +175,13 @@ def recompute_anomalies(con: duckdb.DuckDBPyConnection, city: str, settings: Set
         con.register("_anomalies", rows.to_arrow())
         con.execute("INSERT INTO anomaly BY NAME SELECT * FROM _anomalies")
         con.unregister("_anomalies")
-    log.info("release.published", city=city, cells=published.release.height, scored=published.scores.height, seconds=round(time.perf_counter() - t0, 2))
+    log.info(
+        "release.published",
+        city=city,
+        cells=published.release.height,
+        scored=published.scores.height,
+        seconds=round(time.perf_counter() - t0, 2),
+    )
     return rows.height
 
 
@@ -192,8 +202,13 @@ def anomaly_rows(scores: pl.DataFrame, city: str) -> pl.DataFrame:
         return pl.DataFrame()
     found = scores.filter(pl.col("scored") & (pl.col("q") <= DEFAULT_Q) & (pl.col("zscore") >= DEFAULT_MIN_Z))
     evidence = pl.struct(
-        "grain", "observed", expected=pl.col("expected").round(3), variance=pl.col("variance").round(3),
-        p=pl.col("p").round_sig_figs(6), q=pl.col("q").round_sig_figs(6), baseline_days="baseline_days",
+        "grain",
+        "observed",
+        expected=pl.col("expected").round(3),
+        variance=pl.col("variance").round(3),
+        p=pl.col("p").round_sig_figs(6),
+        q=pl.col("q").round_sig_figs(6),
+        baseline_days="baseline_days",
     )
     return found.sort("level", "unit_id", "category", "bin_start").select(
         pl.lit(city).alias("city"),

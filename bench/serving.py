@@ -55,13 +55,19 @@ def _windows(snap: Snapshot, city: str, n: int, seed: int) -> list[tuple[datetim
     """``n`` distinct random windows (1-21 days) anywhere in the city's history."""
     ts = snap.events(city)["ts"]
     lo, hi = ts.min(), ts.max()
-    assert isinstance(lo, datetime) and isinstance(hi, datetime)
+    assert isinstance(lo, datetime)
+    assert isinstance(hi, datetime)
     rng = random.Random(seed)
     out: set[tuple[datetime, datetime]] = set()
     span = (hi - lo).total_seconds()
     while len(out) < n:
         start = lo + timedelta(seconds=rng.uniform(0, span * 0.9))
-        out.add((start.replace(minute=0, second=0, microsecond=0), (start + timedelta(days=rng.randint(1, 21))).replace(minute=0, second=0, microsecond=0)))
+        out.add(
+            (
+                start.replace(minute=0, second=0, microsecond=0),
+                (start + timedelta(days=rng.randint(1, 21))).replace(minute=0, second=0, microsecond=0),
+            )
+        )
     return sorted(out)
 
 

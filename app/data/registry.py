@@ -93,7 +93,13 @@ def get_source(name: str, path: Path | None = None) -> SourceSpec:
 
 #: The clock each known city lives by (a source's ``timezone`` is that of its floating timestamps,
 #: which may be UTC although the city is not).
-CITY_ZONES = {"nyc": "America/New_York", "chicago": "America/Chicago", "uk": "Europe/London", "boston": "America/New_York", "cambridge": "America/New_York"}
+CITY_ZONES = {
+    "nyc": "America/New_York",
+    "chicago": "America/Chicago",
+    "uk": "Europe/London",
+    "boston": "America/New_York",
+    "cambridge": "America/New_York",
+}
 
 
 def city_timezone(city: str, path: Path | None = None) -> str:

@@ -74,7 +74,9 @@ class Store:
         return frame.height
 
     @staticmethod
-    def replace_release(con: duckdb.DuckDBPyConnection, city: str, release: pl.DataFrame, scores: pl.DataFrame, meta: dict[str, object]) -> None:
+    def replace_release(
+        con: duckdb.DuckDBPyConnection, city: str, release: pl.DataFrame, scores: pl.DataFrame, meta: dict[str, object]
+    ) -> None:
         """Replace ``city``'s release, scores and release facts in the working database (they are
         copied into the next snapshot with everything else)."""
         for table in ("release_cell", "score_cell", "release_meta"):

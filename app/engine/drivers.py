@@ -33,8 +33,10 @@ def explain_published(found: pl.DataFrame, scores: pl.DataFrame) -> pl.DataFrame
     excess = near.with_columns(excess=pl.col("observed") - pl.col("expected"))
     totals = excess.filter(pl.col("category") == ALL_CATEGORIES).select(*_KEY, total=pl.col("observed"), total_excess=pl.col("excess"))
     cats = excess.filter((pl.col("category") != ALL_CATEGORIES) & (pl.col("excess") > 0))
-    ranked = cats.sort("excess", descending=True).group_by(_KEY, maintain_order=True).agg(
-        pl.struct("category", "excess").head(_TOP).alias("_top"), _pos=pl.col("excess").sum()
+    ranked = (
+        cats.sort("excess", descending=True)
+        .group_by(_KEY, maintain_order=True)
+        .agg(pl.struct("category", "excess").head(_TOP).alias("_top"), _pos=pl.col("excess").sum())
     )
     out = found.join(totals, on=_KEY, how="left").join(ranked, on=_KEY, how="left")
     own = pl.col("observed") - pl.col("expected")

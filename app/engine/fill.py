@@ -31,9 +31,11 @@ def fill_withheld(released: pl.DataFrame, grains: Mapping[str, str], tz: str, le
         if parent_filled is None:
             filled = _fill_top(cells, k)
         else:
-            up = parent_filled.with_columns(bin_start=bin_expr("bin_start", grains[level], tz)).group_by(
-                pl.col("unit_id").alias("parent_id"), "category", "bin_start"
-            ).agg(_parent=pl.col("filled").sum())
+            up = (
+                parent_filled.with_columns(bin_start=bin_expr("bin_start", grains[level], tz))
+                .group_by(pl.col("unit_id").alias("parent_id"), "category", "bin_start")
+                .agg(_parent=pl.col("filled").sum())
+            )
             filled = _fill_children(cells, up)
         out.append(filled)
         parent_filled = filled

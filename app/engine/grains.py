@@ -17,6 +17,7 @@ lets the suppression audit treat the release as a chain of segments (see
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -61,7 +62,7 @@ def coarser_grains(grain: str) -> tuple[str, ...]:
 def check_grains(grains: Mapping[str, str], levels: Sequence[str]) -> dict[str, str]:
     """The grain of every level, checked: known grains, none coarser than the level below it."""
     out = {level: grains[level] for level in levels}
-    for lo, hi in zip(levels, levels[1:], strict=False):
+    for lo, hi in itertools.pairwise(levels):
         if grain_rank(out[hi]) > grain_rank(out[lo]):
             raise ValueError(f"level {hi!r} is published at a coarser grain ({out[hi]}) than the level below it ({lo}: {out[lo]})")
     return out

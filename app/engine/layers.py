@@ -52,7 +52,8 @@ def _parent_map(parents: pl.DataFrame, level: str, up: str | None) -> pl.DataFra
     if up is None:
         return None
     if up == "city":
-        return parents["city_id"].drop_nulls().first() if parents.height else None
+        city = parents["city_id"].drop_nulls().first() if parents.height else None
+        return str(city) if city is not None else None
     return parents.select(unit_id=pl.col(level_column(level)), parent_id=pl.col(level_column(up))).unique("unit_id")
 
 

@@ -31,7 +31,15 @@ __all__ = ["ALL", "KINDS", "Lens"]
 ALL = "All"
 KINDS = ("request", "incident", "closure")
 _STEP = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
-_SERIES_SCHEMA = {"unit_id": pl.String, "bin_start": pl.Datetime("us", "UTC"), "count": pl.Int64, "suppressed": pl.Boolean, "partial": pl.Boolean}
+_SERIES_SCHEMA = pl.Schema(
+    {
+        "unit_id": pl.String(),
+        "bin_start": pl.Datetime("us", "UTC"),
+        "count": pl.Int64(),
+        "suppressed": pl.Boolean(),
+        "partial": pl.Boolean(),
+    }
+)
 
 
 class Lens(param.Parameterized):
@@ -58,9 +66,13 @@ class Lens(param.Parameterized):
     min_z = param.Number(default=3.0, bounds=(0.0, 1000.0), doc="Smallest z-score (z = Phi^-1(1 - p)) listed as an anomaly.")
     q = param.Number(default=DEFAULT_Q, bounds=(1e-12, 1.0), doc="Largest false-discovery q-value listed as an anomaly.")
     dips = param.Boolean(default=False, doc="List unusually low cells (lower tail) instead of unusually high ones.")
-    baseline_days = param.Integer(default=BASELINE_DAYS, bounds=(7, 91), constant=True, doc="Trailing baseline of the published scores (days).")
+    baseline_days = param.Integer(
+        default=BASELINE_DAYS, bounds=(7, 91), constant=True, doc="Trailing baseline of the published scores (days)."
+    )
     privacy_mode = param.Selector[str](
-        default="suppress", objects=["none", "suppress", "dp"], doc="Release rule of the snapshot (read from it; setting it changes nothing)."
+        default="suppress",
+        objects=["none", "suppress", "dp"],
+        doc="Release rule of the snapshot (read from it; setting it changes nothing).",
     )
     privacy_k = param.Integer(default=11, bounds=(1, None), doc="Smallest count published in 'suppress' mode (read from the snapshot).")
     selection = param.List(
@@ -103,8 +115,9 @@ class Lens(param.Parameterized):
         newest = self.newest_event()
         if self.until is None and newest is not None:
             self.until = next_bin(floor_bin(newest, "day", self.tz), "day", self.tz)
-        if self.since is None and self.until is not None:
-            self.since = floor_bin(self.until - timedelta(days=7) + timedelta(hours=12), "day", self.tz)
+        until = self.window()[1]
+        if self.since is None and until is not None:
+            self.since = floor_bin(until - timedelta(days=7) + timedelta(hours=12), "day", self.tz)
 
     # ---- facts of the release ---------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -236,7 +249,7 @@ class Lens(param.Parameterized):
             return [ALL_CATEGORIES]
         snap, city, kinds = self.snapshot, self.city, sorted(self.kinds)
         assert snap is not None
-        return snap.memo(  # type: ignore[no-any-return]
+        return snap.memo(
             ("kind-categories", city, tuple(kinds)),
             lambda: sorted(snap.events(city).filter(pl.col("kind").is_in(kinds))["category"].unique().drop_nulls().to_list()),
         )
@@ -244,7 +257,8 @@ class Lens(param.Parameterized):
     def _level_cells(self, level: str) -> pl.DataFrame:
         assert self.snapshot is not None
         snap, city = self.snapshot, self.city
-        return self._memo("level-release", lambda: snap.release(city).filter(pl.col("level") == level), level)
+        cells: pl.DataFrame = self._memo("level-release", lambda: snap.release(city).filter(pl.col("level") == level), level)
+        return cells
 
     def _binned(self, level: str, grain: str, lo: datetime | None, hi: datetime | None) -> pl.DataFrame:
         """Released counts of the selection per unit and ``grain`` bin of ``level`` in ``[lo, hi)``
@@ -327,7 +341,9 @@ class Lens(param.Parameterized):
         """The sparkbands of the lens level: per unit and shown bin, the released ``count`` (null
         where withheld or incomplete), ``suppressed``, ``partial``, the published expected value
         with ``lo, hi`` (expected +- 2 sd) and ``anomalous`` (a listed anomaly in that bin)."""
-        schema = pl.Schema({**_SERIES_SCHEMA, "expected": pl.Float64(), "lo": pl.Float64(), "hi": pl.Float64(), "anomalous": pl.Boolean()})
+        schema = pl.Schema(
+            {**dict(_SERIES_SCHEMA), "expected": pl.Float64(), "lo": pl.Float64(), "hi": pl.Float64(), "anomalous": pl.Boolean()}
+        )
         grid = self.grid_window()
         if self.snapshot is None or grid is None:
             return pl.DataFrame(schema=schema)
@@ -339,23 +355,43 @@ class Lens(param.Parameterized):
         frame = units.join(bins, how="cross")
         picked = self._picked()
         if len(picked) == 1:
-            sc = self._scores(self.level, grain).filter((pl.col("category") == picked[0]) & pl.col("bin_start").is_between(lo, hi, closed="left"))
+            sc = self._scores(self.level, grain).filter(
+                (pl.col("category") == picked[0]) & pl.col("bin_start").is_between(lo, hi, closed="left")
+            )
             band = sc.select(
-                "unit_id", "bin_start", expected=pl.col("expected").round(2),
+                "unit_id",
+                "bin_start",
+                expected=pl.col("expected").round(2),
                 lo=(pl.col("expected") - 2 * pl.col("variance").sqrt()).clip(lower_bound=0).round(2),
                 hi=(pl.col("expected") + 2 * pl.col("variance").sqrt()).round(2),
             )
         else:
-            band = pl.DataFrame(schema={"unit_id": pl.String, "bin_start": pl.Datetime("us", "UTC"), "expected": pl.Float64, "lo": pl.Float64, "hi": pl.Float64})
+            band = pl.DataFrame(
+                schema={
+                    "unit_id": pl.String,
+                    "bin_start": pl.Datetime("us", "UTC"),
+                    "expected": pl.Float64,
+                    "lo": pl.Float64,
+                    "hi": pl.Float64,
+                }
+            )
         found, _ = self.anomalies()
-        marks = found.filter(pl.col("level") == self.level).select("unit_id", "bin_start").unique().with_columns(anomalous=pl.lit(True)) if found.height else None
+        marks = (
+            found.filter(pl.col("level") == self.level).select("unit_id", "bin_start").unique().with_columns(anomalous=pl.lit(True))
+            if found.height
+            else None
+        )
         out = frame.join(self.series(), on=["unit_id", "bin_start"], how="left").join(band, on=["unit_id", "bin_start"], how="left")
         cutoff = self.published_until()
         late = pl.lit(False) if cutoff is None else (pl.col("bin_start") >= floor_bin(cutoff, grain, self.tz))
         out = out.with_columns(
             suppressed=pl.col("suppressed").fill_null(False), partial=pl.col("partial").fill_null(False) | late
         ).with_columns(count=pl.when(pl.col("suppressed") | pl.col("partial")).then(None).otherwise(pl.col("count").fill_null(0)))
-        out = out.join(marks, on=["unit_id", "bin_start"], how="left") if marks is not None else out.with_columns(anomalous=pl.lit(None, pl.Boolean))
+        out = (
+            out.join(marks, on=["unit_id", "bin_start"], how="left")
+            if marks is not None
+            else out.with_columns(anomalous=pl.lit(None, pl.Boolean))
+        )
         return out.with_columns(pl.col("anomalous").fill_null(False)).select(schema.names()).sort("unit_id", "bin_start")
 
     def anomalies(self, everywhere: bool = False) -> tuple[pl.DataFrame, int]:

@@ -75,7 +75,8 @@ def publish_city(
         return Published(_empty_release(), pl.DataFrame(), dict(grains))
     newest = events["ts"].max()
     first = events["ts"].min()
-    assert isinstance(newest, datetime) and isinstance(first, datetime)
+    assert isinstance(newest, datetime)
+    assert isinstance(first, datetime)
     horizon = horizon or newest
     history = floor_bin(first, "day", tz)
     clock = _Clock()
@@ -90,6 +91,7 @@ def publish_city(
             "privacy mode 'dp' cannot publish a snapshot yet: a publish-time dp release (one noisy release per snapshot, "
             "charged once per cell-instant) is not built; set CSH_PRIVACY_MODE=suppress"
         )
+    clock.lap("release")
     below = dict.fromkeys(present)
     for i, (seg, _) in enumerate(segs := segments(present, grains)):
         if i:
@@ -115,7 +117,12 @@ def publish_city(
     ).with_columns(count=pl.when(pl.col("partial")).then(None).otherwise(pl.col("count")))
     release = release.select("level", "grain", "unit_id", "parent_id", "category", "bin_start", "count", "suppressed", "partial")
     return Published(
-        release.sort("level", "category", "unit_id", "bin_start"), pl.concat(scores, how="vertical_relaxed"), dict(grains), history, horizon, cutoff
+        release.sort("level", "category", "unit_id", "bin_start"),
+        pl.concat(scores, how="vertical_relaxed"),
+        dict(grains),
+        history,
+        horizon,
+        cutoff,
     )
 
 
@@ -143,8 +150,15 @@ def _coarser(cells: pl.DataFrame, grain: str, tz: str) -> pl.DataFrame:
 def _empty_release() -> pl.DataFrame:
     return pl.DataFrame(
         schema={
-            "level": pl.String, "grain": pl.String, "unit_id": pl.String, "parent_id": pl.String, "category": pl.String,
-            "bin_start": pl.Datetime("us", "UTC"), "count": pl.Int64, "suppressed": pl.Boolean, "partial": pl.Boolean,
+            "level": pl.String,
+            "grain": pl.String,
+            "unit_id": pl.String,
+            "parent_id": pl.String,
+            "category": pl.String,
+            "bin_start": pl.Datetime("us", "UTC"),
+            "count": pl.Int64,
+            "suppressed": pl.Boolean,
+            "partial": pl.Boolean,
         }
     )
 

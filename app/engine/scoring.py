@@ -150,7 +150,8 @@ def _expectations(grid: pl.DataFrame, cells: pl.DataFrame, spec: ScoreSpec) -> p
     n_slots = slots(grain)
     grid = grid.with_columns(epoch=bin_expr("bin_start", "week", tz), slot=slot_expr(grain, tz))
     epochs = sorted(set(grid["epoch"].unique().to_list()))
-    bins_rows, ok = [], []
+    bins_rows: list[tuple[datetime, datetime]] = []
+    ok: list[datetime] = []
     for e in epochs:
         lo = max(h0, e - timedelta(days=spec.baseline_days))
         if e - lo >= timedelta(days=MIN_HISTORY_DAYS):
@@ -170,13 +171,17 @@ def _expectations(grid: pl.DataFrame, cells: pl.DataFrame, spec: ScoreSpec) -> p
         by = by.with_columns(rate=pl.col("n") / pl.col("n_slot"))
         f_all = by.select("epoch", "slot", "n_slot", f_all=pl.col("rate") / pl.col("rate").mean().over("epoch").clip(lower_bound=1e-12))
         cats = obs.select("epoch", "category").unique().join(f_all, on="epoch")
-        cats = cats.join(obs.group_by("epoch", "category", "slot").agg(n_cs=pl.col("filled").sum()), on=["epoch", "category", "slot"], how="left")
+        cats = cats.join(
+            obs.group_by("epoch", "category", "slot").agg(n_cs=pl.col("filled").sum()), on=["epoch", "category", "slot"], how="left"
+        )
         cats = cats.with_columns(rate=pl.col("n_cs").fill_null(0.0) / pl.col("n_slot"))
         smooth = _SMOOTHING / n_slots
         factor = (pl.col("rate") + smooth * pl.col("f_all")) / (pl.col("rate").mean().over("epoch", "category") + smooth)
-        profile = cats.with_columns(factor=factor.clip(lower_bound=_MIN_FACTOR)).with_columns(
-            pl.col("factor") / pl.col("factor").mean().over("epoch", "category")
-        ).select("epoch", "category", "slot", "factor")
+        profile = (
+            cats.with_columns(factor=factor.clip(lower_bound=_MIN_FACTOR))
+            .with_columns(pl.col("factor") / pl.col("factor").mean().over("epoch", "category"))
+            .select("epoch", "category", "slot", "factor")
+        )
     else:
         profile = pl.DataFrame(schema={"epoch": dt, "category": obs.schema["category"], "slot": pl.Int32, "factor": pl.Float64})
     series = obs.group_by("epoch", "unit_id", "category").agg(total=pl.col("filled").sum())
@@ -188,10 +193,24 @@ def _expectations(grid: pl.DataFrame, cells: pl.DataFrame, spec: ScoreSpec) -> p
     stat = stat.join(series.group_by("epoch", "category").agg(n_series=pl.len()), on=["epoch", "category"])
     dof = pl.col("n_series") * (pl.col("n_bins") - 1)
     phi = stat.select("epoch", "category", phi=pl.when(dof > 0).then(pl.col("x2") / dof).otherwise(1.0).clip(1.0, 10.0))
-    total = obs.group_by("epoch").agg(total=pl.col("filled").sum(), n_units=pl.col("unit_id").n_unique(), n_cats=pl.col("category").n_unique())
-    total = total.join(n_bins, on="epoch").with_columns(floor=0.1 * pl.col("total") / pl.col("n_bins") / pl.col("n_units") / pl.col("n_cats"))
-    unit_rate = obs.group_by("epoch", "unit_id").agg(u=pl.col("filled").sum()).join(n_bins, on="epoch").select("epoch", "unit_id", u=pl.col("u") / pl.col("n_bins"))
-    share = obs.group_by("epoch", "category").agg(c=pl.col("filled").sum()).join(total, on="epoch").select("epoch", "category", s=pl.col("c") / pl.col("total"))
+    total = obs.group_by("epoch").agg(
+        total=pl.col("filled").sum(), n_units=pl.col("unit_id").n_unique(), n_cats=pl.col("category").n_unique()
+    )
+    total = total.join(n_bins, on="epoch").with_columns(
+        floor=0.1 * pl.col("total") / pl.col("n_bins") / pl.col("n_units") / pl.col("n_cats")
+    )
+    unit_rate = (
+        obs.group_by("epoch", "unit_id")
+        .agg(u=pl.col("filled").sum())
+        .join(n_bins, on="epoch")
+        .select("epoch", "unit_id", u=pl.col("u") / pl.col("n_bins"))
+    )
+    share = (
+        obs.group_by("epoch", "category")
+        .agg(c=pl.col("filled").sum())
+        .join(total, on="epoch")
+        .select("epoch", "category", s=pl.col("c") / pl.col("total"))
+    )
     rows = grid.join(profile, on=["epoch", "category", "slot"], how="left").join(phi, on=["epoch", "category"], how="left")
     rows = rows.join(unit_rate, on=["epoch", "unit_id"], how="left").join(share, on=["epoch", "category"], how="left")
     rows = rows.join(total.select("epoch", "floor"), on="epoch", how="left")
@@ -244,8 +263,22 @@ def _test(grid: pl.DataFrame, spec: ScoreSpec, star_code: int) -> pl.DataFrame:
     grid = grid.with_columns(zscore=pl.when(pl.col("scored")).then(pl.col("zscore")), z_low=pl.when(pl.col("scored")).then(pl.col("z_low")))
     m = float(spec.n_units * spec.n_categories)
     return _bh(_bh(grid, "p", "q", m), "p_low", "q_low", m).select(
-        "sid", "unit_id", "category", "bin_start", "observed", "expected", "variance", "baseline_days", "scored", "reason",
-        "p", "zscore", "q", "p_low", "z_low", "q_low",
+        "sid",
+        "unit_id",
+        "category",
+        "bin_start",
+        "observed",
+        "expected",
+        "variance",
+        "baseline_days",
+        "scored",
+        "reason",
+        "p",
+        "zscore",
+        "q",
+        "p_low",
+        "z_low",
+        "q_low",
     )
 
 
@@ -254,17 +287,27 @@ def _bh(frame: pl.DataFrame, p: str, q: str, m: float) -> pl.DataFrame:
     ranked = frame.with_row_index("_row").sort("bin_start", pl.col(p).fill_null(2.0))
     r = pl.int_range(1, pl.len() + 1).over("bin_start")
     raw = (pl.col(p) * m / r).clip(upper_bound=1.0)
-    ranked = ranked.with_columns(_raw=raw).with_columns(
-        pl.col("_raw").reverse().cum_min().reverse().over("bin_start").alias(q)
-    )
+    ranked = ranked.with_columns(_raw=raw).with_columns(pl.col("_raw").reverse().cum_min().reverse().over("bin_start").alias(q))
     return ranked.with_columns(pl.when(pl.col(p).is_not_null()).then(pl.col(q)).alias(q)).sort("_row").drop("_row", "_raw")
 
 
 def _empty() -> pl.DataFrame:
     return pl.DataFrame(
         schema={
-            "unit_id": pl.String, "category": pl.String, "bin_start": pl.Datetime("us", "UTC"), "observed": pl.Int64,
-            "expected": pl.Float64, "variance": pl.Float64, "baseline_days": pl.Float64, "scored": pl.Boolean, "reason": pl.String,
-            "p": pl.Float64, "zscore": pl.Float64, "q": pl.Float64, "p_low": pl.Float64, "z_low": pl.Float64, "q_low": pl.Float64,
+            "unit_id": pl.String,
+            "category": pl.String,
+            "bin_start": pl.Datetime("us", "UTC"),
+            "observed": pl.Int64,
+            "expected": pl.Float64,
+            "variance": pl.Float64,
+            "baseline_days": pl.Float64,
+            "scored": pl.Boolean,
+            "reason": pl.String,
+            "p": pl.Float64,
+            "zscore": pl.Float64,
+            "q": pl.Float64,
+            "p_low": pl.Float64,
+            "z_low": pl.Float64,
+            "q_low": pl.Float64,
         }
     )

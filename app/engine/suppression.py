@@ -128,7 +128,8 @@ def _blocks(frame: pl.DataFrame, grain: str, below: str, tz: str) -> pl.DataFram
     Bins of one coarser ``below`` bin are numbered 0, 1, ... and paired (0, 1), (2, 3), ...; an odd
     last one joins the block before it (three bins, three pairs)."""
     lo, hi = frame["bin_start"].min(), frame["bin_start"].max()
-    assert isinstance(lo, datetime) and isinstance(hi, datetime)
+    assert isinstance(lo, datetime)
+    assert isinstance(hi, datetime)
     starts = bin_range(floor_bin(lo, below, tz), next_bin(hi, grain, tz), grain, tz)
     bins = pl.DataFrame({"bin_start": starts}, schema={"bin_start": pl.Datetime("us", "UTC")})
     bins = bins.with_columns(_coarse=bin_expr("bin_start", below, tz))
@@ -178,7 +179,13 @@ def _suppress_segment(
     primary = pl.col("count").is_between(1, k - 1) & ~pl.col("locked")
     block_cube = (
         frame.group_by("_k", "block")
-        .agg(*(pl.col(c).first() for c in _KEYS), pl.col("count").sum(), pl.col("locked").first(), _primary=primary.any(), _first=pl.col("bin_start").min())
+        .agg(
+            *(pl.col(c).first() for c in _KEYS),
+            pl.col("count").sum(),
+            pl.col("locked").first(),
+            _primary=primary.any(),
+            _first=pl.col("bin_start").min(),
+        )
         .with_columns(bin_start=pl.col("_first").min().over("block"))
         .sort("block", "_k")
     )
@@ -196,7 +203,9 @@ def _suppress_segment(
         keys = block_cube.filter(pl.Series(hidden)).select("_k", "block", *_KEYS)
         grid = keys.join(blocks, on="block").join(out.select("_k", "bin_start", "count"), on=["_k", "bin_start"], how="left")
         grid = grid.filter(pl.col("count").is_null() & pl.col("level").is_in(order[: len(order) - (pinned is not None)]))
-        out = pl.concat([out, grid.with_columns(count=pl.lit(0, pl.Int64), locked=pl.lit(False), suppressed=pl.lit(True)).select(out.columns)])
+        out = pl.concat(
+            [out, grid.with_columns(count=pl.lit(0, pl.Int64), locked=pl.lit(False), suppressed=pl.lit(True)).select(out.columns)]
+        )
     out = out.filter((pl.col("count") > 0) | pl.col("suppressed"))  # zeros stay implicit unless hidden
     out = out.with_columns(count=pl.when(pl.col("suppressed")).then(None).otherwise(pl.col("count")))
     return out.select(*cells.columns, "suppressed")
@@ -207,8 +216,10 @@ def _keep_rests_in_every_bin(g: _CubeGraph, frame: pl.DataFrame, block_cube: pl.
     certificate moves it in both bins)."""
     if g.rest_end1.size == 0:
         return
-    kids = frame.filter(pl.col("parent_id").is_not_null()).group_by(pl.col("parent_id").alias("unit_id"), "category", "bin_start").agg(
-        _kids=pl.col("count").sum()
+    kids = (
+        frame.filter(pl.col("parent_id").is_not_null())
+        .group_by(pl.col("parent_id").alias("unit_id"), "category", "bin_start")
+        .agg(_kids=pl.col("count").sum())
     )
     per_bin = frame.join(kids, on=["unit_id", "category", "bin_start"], how="left").with_columns(
         _rest=pl.col("count") - pl.col("_kids").fill_null(0)
