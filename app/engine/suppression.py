@@ -94,7 +94,12 @@ def suppress_layers(
             cells = cells.filter(~((pl.col("level") == seg_levels[-1]) & pl.col("unit_id").is_in(only.implode())))
             aliases.append((seg_levels[-1], parent, grain))
         order = [*seg_levels, *([parent] if parent else [])]
-        out.append(_suppress_segment(cells, pinned, order, units, k, grain, below, tz))
+        done, unresolved = _suppress_segment(cells, pinned, order, units, k, grain, below, tz)
+        if unresolved:  # some cycle needs a zero of a sibling group the first pass left out: offer them all
+            done, unresolved = _suppress_segment(cells, pinned, order, units, k, grain, below, tz, everyone=True)
+        if unresolved:
+            raise RuntimeError(f"privacy audit: {unresolved} withheld cells of {'+'.join(order)}@{grain} cannot be protected")
+        out.append(done)
     released = pl.concat(out, how="vertical_relaxed") if out else layers.with_columns(suppressed=pl.lit(False))
     for level, parent, grain in aliases:
         released = pl.concat([released, _aliased(released, units, level, parent, grain, tz)], how="vertical_relaxed")
@@ -138,16 +143,30 @@ def _blocks(frame: pl.DataFrame, grain: str, below: str, tz: str) -> pl.DataFram
     return bins.select("bin_start", block=pl.struct("_coarse", half).rank("dense").cast(pl.Int64))
 
 
-def _with_siblings(frame: pl.DataFrame, units: pl.DataFrame, order: list[str]) -> pl.DataFrame:
-    """Zero rows for every child of a non-zero parent cell (per category and bin), top down, so
-    the audit may hide a sibling's zero to close a cycle."""
+def _with_siblings(frame: pl.DataFrame, units: pl.DataFrame, order: list[str], k: int, everyone: bool = False) -> pl.DataFrame:
+    """Zero rows for the other children of a parent cell (per category and bin) that has exactly
+    one child with a count in 1..k-1, top down: that child's cycle must pass through a sibling,
+    and a sibling's zero is the cheapest one to hide. (With two or more small children the cycle
+    exists among them; with none there is nothing to protect.)"""
     for level, child in zip(order[:0:-1], order[-2::-1], strict=True):
         kids = units.filter(pl.col("level") == child).select(unit_id="unit_id", parent_id="parent_id")
+        small = frame.filter((pl.col("level") == child) & pl.col("count").is_between(1, k - 1))
+        lonely = small.group_by("parent_id", "category", "bin_start").len().filter(pl.col("len") == 1).drop("len")
         parents = frame.filter((pl.col("level") == level) & (pl.col("count") > 0)).select(
             pl.col("unit_id").alias("parent_id"), "category", "bin_start"
         )
+        if not everyone:  # ``everyone``: every non-zero parent cell (the retry when a cycle could not be closed)
+            parents = parents.join(lonely, on=["parent_id", "category", "bin_start"], how="semi")
         spawned = parents.join(kids, on="parent_id").with_columns(level=pl.lit(child), count=pl.lit(0, pl.Int64), locked=pl.lit(False))
-        frame = pl.concat([frame, spawned.select(frame.columns)]).unique([*_KEYS, "bin_start"], keep="first", maintain_order=True)
+        totals = (
+            spawned.select("unit_id", "parent_id", "bin_start", "level", "count", "locked")
+            .unique()
+            .with_columns(category=pl.lit(ALL_CATEGORIES))
+        )  # a unit with a category cell needs its "*" cell in the audit's equations
+        existing = frame.filter(pl.col("level") == child).select("unit_id", "category", "bin_start")
+        spawned = pl.concat([spawned, totals.select(spawned.columns)]).unique(["unit_id", "category", "bin_start"])
+        spawned = spawned.join(existing, on=["unit_id", "category", "bin_start"], how="anti")
+        frame = pl.concat([frame, spawned.select(frame.columns)])
     return frame
 
 
@@ -160,16 +179,17 @@ def _suppress_segment(
     grain: str,
     below: str | None,
     tz: str,
-) -> pl.DataFrame:
-    """Suppress one segment. With a coarser level ``below``, a cell is hidden in every bin of its
+    everyone: bool = False,
+) -> tuple[pl.DataFrame, int]:
+    """Suppress one segment (and say how many hidden cells no cycle could protect). With a coarser level ``below``, a cell is hidden in every bin of its
     pair block or in none: a cycle of hidden keys is then hidden in both bins of each pair, the
     certificate the module docstring asks for, and the audit runs once per block on block sums."""
     frame = cells.with_columns(locked=pl.lit(False))
     if pinned is not None:
         frame = pl.concat([frame, pinned.with_columns(locked=pl.lit(True)).select(frame.columns)])
     if frame.height == 0:
-        return cells.with_columns(suppressed=pl.lit(False))
-    frame = _with_siblings(frame, units, order)
+        return cells.with_columns(suppressed=pl.lit(False)), 0
+    frame = _with_siblings(frame, units, order, k, everyone)
     blocks = _blocks(frame, grain, below, tz) if below is not None else frame.select("bin_start").unique().with_row_index("block")
     # One 64-bit key per (level, unit, parent, category): joins and sorts on it instead of four
     # strings (a collision among a few million keys has odds of about 1e-7).
@@ -195,7 +215,7 @@ def _suppress_segment(
     locked = block_cube["locked"].to_numpy()
     hidden: _BOOL = block_cube["_primary"].to_numpy().copy()
     t0 = time.perf_counter()
-    audit_blocks(g, hidden, locked, k, label=f"{'+'.join(order)}@{grain}")
+    unresolved = audit_blocks(g, hidden, locked, k, label=f"{'+'.join(order)}@{grain}")
     log.debug("privacy.segment", segment=f"{'+'.join(order)}@{grain}", cells=block_cube.height, seconds=round(time.perf_counter() - t0, 3))
     flags = block_cube.select("_k", "block", suppressed=pl.Series(hidden))
     out = frame.filter(~pl.col("locked")).join(flags, on=["_k", "block"], how="left")
@@ -208,7 +228,7 @@ def _suppress_segment(
         )
     out = out.filter((pl.col("count") > 0) | pl.col("suppressed"))  # zeros stay implicit unless hidden
     out = out.with_columns(count=pl.when(pl.col("suppressed")).then(None).otherwise(pl.col("count")))
-    return out.select(*cells.columns, "suppressed")
+    return out.select(*cells.columns, "suppressed"), unresolved
 
 
 def _keep_rests_in_every_bin(g: _CubeGraph, frame: pl.DataFrame, block_cube: pl.DataFrame) -> None:
@@ -232,9 +252,10 @@ def _keep_rests_in_every_bin(g: _CubeGraph, frame: pl.DataFrame, block_cube: pl.
     g.rest_bin, g.rest_jitter = g.rest_bin[keep], g.rest_jitter[keep]
 
 
-def audit_blocks(g: _CubeGraph, hidden: _BOOL, locked: _BOOL, k: int, label: str = "") -> None:
+def audit_blocks(g: _CubeGraph, hidden: _BOOL, locked: _BOOL, k: int, label: str = "") -> int:
     """Complementary suppression to a fixpoint (in place): the group rule, then while a hidden
-    cell is a bridge of its block's graph, close a cheapest cycle through it."""
+    cell is a bridge of its block's graph, close a cheapest cycle through it. Returns how many
+    hidden cells are left without a cycle (0: every withheld cell is protected)."""
     n = g.count.shape[0]
     rows = np.arange(n, dtype=np.int64)
     rr = g.rest_end1.astype(np.int64)
@@ -243,13 +264,14 @@ def audit_blocks(g: _CubeGraph, hidden: _BOOL, locked: _BOOL, k: int, label: str
     for _ in range(_MAX_ROUNDS):
         open_rows = _uncertified(g, hidden, f)
         if open_rows.size == 0:
-            return
+            return 0
         before = int(hidden.sum())
         _certify(g, hidden, locked, f, open_rows)
         _group_rule(g, hidden, locked, k)
         if int(hidden.sum()) == before:
-            log.warning("privacy.audit_unresolved", cells=int(open_rows.size), segment=label)
-            return
+            log.info("privacy.audit_unresolved", cells=int(open_rows.size), segment=label)
+            return int(open_rows.size)
+    return int(_uncertified(g, hidden, f).size)
 
 
 class _Frames:
