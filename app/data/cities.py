@@ -53,7 +53,7 @@ EVENT_KINDS: tuple[str, ...] = tuple(CANONICAL_COLUMNS)
 _CITY_NAMES = {
     "nyc": "New York City",
     "chicago": "Chicago",
-    "uk": "England (National Highways)",
+    "uk": "England",
     "boston": "Boston",
     "cambridge": "Cambridge, MA",
 }
