@@ -28,7 +28,7 @@ demo: setup ## (re)build only the demo snapshot if missing
 
 ingest: setup ## ingest one registry source: make ingest SOURCE=nyc311 [SINCE=2025-11-01] [FILE=export.csv]
 	@test -n "$(SOURCE)" || { echo "usage: make ingest SOURCE=<name> [SINCE=YYYY-MM-DD] [FILE=path]  (names: app/data/sources.toml)" >&2; exit 2; }
-	$(BIN)/python -m app.data.ingest --source $(SOURCE) $(if $(SINCE),--since $(SINCE)) $(if $(FILE),--file $(FILE))
+	$(BIN)/python -m app.data.ingest --source $(SOURCE) $(if $(SINCE),--since $(SINCE)) $(if $(FILE),--file $(FILE)) $(if $(ID_FIELD),--id-field $(ID_FIELD))
 
 chromium: ## Debian's Chromium for the browser tests (Playwright cannot download browsers here)
 	@if [ ! -x /usr/bin/chromium ]; then \

@@ -27,9 +27,12 @@ def warm(app: FastAPI) -> None:
     the frames it computes (cube, detection, anomalies, bands, outlines), the tilegram layouts of
     every level are cached, and numba compiles datashader's aggregation. Memos live on the app's
     store's snapshot, which is why this takes the app rather than opening a store of its own.
-    Skipped in 'dp' mode: a release there spends privacy budget, which only a visitor should do."""
+    The page opens on the store's default city (NYC when it holds it, else its first city), so a
+    store of Chicago, a UK H3 region or an Open311 city alone warms that. Skipped in 'dp' mode: a
+    release there spends privacy budget, which only a visitor should do."""
     from bokeh.document import Document
 
+    from app.data.cities import default_city
     from app.data.geography import LEVELS
     from app.engine.lens import Lens
     from app.views.page import build_dashboard
@@ -37,11 +40,14 @@ def warm(app: FastAPI) -> None:
 
     settings, store = app.state.settings, app.state.store
     snapshot = store.current()
-    if snapshot is None or settings.privacy_mode == "dp":
+    city = default_city(snapshot, Lens.param["city"].default) if snapshot is not None else None
+    if snapshot is None or city is None or settings.privacy_mode == "dp":
         return
     started = time.perf_counter()
     build_dashboard(store, settings, app.state.ledger).server_doc(Document())
-    tiles = Tilegram(lens=Lens(snapshot=snapshot, privacy_mode=settings.privacy_mode, privacy_k=settings.privacy_k))
+    lens = Lens(snapshot=snapshot, privacy_mode=settings.privacy_mode, privacy_k=settings.privacy_k)
+    lens.city = city  # the page's default city (the store may hold no NYC at all)
+    tiles = Tilegram(lens=lens)
     for level in LEVELS:
         tiles.layout(level)
     log.info("server.warmed", snapshot=snapshot.id, seconds=round(time.perf_counter() - started, 2))

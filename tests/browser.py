@@ -11,7 +11,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from playwright.sync_api import Browser, Page, expect
 
-__all__ = ["ARGS", "ARTIFACTS", "BOKEH_READY", "CHROMIUM", "HEAT_READY", "ROWS", "Problems", "open_page", "url_query"]
+from app.data.cities import level_names
+
+__all__ = ["ARGS", "ARTIFACTS", "BOKEH_READY", "CHROMIUM", "HEAT_READY", "NYC_LEVELS", "ROWS", "Problems", "open_page", "url_query"]
 
 # Every view re-renders on a control change; on a loaded 2-core CI machine that can take seconds.
 expect.set_options(timeout=15_000)
@@ -30,6 +32,8 @@ ARGS = [
     "--no-first-run",
 ]
 
+#: What the "Admin level" select shows for each NYC level (a select's DOM value is its label).
+NYC_LEVELS = level_names("nyc")
 #: True once Bokeh has a document (the websocket session is up and models are synced).
 BOKEH_READY = "() => window.Bokeh !== undefined && Bokeh.documents.length > 0"
 #: Data rows of the anomaly table (the "more rows" note excluded).

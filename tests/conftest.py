@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny demo snapshot per test session, and a live server over it; plus
+"""Shared fixtures: one tiny demo snapshot per test session, and a live server over it; a
+Chicago-only store from the shared real files and a live server over that; plus
 :func:`snapshot_sql` for tests that check a snapshot file with SQL of their own."""
 
 from __future__ import annotations
@@ -75,6 +76,29 @@ def live_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 yield url
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}:\n{log_path.read_text(errors='replace')}") from exc
+
+
+@pytest.fixture(scope="session")
+def chicago_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir holding only Chicago: the shared 2022 crimes file (no ids, no points) and the 2012
+    SODA export (located), each imported by the ingest CLI as a user would."""
+    from tests.real_stores import CHICAGO_2012, CHICAGO_GEO, CHICAGO_SLIM, ingest_cli
+
+    missing = [p.name for p in (CHICAGO_SLIM, CHICAGO_2012, CHICAGO_GEO) if not p.exists()]
+    if missing:
+        pytest.skip(f"shared real data absent ({', '.join(missing)}); see ../shared/data/README.md")
+    data_dir = tmp_path_factory.mktemp("chicago")
+    ingest_cli(data_dir, "chicago_crimes", CHICAGO_SLIM, "--id-field", "@content")
+    ingest_cli(data_dir, "chicago_crimes", CHICAGO_2012, "--id-field", "case_number")
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def chicago_server(chicago_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real server over the Chicago-only store."""
+    from tests.real_stores import serve_logged
+
+    yield from serve_logged(chicago_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

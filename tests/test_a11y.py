@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.browser import ARTIFACTS, Problems
+from tests.browser import ARTIFACTS, NYC_LEVELS, Problems
 
 ROOT = Path(__file__).resolve().parents[1]
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
@@ -119,9 +119,9 @@ def test_keyboard_only_path_selects_a_borough_and_reads_its_anomalies(dashboard:
     boroughs = tiny_snap.units("nyc", "borough")
     for _ in range(2):  # neighborhood -> borough: the next option down
         page.keyboard.press("ArrowDown")
-        if page.get_by_label("Admin level").input_value() == "borough":
+        if page.get_by_label("Admin level").input_value() == NYC_LEVELS["borough"]:
             break
-    expect(page.get_by_label("Admin level")).to_have_value("borough")
+    expect(page.get_by_label("Admin level")).to_have_value(NYC_LEVELS["borough"])
     units = page.get_by_label("Units to select (tiles)")
     expect(units.locator("option")).to_have_count(boroughs.height)
     tab_to(page, "Units to select")
@@ -153,7 +153,7 @@ def test_tiles_are_reachable_and_selectable_by_keyboard(dashboard: tuple[Page, P
     """Tab onto the tilegram, walk the tiles with the arrow keys, select one with Enter: the lens
     selection (live summary, URL) follows, and the canvas names the tile under the cursor."""
     page, problems = dashboard
-    page.get_by_label("Admin level").select_option("borough")
+    page.get_by_label("Admin level").select_option(label=NYC_LEVELS["borough"])
     boroughs = tiny_snap.units("nyc", "borough")
     page.wait_for_function(
         f"() => [...Bokeh.documents[0].all_models].find((m) => m.name === 'tiles').data.unit_id.length === {boroughs.height}"

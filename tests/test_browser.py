@@ -13,7 +13,7 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser import ARTIFACTS, ROWS, Problems, open_page, url_query
+from tests.browser import ARTIFACTS, NYC_LEVELS, ROWS, Problems, open_page, url_query
 
 
 def test_dashboard_renders_heat_and_table_without_console_errors(dashboard: tuple[Page, Problems]) -> None:
@@ -48,7 +48,7 @@ def test_controls_update_the_table_in_the_browser(dashboard: tuple[Page, Problem
 def test_a_copied_link_reopens_the_same_view(dashboard: tuple[Page, Problems], chromium: Browser) -> None:
     page, problems = dashboard
     expect(page).to_have_url(re.compile(r"[?&]level=neighborhood"))  # the full state is in the URL once loaded
-    page.get_by_label("Admin level").select_option("borough")
+    page.get_by_label("Admin level").select_option(label=NYC_LEVELS["borough"])
     expect(page).to_have_url(re.compile(r"[?&]level=borough"), timeout=15_000)  # the views re-render first
     page.get_by_label("Category").select_option("HEAT/HOT WATER")
     expect(page).to_have_url(re.compile(r"[?&]category=HEAT%2FHOT\+WATER"), timeout=15_000)
@@ -57,7 +57,7 @@ def test_a_copied_link_reopens_the_same_view(dashboard: tuple[Page, Problems], c
     assert url_query(page)["since"] == "2026-10-25"  # ISO dates
     copy, copy_problems = open_page(chromium, link)
     try:
-        assert copy.get_by_label("Admin level").input_value() == "borough"
+        assert copy.get_by_label("Admin level").input_value() == NYC_LEVELS["borough"]
         assert copy.get_by_label("Category").input_value() == "HEAT/HOT WATER"
         for label in ("Since (UTC)", "Until (UTC, exclusive)", "Time bin", "Minimum z-score"):
             assert copy.get_by_label(label).input_value() == page.get_by_label(label).input_value(), label
@@ -74,7 +74,7 @@ def test_a_bad_link_value_shows_a_message_and_keeps_the_default(chromium: Browse
     page, problems = open_page(chromium, f"{live_server}/dashboard?level=county")
     try:
         expect(page.get_by_text("level = “county”")).to_be_visible()
-        assert page.get_by_label("Admin level").input_value() == "neighborhood"
+        assert page.get_by_label("Admin level").input_value() == NYC_LEVELS["neighborhood"]
         expect(page).to_have_url(re.compile(r"[?&]level=neighborhood"))  # the URL now says what is shown
         assert page.locator(ROWS).count() > 0
         assert problems.errors == []

@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from app.data.snapshot import Snapshot
 from app.engine.lens import Lens
 from app.views.heat_hover import count_texts
-from tests.browser import ARTIFACTS, Problems
+from tests.browser import ARTIFACTS, NYC_LEVELS, Problems
 
 #: The named model of the page's Bokeh document (the tilegram's sources are named).
 MODEL = "(name) => [...Bokeh.documents[0].all_models].find((m) => m.name === name)"
@@ -82,7 +82,7 @@ def _tile_count(page: Page) -> int:
 
 def _switch_level_and_sample(page: Page, level: str, count: int) -> list[dict[str, Any]]:
     page.evaluate(SAMPLE_FRAMES, 12_000)
-    page.get_by_label("Admin level").select_option(level)
+    page.get_by_label("Admin level").select_option(label=NYC_LEVELS[level])
     page.wait_for_function(f"() => ({MODEL})('tiles').data.unit_id.length === {count}", timeout=15_000)
     page.wait_for_timeout(900)  # past the end of any morph
     samples: list[dict[str, Any]] = page.evaluate("() => window.__cshSamples")
@@ -143,7 +143,7 @@ def _mercator_bounds(snap: Snapshot, level: str, unit: str) -> tuple[float, floa
 
 def test_a_tile_pick_filters_the_heat_map(dashboard: tuple[Page, Problems], tiny_snap: Snapshot) -> None:
     page, problems = dashboard
-    page.get_by_label("Admin level").select_option("borough")
+    page.get_by_label("Admin level").select_option(label=NYC_LEVELS["borough"])
     page.wait_for_function(f"() => ({MODEL})('tiles').data.unit_id.length === 5")
     page.wait_for_timeout(800)  # the morph has ended: tiles are where they are drawn
     before = page.evaluate(HEAT_LIT)

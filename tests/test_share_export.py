@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser import ARTIFACTS, open_page, url_query
+from tests.browser import ARTIFACTS, NYC_LEVELS, open_page, url_query
 
 #: Unit ids whose tilegram tile carries the selection outline (the tile source's ``line`` colour).
 OUTLINED = """() => {
@@ -40,7 +40,7 @@ def test_a_link_with_a_selection_reopens_with_those_units_selected(chromium: Bro
         _wait_outlined(page, ["BK", "QN"])
         assert _outlined(page) == ["BK", "QN"]
         expect(page).to_have_url(re.compile(r"[?&]sel=BK,QN(&|$)"))  # sorted, commas literal
-        assert page.get_by_label("Admin level").input_value() == "borough"
+        assert page.get_by_label("Admin level").input_value() == NYC_LEVELS["borough"]
         assert page.get_by_text("This link holds values").count() == 0
         assert problems.errors == []
     finally:
@@ -75,20 +75,20 @@ def test_back_and_forward_walk_through_the_views(chromium: Browser, live_server:
         level, category = page.get_by_label("Admin level"), page.get_by_label("Category")
         expect(page).to_have_url(re.compile(r"[?&]level=neighborhood"))
         start = page.url
-        level.select_option("borough")
+        level.select_option(label=NYC_LEVELS["borough"])
         expect(page).to_have_url(re.compile(r"[?&]level=borough"))
         at_borough = page.url
         category.select_option("HEAT/HOT WATER")
         expect(page).to_have_url(re.compile(r"[?&]category=HEAT%2FHOT\+WATER"))
         page.go_back()
         expect(category).to_have_value("All")
-        expect(level).to_have_value("borough")
+        expect(level).to_have_value(NYC_LEVELS["borough"])
         assert page.url == at_borough
         page.go_back()
-        expect(level).to_have_value("neighborhood")
+        expect(level).to_have_value(NYC_LEVELS["neighborhood"])
         assert page.url == start
         page.go_forward()
-        expect(level).to_have_value("borough")
+        expect(level).to_have_value(NYC_LEVELS["borough"])
         expect(category).to_have_value("All")
         page.go_forward()
         expect(category).to_have_value("HEAT/HOT WATER")
@@ -102,13 +102,13 @@ def test_back_and_forward_walk_through_the_views(chromium: Browser, live_server:
         # its view is every default, and showing it writes nothing, so the URL stays bare.
         for _ in range(3):
             page.go_back()
-        expect(level).to_have_value("neighborhood")
+        expect(level).to_have_value(NYC_LEVELS["neighborhood"])
         page.wait_for_timeout(500)
         assert page.url == f"{live_server}/dashboard"
         page.go_forward()
         assert page.url == start
         page.go_forward()
-        expect(level).to_have_value("borough")
+        expect(level).to_have_value(NYC_LEVELS["borough"])
         assert problems.errors == []
     finally:
         page.close()

@@ -20,7 +20,7 @@ from app.data.contract import detect_drift, load_contract, validate_rows
 from app.data.registry import SourceSpec, get_source, load_registry
 from app.data.sources import IngestCursor, RawPage, adapter_for
 from app.data.sources.base import CANONICAL_COLUMNS
-from app.data.sources.export_file import read_export
+from app.data.sources.export_file import CONTENT_ID, read_export
 from app.data.sources.http import RetryPolicy
 from app.data.sources.socrata import SocrataAdapter, api_field_name, covering_sources, crime_severity
 
@@ -227,6 +227,22 @@ def test_export_without_the_id_column_is_refused_unless_told(tmp_path: Path) -> 
     assert rows[0]["id"] == "HY1"
     assert rows[0]["arrest"] is False
     assert rows[0]["location"] == {"latitude": "41.9", "longitude": "-87.7"}
+
+
+def test_export_with_no_unique_column_takes_ids_from_its_cells(tmp_path: Path) -> None:
+    """Like the shared 2022 "slim" crimes file: no id at all, and two identical rows (two victims)."""
+    header = "Date,Primary Type,Community Area\n"
+    first, twin, other = "2022-09-16 21:30:00,BURGLARY,30\n", "2022-09-16 21:30:00,BURGLARY,30\n", "2022-09-17 01:00:00,ROBBERY,28\n"
+    path, reordered = tmp_path / "slim.csv", tmp_path / "reordered.csv"
+    path.write_text(header + first + twin + other)
+    reordered.write_text(header + other + first + twin)
+    spec = get_source("chicago_crimes")
+    ids = [r["id"] for r in read_export(spec, path, id_field=CONTENT_ID)]
+    assert len(set(ids)) == 3  # identical rows are two incidents, numbered in file order
+    assert ids[1] == f"{ids[0]}#2"
+    assert sorted(r["id"] for r in read_export(spec, reordered, id_field=CONTENT_ID)) == sorted(ids)  # stable: a re-import replaces
+    with pytest.raises(ValueError, match="@content"):
+        read_export(spec, path)  # refused unless told, and the message says how
 
 
 def test_portal_rows_json_export(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from app.config import Settings
 from app.data.snapshot import Snapshot
 from app.data.store import Store
 from app.engine.lens import Lens
+from app.views.base import level_words
 from app.views.tilegram import MORPH_JS, MORPH_MS, NEUTRAL, PALETTE, Tilegram, morph_plan, short_label, unit_scores, z_colors
 from app.views.tilegram_layout import (
     KM_PER_DEGREE,
@@ -254,7 +255,7 @@ def test_viewer_draws_one_tile_per_unit_coloured_by_released_z(lens: Lens, level
     color = dict(zip(tiles.data["unit_id"], tiles.data["color"], strict=True))
     assert all(color[u] != NEUTRAL for u in scores)
     assert all(c == NEUTRAL for u, c in color.items() if u not in scores)
-    assert f"{units.height:,} {level} units" in panel.select(pn.pane.Markdown)[-1].object
+    assert f"{units.height:,} {level_words(lens)} units" in panel.select(pn.pane.Markdown)[-1].object  # as the city names the level
 
 
 def test_labels_only_where_tiles_are_big_enough(lens: Lens) -> None:

@@ -29,6 +29,7 @@ from app.engine.lens import ALL, Lens
 from app.engine.privacy import BudgetLedger
 from app.pipeline import build_demo, refresh
 from app.views.anomaly_table import COLUMNS, AnomalyTable
+from app.views.base import level_words
 from app.views.export import ANOMALY_COLUMNS, UNIT_COLUMNS, anomalies_csv, export_filename, unit_counts_csv
 from app.views.heat import HeatView, outline_xy, points_element
 from app.views.page import (
@@ -208,7 +209,8 @@ def test_table_follows_level(lens: Lens, level: str) -> None:
     before = set(_table(layout)["name"])
     lens.level = level
     names = set(_table(layout)["name"])
-    assert f"at {level} level" in _summary(layout)
+    assert f"at {level_words(lens)} level" in _summary(layout)
+    assert level_words(lens) == {"tract": "census tract", "borough": "borough", "city": "city"}[level]  # NYC's names
     assert names != before
     assert lens.snapshot is not None
     # Rows of the level itself, plus ancestors shown where the level's cells are too small to publish.
@@ -556,7 +558,7 @@ def test_view_png_button_names_its_file_and_caption_after_the_view(lens: Lens) -
     filename, caption = png.tags
     assert filename == "csh_view_nyc_borough_2026-10-25_2026-11-01.png"
     assert caption == (
-        "City Service Heat · nyc · borough · 2026-10-25 to 2026-11-01 (UTC, end exclusive) · category: HEAT/HOT WATER · privacy: suppress, k = 11"
+        "City Service Heat · New York City · borough · 2026-10-25 to 2026-11-01 (UTC, end exclusive) · category: HEAT/HOT WATER · privacy: suppress, k = 11"
     )
 
 
@@ -577,7 +579,7 @@ def test_provenance_panel_shows_snapshot_sources_and_rule(tiny_snap: Snapshot, l
     assert tiny_snap.id in summary
     assert f"{counts['request']:,} requests" in summary
     assert f"{counts['incident']:,} incidents" in summary
-    assert "newest nyc event: 2026-10-31 23:" in summary  # the demo ends on 1 November (exclusive)
+    assert "newest New York City event: 2026-10-31 23:" in summary  # the demo ends on 1 November (exclusive)
     assert "k = 11" in summary
     lines = sources.splitlines()
     assert lines[0].startswith("| Source | Publisher | Dataset | Licence | Last fetch | Age |")

@@ -1,8 +1,10 @@
 """Request dependencies: parse and check query parameters once, then hand routes a ready lens.
 
 Rules (each broken rule is a 422 naming the parameter): known city, level, category and time bin;
-``since < until`` with at most 366 days between; bbox as four finite numbers min < max inside
-WGS84 ranges; ``0 <= offset``, ``1 <= limit <= 1000``; ``0 <= min_z <= 1000``.
+``since`` and ``until`` from 1900-01-01 to 2200-01-01, ``since < until`` with at most 366 days
+between; bbox as four finite numbers min < max inside WGS84 ranges; ``0 <= offset``,
+``1 <= limit <= 1000``; ``min_z`` and ``q`` inside the lens' bounds (:data:`MIN_Z_BOUNDS`,
+:data:`Q_BOUNDS`). Nothing a client sends reaches the lens unchecked, so bad input is never a 500.
 """
 
 from __future__ import annotations
@@ -16,14 +18,38 @@ from fastapi import Depends, Query, Request
 
 from app.api.errors import NoSnapshotError, unprocessable
 from app.config import Settings
+from app.data.cities import default_city
 from app.data.snapshot import Snapshot
 from app.data.store import Store
 from app.engine.lens import ALL, Lens
 
-__all__ = ["MAX_LIMIT", "MAX_WINDOW", "BBox", "BBoxDep", "LensDep", "Level", "Page", "PageDep", "SnapshotDep", "TimeBin"]
+__all__ = [
+    "EARLIEST",
+    "LATEST",
+    "MAX_LIMIT",
+    "MAX_WINDOW",
+    "MIN_Z_BOUNDS",
+    "Q_BOUNDS",
+    "BBox",
+    "BBoxDep",
+    "LensDep",
+    "Level",
+    "Page",
+    "PageDep",
+    "SnapshotDep",
+    "TimeBin",
+    "default_city_of",
+]
 
 MAX_WINDOW = timedelta(days=366)
 MAX_LIMIT = 1000
+#: Earliest and latest instants a window may name (outside them no city has data, and date
+#: arithmetic near year 1 or 9999 overflows).
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+#: Threshold bounds are the lens' own, so the API declares exactly what the lens accepts.
+Q_BOUNDS: tuple[float, float] = Lens.param["q"].bounds
+MIN_Z_BOUNDS: tuple[float, float] = Lens.param["min_z"].bounds
 Level = Literal["tract", "neighborhood", "borough", "city"]
 TimeBin = Literal["hour", "day", "week"]
 
@@ -43,54 +69,90 @@ def get_snapshot(store: Annotated[Store, Depends(get_store)]) -> Snapshot:
 SnapshotDep = Annotated[Snapshot, Depends(get_snapshot)]
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """Naive datetimes are taken as UTC; aware ones are converted to it."""
+def _utc(name: str, value: datetime | None) -> datetime | None:
+    """Naive datetimes are taken as UTC; aware ones are converted to it. Out of range is a 422."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+05:00 has no UTC instant
+        raise unprocessable(name, f"{name} must be from {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d} (UTC)", str(value)) from None
+    if not EARLIEST <= value <= LATEST:
+        raise unprocessable(name, f"{name} must be from {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d} (UTC)", value.isoformat())
+    return value
+
+
+def default_city_of(snapshot: Snapshot) -> str | None:
+    """The city a request without ``city`` gets: the lens' default when served, else the first."""
+    return default_city(snapshot, Lens.param["city"].default)
+
+
+def _known(values: list[str], most: int = 30) -> str:
+    """Known values for a 422 message, at most ``most`` of them."""
+    shown = ", ".join(values[:most])
+    return shown + (f", ... ({len(values) - most} more)" if len(values) > most else "")
+
+
+_WINDOW_RULE = f"from {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d}; at most {MAX_WINDOW.days} days between since and until"
 
 
 def get_lens(
     request: Request,
     snapshot: SnapshotDep,
-    city: Annotated[str, Query(description="City id, e.g. 'nyc' (see /tracts).")] = "nyc",
-    level: Annotated[Level, Query(description="Admin level of the units counted.")] = "tract",
-    since: Annotated[datetime | None, Query(description="Window start, ISO 8601 (naive = UTC). Default: 7 days before `until`.")] = None,
+    city: Annotated[str | None, Query(max_length=100, description="City id (see /cities). Default: the snapshot's default city.")] = None,
+    level: Annotated[Level, Query(description="Admin level of the units counted (names per city: /cities).")] = "tract",
+    since: Annotated[
+        datetime | None,
+        Query(description=f"Window start, ISO 8601 (naive = UTC), {_WINDOW_RULE}. Default: 7 days before `until`."),
+    ] = None,
     until: Annotated[
-        datetime | None, Query(description="Window end (exclusive), ISO 8601. Default: end of the newest event's day.")
+        datetime | None,
+        Query(description=f"Window end (exclusive), ISO 8601, {_WINDOW_RULE}. Default: end of the newest event's day."),
     ] = None,
     category: Annotated[
-        str | None, Query(max_length=200, description="One category (complaint type, offence or closure kind); default all.")
+        str | None,
+        Query(
+            max_length=200,
+            description="One of the city's categories (complaint type, offence or closure kind; /cities counts them); "
+            "an unknown one is a 422 listing the known ones. Default: all.",
+        ),
     ] = None,
 ) -> Lens:
     """A lens for this request, after checking every lens parameter against the snapshot."""
-    if city not in snapshot.cities():
+    city = city if city is not None else default_city_of(snapshot)
+    if city is None or city not in snapshot.cities():
         raise unprocessable("city", f"unknown city {city!r}; known: {', '.join(snapshot.cities())}", city)
+    since, until = _utc("since", since), _utc("until", until)
     settings: Settings = request.app.state.settings
     lens = Lens(
         snapshot=snapshot,
-        city=city,
         level=level,
         privacy_mode=settings.privacy_mode,
         privacy_k=settings.privacy_k,
         epsilon=settings.privacy_epsilon,
         ledger=getattr(request.app.state, "ledger", None),
     )
-    since, until = _utc(since), _utc(until)
+    lens.city = city  # after the snapshot: the lens offers the snapshot's cities once it has one
     if until is not None:
         lens.until = until
+    elif lens.until is None:  # a city without events: the week up to the end of today
+        lens.until = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
     if since is not None:
         lens.since = since
-    elif until is not None:
-        lens.since = until - timedelta(days=7)
-    if lens.since is not None and lens.until is not None:
-        if lens.since >= lens.until:
-            raise unprocessable("since", "since must be earlier than until", since.isoformat() if since else None)
-        if lens.until - lens.since > MAX_WINDOW:
-            raise unprocessable("until", f"window longer than {MAX_WINDOW.days} days", until.isoformat() if until else None)
+    elif until is not None or lens.since is None:
+        lens.since = lens.until - timedelta(days=7)
+    assert lens.since is not None
+    assert lens.until is not None
+    if lens.since >= lens.until:
+        raise unprocessable("since", "since must be earlier than until", since.isoformat() if since else None)
+    if lens.until - lens.since > MAX_WINDOW:
+        named, given = ("until", until) if until is not None or since is None else ("since", since)
+        raise unprocessable(named, f"window longer than {MAX_WINDOW.days} days", given.isoformat() if given else None)
     if category is not None:
         if category not in lens.categories():
-            raise unprocessable("category", f"unknown category {category!r} for city {city!r}", category)
+            raise unprocessable(
+                "category", f"unknown category {category!r} for city {city!r}; known: {_known(lens.categories())}", category
+            )
         lens.category = category
     else:
         lens.category = ALL

@@ -10,11 +10,14 @@ from pydantic import BaseModel, Field
 __all__ = [
     "AnomaliesOut",
     "AnomalyOut",
+    "CitiesOut",
+    "CityOut",
     "Feature",
     "FeatureCollection",
     "HealthOut",
     "HeatCell",
     "HeatOut",
+    "LevelOut",
     "PrivacyOut",
     "SnapshotOut",
     "SourceOut",
@@ -133,6 +136,36 @@ class AnomaliesOut(BaseModel):
     offset: int
     next_offset: int | None
     items: list[AnomalyOut]
+
+
+class LevelOut(BaseModel):
+    """One admin level of a city, finest first; ``key`` is what the ``level`` parameter takes."""
+
+    key: Literal["tract", "neighborhood", "borough", "city"] = Field(description="Generic level key used by every route.")
+    name: str = Field(description="What the level is called in this city, e.g. 'Community area' for Chicago's neighborhoods.")
+    units: int = Field(description="Units of this level in the served snapshot.")
+    grain: str = Field(description="Time grain this level is published at (hour, day or week).")
+
+
+class CityOut(BaseModel):
+    """A city of the served snapshot: names, levels, what it holds and its local time zone."""
+
+    id: str = Field(description="City id, the value of the ``city`` parameter.")
+    name: str = Field(description="Display name, e.g. 'New York City'.")
+    timezone: str = Field(description="IANA time zone of the city (from its sources in the registry, else UTC).")
+    levels: list[LevelOut] = Field(description="Admin levels, finest first.")
+    kinds: list[str] = Field(description="Event kinds the city has events of: request, incident, closure.")
+    categories: int = Field(description="Number of distinct categories (complaint types, offences, closure kinds).")
+    first_event: datetime | None = Field(description="Time of the oldest event (UTC); null without events.")
+    last_event: datetime | None = Field(description="Time of the newest event (UTC); null without events.")
+
+
+class CitiesOut(BaseModel):
+    """Every city of the served snapshot."""
+
+    snapshot_id: str
+    default_city: str | None = Field(description="The city routes use when ``city`` is omitted.")
+    cities: list[CityOut]
 
 
 class SnapshotOut(BaseModel):

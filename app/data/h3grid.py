@@ -67,7 +67,8 @@ def h3_locate(city: str, lon: NDArray[np.float64], lat: NDArray[np.float64]) -> 
 
 
 def h3_units(city: str, tract_cells: list[str]) -> pl.DataFrame:
-    """``geo_unit`` rows for ``tract_cells``, their parent cells and the region row.
+    """``geo_unit`` rows for ``tract_cells``, their parent cells and the region row (named as
+    :func:`app.data.cities.city_name` names the region).
 
     The region's geometry is the union of the borough and tract cells given here (a tract cell can
     poke out of its parent's hexagon): an outline of the area covered, not a boundary.
@@ -83,6 +84,8 @@ def h3_units(city: str, tract_cells: list[str]) -> pl.DataFrame:
     parents_by_level[top] = [city] * len(cells_by_level[top])
     frames = [_cell_frame(city, lvl, cells_by_level[lvl], parents_by_level[lvl]) for lvl in levels]
     if frames[-1].height:
+        from app.data.cities import city_name  # the region's display name (cities imports this module)
+
         region = shapely.union_all(shapely.from_wkb(pl.concat([frames[0], frames[-1]])["geom_wkb"].to_numpy()))
         point = shapely.point_on_surface(region)
         frames.append(
@@ -91,7 +94,7 @@ def h3_units(city: str, tract_cells: list[str]) -> pl.DataFrame:
                     "city": [city],
                     "level": ["city"],
                     "unit_id": [city],
-                    "name": [f"{city} (H3 cells)"],
+                    "name": [city_name(city)],
                     "parent_id": [None],
                     "lon": [shapely.get_x(point)],
                     "lat": [shapely.get_y(point)],

@@ -254,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", required=True, choices=sorted(registry), help="registry entry (app/data/sources.toml)")
     parser.add_argument("--since", help="backfill from this ISO date instead of the stored cursor")
     parser.add_argument("--file", type=Path, help="import a local CSV/JSON export of the source instead of calling the provider")
-    parser.add_argument("--id-field", help="with --file: the export column holding row ids when the export lacks the API's id field")
+    parser.add_argument(
+        "--id-field",
+        help="with --file: the export column holding row ids when the export lacks the API's id field, "
+        "or '@content' when it has no unique column (ids from each row's cells)",
+    )
     parser.add_argument("--no-publish", action="store_true", help="leave the new rows in the working database only")
     args = parser.parse_args(argv)
     if args.since is not None:

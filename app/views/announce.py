@@ -9,6 +9,7 @@ from typing import Any
 import panel as pn
 import polars as pl
 
+from app.data.cities import city_name
 from app.engine.lens import Lens
 from app.views.base import LENS_STATE, LensView
 
@@ -70,5 +71,4 @@ def _where(lens: Lens) -> str:
     if lens.selection:
         names = units.filter(pl.col("unit_id").is_in(lens.selection))["name"].to_list()
         return ", ".join(sorted(names)[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    city = units.filter(pl.col("level") == "city")["name"]
-    return str(city[0]) if city.len() else lens.city
+    return city_name(lens.city)

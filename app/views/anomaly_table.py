@@ -10,7 +10,7 @@ import panel as pn
 import param
 import polars as pl
 
-from app.views.base import LENS_STATE, LensView
+from app.views.base import LENS_STATE, LensView, level_words
 from app.views.provenance import privacy_rule
 from app.views.tables import TABLE_CSS, html_table
 
@@ -72,7 +72,7 @@ class AnomalyTable(LensView):
         if lens.since is not None and lens.until is not None and lens.since >= lens.until:
             return "**No window:** the start must be before the end."
         frame, withheld = self._released()
-        shown = f"**{len(frame)}** anomalies with q ≤ {lens.q:g} and z ≥ {lens.min_z:g} at {lens.level} level"
+        shown = f"**{len(frame)}** anomalies with q ≤ {lens.q:g} and z ≥ {lens.min_z:g} at {level_words(lens)} level"
         return f"{shown}; **{withheld}** withheld by the privacy rule *{privacy_rule(lens)}*."
 
     def _table(self, *_: Any) -> pd.DataFrame:
@@ -84,7 +84,7 @@ class AnomalyTable(LensView):
     def _html(self, *_: Any) -> str:
         return html_table(
             pl.from_pandas(self._table()),
-            f"Released anomalies at {self._lens.level} level, {self.sort}",
+            f"Released anomalies at {level_words(self._lens)} level, {self.sort}",
             css_class="csh-anomalies",
             numeric=["observed", "expected", "z"],
             max_rows=MAX_ROWS,

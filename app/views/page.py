@@ -22,12 +22,13 @@ from bokeh.models import CustomJS
 from panel.template.base import BasicTemplate
 
 from app.config import Settings
+from app.data.cities import city_kinds, city_name, default_city, level_names
 from app.data.store import Store
-from app.engine.lens import Lens
+from app.engine.lens import KINDS, Lens
 from app.engine.privacy import BudgetLedger
 from app.views.announce import LiveRegion
 from app.views.anomaly_table import AnomalyTable
-from app.views.base import LENS_STATE, LensView
+from app.views.base import KIND_LABELS, LENS_STATE, LensView, level_words
 from app.views.export import VIEW_PNG_JS, anomalies_csv, export_filename, unit_counts_csv, view_caption
 from app.views.heat import HeatView
 from app.views.narratives import Narratives
@@ -132,7 +133,9 @@ class Controls(LensView):
                 picker.options = options
             picker.value = [u for u in lens.selection if u in options.values()]
             n = len(lens.selection)
-            status.object = f"{n} {lens.level} unit{'s' if n != 1 else ''} selected." if n else "Nothing selected: every unit is shown."
+            status.object = (
+                f"{n} {level_words(lens)} unit{'s' if n != 1 else ''} selected." if n else "Nothing selected: every unit is shown."
+            )
 
         apply.on_click(lambda _: setattr(lens, "selection", sorted(picker.value)))
         clear.on_click(lambda _: setattr(lens, "selection", []))
@@ -144,16 +147,75 @@ class Controls(LensView):
     def _kinds_note(kinds: list[str]) -> str:
         return "" if kinds else "*No kind ticked: nothing is shown.*"
 
+    def _named(self, name: str, label: str, options: Callable[[], dict[str, str]]) -> pn.widgets.Select:
+        """A select of one lens parameter showing display names (``options``: name -> value),
+        renamed when the city or snapshot changes; values stay the lens' ids."""
+        lens = self._lens
+        widget = pn.widgets.Select(label=label, options=options(), value=getattr(lens, name))
+        pulling = [False]
+
+        def push(event: Any) -> None:
+            if not pulling[0] and event.new is not None and event.new != getattr(lens, name):
+                setattr(lens, name, event.new)
+
+        def pull(*_: Any) -> None:
+            pulling[0] = True
+            try:
+                fresh = options()
+                if widget.options != fresh:
+                    widget.options = fresh
+                widget.value = getattr(lens, name)
+            finally:
+                pulling[0] = False
+
+        widget.param.watch(push, "value")
+        lens.param.watch(pull, list(dict.fromkeys([name, "city", "snapshot"])))
+        return widget
+
+    def _kinds(self) -> pn.widgets.CheckBoxGroup:
+        """Checkboxes of the kinds the city has events of only. A kind the city lacks stays in the
+        lens' kinds (it selects nothing there), so ticking all the city offers is "every kind"."""
+        lens = self._lens
+
+        def offered() -> tuple[str, ...]:
+            return city_kinds(lens.snapshot, lens.city) if lens.snapshot is not None else KINDS
+
+        widget = pn.widgets.CheckBoxGroup(label="Event kinds", inline=False)
+        pulling = [False]
+
+        def push(event: Any) -> None:
+            if not pulling[0]:
+                have = offered()
+                lens.kinds = [k for k in KINDS if k in event.new or k not in have]
+
+        def pull(*_: Any) -> None:
+            pulling[0] = True
+            try:
+                have = offered()
+                options = {KIND_LABELS[k]: k for k in have}
+                if widget.options != options:
+                    widget.options = options
+                widget.value = [k for k in have if k in lens.kinds]
+            finally:
+                pulling[0] = False
+
+        widget.param.watch(push, "value")
+        lens.param.watch(pull, ["kinds", "city", "snapshot"])
+        pull()
+        return widget
+
     def __panel__(self) -> pn.viewable.Viewable:
-        p = self._lens.param
+        lens = self._lens
+        p = lens.param
+        kinds = self._kinds()
         return pn.Column(
-            pn.widgets.Select.from_param(p.city, label="City"),
-            pn.widgets.Select.from_param(p.level, label="Admin level"),
+            self._named("city", "City", lambda: {city_name(c): c for c in p.city.objects}),
+            self._named("level", "Admin level", lambda: {name: key for key, name in level_names(lens.city).items()}),
             *self._window(),
             pn.widgets.Select.from_param(p.category, label="Category"),
             pn.pane.Markdown("Event kinds", margin=(5, 10, 0, 10)),
-            pn.widgets.CheckBoxGroup.from_param(p.kinds, label="Event kinds", inline=False),
-            pn.pane.Markdown(pn.bind(self._kinds_note, p.kinds), margin=(0, 10)),
+            kinds,
+            pn.pane.Markdown(pn.bind(self._kinds_note, kinds.param.value), margin=(0, 10)),
             pn.widgets.Select.from_param(p.time_bin, label="Time bin"),
             pn.widgets.FloatInput.from_param(p.min_z, label="Minimum z-score", step=0.5, stylesheets=[NUMBER_CSS]),
             pn.widgets.FloatInput.from_param(p.q, label="Largest q-value (false-discovery rate)", step=0.01, stylesheets=[NUMBER_CSS]),
@@ -204,7 +266,7 @@ def view_png(lens: Lens) -> pn.widgets.Button:
         since, until = lens.window()
         widget.tags = [
             export_filename("view", lens.city, lens.level, since, until, ext="png"),
-            view_caption(lens.city, lens.level, since, until, lens.category, privacy_rule(lens)),
+            view_caption(city_name(lens.city), level_words(lens), since, until, lens.category, privacy_rule(lens)),
         ]
 
     tags()
@@ -273,7 +335,8 @@ def build_dashboard(store: Store, settings: Settings, ledger: BudgetLedger | Non
     """A fresh lens and page for one browser session; a clear notice when nothing is published yet.
     ``ledger`` is the server's 'dp' budget ledger (required in 'dp' mode)."""
     snapshot = store.current()
-    if snapshot is None:
+    city = default_city(snapshot, Lens.param["city"].default) if snapshot is not None else None
+    if snapshot is None or city is None:
         return _template(main=[pn.pane.Alert(NO_DATA, alert_type="warning")])
     lens = Lens(
         snapshot=snapshot,
@@ -282,6 +345,7 @@ def build_dashboard(store: Store, settings: Settings, ledger: BudgetLedger | Non
         epsilon=settings.privacy_epsilon,
         ledger=ledger,
     )
+    lens.city = city  # after the snapshot: the lens offers the snapshot's cities once it has one
     if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:  # a live browser session
 
         def tick() -> None:

@@ -18,6 +18,7 @@ import panel as pn
 import polars as pl
 from pydantic import ValidationError
 
+from app.data.cities import city_name
 from app.data.demo_feed import DEMO_SOURCE, DemoSource
 from app.data.registry import SourceSpec, load_registry
 from app.data.snapshot import Snapshot
@@ -151,7 +152,7 @@ def snapshot_text(snap: Snapshot, city: str, now: datetime, newest: datetime | N
     )
     return (
         f"Snapshot `{snap.id}` · built {_utc_minute(snap.created_at)} ({age_text(snap.created_at, now)} ago) · "
-        f"rows: {rows} · newest {city} event: {_utc_minute(newest if isinstance(newest, datetime) else None)}"
+        f"rows: {rows} · newest {city_name(city)} event: {_utc_minute(newest if isinstance(newest, datetime) else None)}"
     )
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import panel as pn
 import polars as pl
 
-from app.views.base import LENS_STATE, LensView
+from app.data.cities import level_name
+from app.views.base import LENS_STATE, LensView, level_words
 from app.views.sparkbands import pick_units  # the same units the sparkbands draw
 from app.views.tilegram import unit_scores  # the tilegram's own rule for a tile's colour
 
@@ -131,6 +132,7 @@ class HeatTable(_ChartTable):
             return ""
         counts = lens.unit_counts()
         parents = lens.snapshot.units(lens.city).select(pl.col("unit_id").alias("rollup_unit_id"), pl.col("name").alias("parent"))
+        levels = {key: level_name(lens.city, key) for key in lens.param.level.objects}
         frame = (
             counts.join(parents, on="rollup_unit_id", how="left")
             .sort(["count", "name"], descending=[True, False], nulls_last=True)
@@ -138,7 +140,7 @@ class HeatTable(_ChartTable):
                 "name",
                 "count",
                 pl.when(pl.col("rollup_count").is_not_null())
-                .then(pl.format("{} ({}): {}", "parent", "rollup_level", "rollup_count"))
+                .then(pl.format("{} ({}): {}", "parent", pl.col("rollup_level").replace_strict(levels, default=None), "rollup_count"))
                 .alias("rollup"),
             )
         )
@@ -146,11 +148,11 @@ class HeatTable(_ChartTable):
         span = f"{since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC" if since and until else "the window"
         return html_table(
             frame,
-            f"Released events per {lens.level}, {span}; a withheld count shows its parent's total",
+            f"Released events per {level_words(lens)}, {span}; a withheld count shows its parent's total",
             css_class="csh-heat-table",
             numeric=["count"],
             formats={"count": withheld_text, "rollup": lambda v: "" if v is None else str(v)},
-            headings={"name": lens.level, "count": "events", "rollup": "withheld: parent total"},
+            headings={"name": level_words(lens), "count": "events", "rollup": "withheld: parent total"},
             more="{n} more units are in the unit-counts CSV export.",
         )
 
@@ -174,14 +176,14 @@ class TileTable(_ChartTable):
         )
         return html_table(
             frame,
-            f"Tiles at {lens.level} level: the strongest released anomaly z of each (none: no anomaly released)",
+            f"Tiles at {level_words(lens)} level: the strongest released anomaly z of each (none: no anomaly released)",
             css_class="csh-tile-table",
             numeric=["zscore"],
             formats={
                 "zscore": lambda v: "none released" if v is None else f"{v:.1f}",
                 "selected": lambda v: "selected" if v else "",
             },
-            headings={"name": lens.level, "zscore": "strongest z", "selected": "selection"},
+            headings={"name": level_words(lens), "zscore": "strongest z", "selected": "selection"},
             max_rows=300,
             more="{n} more tiles have no released anomaly.",
         )
@@ -218,9 +220,14 @@ class BandTable(_ChartTable):
         )
         return html_table(
             frame,
-            f"Released counts against the baseline per {lens.level} ({lens.time_bin} bins)",
+            f"Released counts against the baseline per {level_words(lens)} ({lens.time_bin} bins)",
             css_class="csh-band-table",
             numeric=["observed", "expected", "bins"],
             formats={"observed": withheld_text, "anomalous": lambda v: v or "none"},
-            headings={"name": lens.level, "observed": "observed total", "expected": "expected total", "anomalous": "bins with an anomaly"},
+            headings={
+                "name": level_words(lens),
+                "observed": "observed total",
+                "expected": "expected total",
+                "anomalous": "bins with an anomaly",
+            },
         )

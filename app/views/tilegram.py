@@ -40,9 +40,10 @@ from bokeh.models.renderers import GlyphRenderer
 from bokeh.plotting import figure
 from numpy.typing import NDArray
 
+from app.data.cities import city_name
 from app.data.geography import LEVELS, level_column
 from app.engine.lens import Lens
-from app.views.base import LENS_STATE, LensView
+from app.views.base import LENS_STATE, LensView, level_words
 from app.views.tilegram_layout import Shape, TileLayout, cached_layout, footprint_area, geography_key, parent_positions
 
 __all__ = [
@@ -521,7 +522,7 @@ class _TileFigure:
         else:
             self._replace(layout, look, morph_plan(old.layout if old else None, layout, relation, links), ranges, size)
         self.message.visible, self.plot.visible = False, True
-        self.caption.object = _caption(layout, lens.level, int(np.isfinite(look["z"]).sum()))
+        self.caption.object = _caption(layout, level_words(lens), int(np.isfinite(look["z"]).sum()))
         self.shown = _Shown(lens.city, lens.level, geography, layout, pl.DataFrame({"unit_id": look["unit_id"], "color": look["color"]}))
 
     def _look(self, layout: TileLayout) -> dict[str, Any]:
@@ -650,7 +651,7 @@ def _no_tiles_reason(lens: Lens) -> str | None:
     if lens.level not in LEVELS[:-1]:
         return f"*The tilegram shows units below the city: pick {', '.join(LEVELS[:-1])}.*"
     if lens.snapshot.units(lens.city, lens.level).is_empty():
-        return f"*No {lens.level} units for {lens.city}.*"
+        return f"*No {level_words(lens)} units for {city_name(lens.city)}.*"
     return None
 
 

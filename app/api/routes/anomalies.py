@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import LensDep, PageDep, TimeBin
+from app.api.deps import MIN_Z_BOUNDS, Q_BOUNDS, LensDep, PageDep, TimeBin
 from app.api.routes._common import lens_out, privacy_out
 from app.api.schemas import AnomaliesOut, AnomalyOut, DriverOut
 from app.engine.scores import DEFAULT_Q
@@ -18,9 +18,23 @@ router = APIRouter(tags=["anomalies"])
 def anomalies(
     lens: LensDep,
     page: PageDep,
-    min_z: Annotated[float, Query(ge=0, le=1000, allow_inf_nan=False, description="Smallest z-score listed (0..1000).")] = 3.0,
+    min_z: Annotated[
+        float,
+        Query(
+            ge=MIN_Z_BOUNDS[0],
+            le=MIN_Z_BOUNDS[1],
+            allow_inf_nan=False,
+            description=f"Smallest z-score listed ({MIN_Z_BOUNDS[0]:g}..{MIN_Z_BOUNDS[1]:g}).",
+        ),
+    ] = 3.0,
     q: Annotated[
-        float, Query(gt=0, le=1, allow_inf_nan=False, description="Largest Benjamini-Hochberg q-value listed (0 < q <= 1).")
+        float,
+        Query(
+            ge=Q_BOUNDS[0],
+            le=Q_BOUNDS[1],
+            allow_inf_nan=False,
+            description=f"Largest Benjamini-Hochberg q-value listed ({Q_BOUNDS[0]:g} <= q <= {Q_BOUNDS[1]:g}).",
+        ),
     ] = DEFAULT_Q,
     time_bin: Annotated[
         TimeBin, Query(description="Bin width: hour, day or week; a level published at a coarser grain answers at its grain.")

@@ -9,7 +9,7 @@ import numpy as np
 import shapely
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import Level, SnapshotDep
+from app.api.deps import Level, SnapshotDep, default_city_of
 from app.api.errors import unprocessable
 from app.api.schemas import FeatureCollection
 from app.data.snapshot import Snapshot
@@ -22,11 +22,12 @@ router = APIRouter(tags=["geography"])
 )
 def tracts(
     snapshot: SnapshotDep,
-    city: Annotated[str, Query(description="City id, e.g. 'nyc'.")] = "nyc",
-    level: Annotated[Level, Query(description="Admin level: tract, neighborhood, borough or city.")] = "tract",
+    city: Annotated[str | None, Query(max_length=100, description="City id (see /cities). Default: the snapshot's default city.")] = None,
+    level: Annotated[Level, Query(description="Admin level: tract, neighborhood, borough or city (names per city: /cities).")] = "tract",
 ) -> Response:
     """Polygons of every unit at ``level`` with id, name, parent id and representative point."""
-    if city not in snapshot.cities():
+    city = city if city is not None else default_city_of(snapshot)
+    if city is None or city not in snapshot.cities():
         raise unprocessable("city", f"unknown city {city!r}; known: {', '.join(snapshot.cities())}", city)
     return Response(snapshot.memo(("geojson", city, level), lambda: _geojson(snapshot, city, level)), media_type="application/json")
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
+import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import islice
@@ -29,13 +31,17 @@ from app.data.sources.base import adapter_for
 from app.data.sources.socrata import api_row
 from app.data.store import Store
 
-__all__ = ["CHUNK_ROWS", "ingest_file", "iter_export", "read_export"]
+__all__ = ["CHUNK_ROWS", "CONTENT_ID", "ingest_file", "iter_export", "read_export"]
 
 log = structlog.get_logger(__name__)
 _WKT_POINT = re.compile(r"POINT\s*\(\s*([-+0-9.eE]+)\s+([-+0-9.eE]+)\s*\)", re.IGNORECASE)
 _PAREN_PAIR = re.compile(r"\(\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*\)")
 #: Rows per transaction when importing (a crash keeps whole chunks; a re-run replaces them).
 CHUNK_ROWS = 50_000
+#: ``id_field`` value for exports with no unique column at all (the shared Chicago 2022 "slim"
+#: crimes file): each row's id is a hash of its cells, identical rows numbered in file order, so
+#: re-importing the same rows replaces them instead of adding them again.
+CONTENT_ID = "@content"
 
 
 def read_export(spec: SourceSpec, path: Path, id_field: str | None = None) -> list[dict[str, Any]]:
@@ -56,6 +62,8 @@ def iter_export(spec: SourceSpec, path: Path, chunk_rows: int = CHUNK_ROWS, id_f
         return
     booleans = _boolean_fields(spec)
     rows = _json_rows(path) if ".json" in path.suffixes else _csv_rows(path)
+    if id_field == CONTENT_ID:
+        rows, id_field = _content_ids(rows, spec.fields.id), None
     checked = False
     while chunk := list(islice(rows, chunk_rows)):
         out = [_shape(api_row(r), spec, booleans, id_field) for r in chunk]
@@ -108,6 +116,16 @@ def _json_rows(path: Path) -> Iterator[dict[str, Any]]:
         raise ValueError(f"{path}: not a Socrata JSON export (expected an array of rows or a rows.json document)")
 
 
+def _content_ids(rows: Iterator[dict[str, Any]], id_name: str) -> Iterator[dict[str, Any]]:
+    """Rows with ``id_name`` set to a digest of their cells (``#n`` added to the n-th repeat), for
+    exports that carry no id: stable across re-imports of the same rows, whatever their order."""
+    seen: Counter[str] = Counter()
+    for row in rows:
+        digest = hashlib.sha1(json.dumps(row, sort_keys=True, default=str).encode(), usedforsecurity=False).hexdigest()[:20]
+        seen[digest] += 1
+        yield {**row, id_name: digest if seen[digest] == 1 else f"{digest}#{seen[digest]}"}
+
+
 # ---- shaping -------------------------------------------------------------------------------------
 def _shape(row: dict[str, Any], spec: SourceSpec, booleans: frozenset[str], id_field: str | None) -> dict[str, Any]:
     """CSV cells as the API spells them: the location object from its printed form, checkboxes as
@@ -151,5 +169,9 @@ def _boolean_fields(spec: SourceSpec) -> frozenset[str]:
 def _check_id(spec: SourceSpec, rows: list[dict[str, Any]], id_field: str | None, path: Path) -> None:
     """Refuse an export with no id column at all, rather than reject every row silently."""
     if rows and not any(spec.fields.id in r for r in rows):
-        hint = f"; column {id_field!r} is missing too" if id_field else "; pass id_field= a unique column of the export"
+        hint = (
+            f"; column {id_field!r} is missing too"
+            if id_field
+            else f"; pass id_field= a unique column of the export, or {CONTENT_ID!r} when it has none (ids from each row's cells)"
+        )
         raise ValueError(f"{path.name}: no {spec.fields.id!r} column for source {spec.name}{hint}")
