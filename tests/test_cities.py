@@ -21,15 +21,13 @@ from app.data.cities import (
     city_info,
     city_kinds,
     city_name,
-    city_timezone,
     default_city,
     level_name,
     level_names,
-    published_grain,
 )
 from app.data.geography import LEVELS
 from app.data.ingest import canonical_rows, commit_page, read_state
-from app.data.registry import get_source, load_registry
+from app.data.registry import city_timezone, get_source
 from app.data.snapshot import Snapshot
 from app.data.sources import adapter_for
 from app.data.store import Store
@@ -57,15 +55,14 @@ def test_city_names_and_time_zones_come_from_one_table_and_the_registry() -> Non
     assert (city_name("nyc"), city_name("chicago"), city_name("san_jose")) == ("New York City", "Chicago", "San Jose")
     assert city_timezone("nyc") == "America/New_York"
     assert city_timezone("chicago") == "America/Chicago"
-    assert city_timezone("uk") == "Europe/London"  # the DATEX entry says UTC (its times carry offsets): the local zone wins
+    assert city_timezone("uk") == "Europe/London"  # the DATEX entry says UTC (its times carry offsets): the city's clock wins
+    assert city_timezone("boston") == "America/New_York"  # Open311 sends offsets (its source says UTC); Boston lives in New York's zone
     assert city_timezone("atlantis") == "UTC"
-    assert city_timezone("boston") == get_source("boston311").timezone
-    registry = load_registry()
-    assert {city_timezone(s.city, registry) for s in registry.values() if s.city == "chicago"} == {"America/Chicago"}
 
 
-def test_published_grain_per_level() -> None:
-    assert [published_grain(lv) for lv in LEVELS] == ["week", "day", "hour", "hour"]
+def test_published_grain_per_level_is_the_release_s(tiny_snap: Snapshot) -> None:
+    info = city_info(tiny_snap, "nyc")
+    assert [lv.grain for lv in info.levels] == [tiny_snap.release_meta("nyc")["grains"][lv] for lv in LEVELS] == ["week", "day", "hour", "hour"]
 
 
 def test_city_info_agrees_with_the_snapshot(tiny_snap: Snapshot) -> None:

@@ -13,8 +13,8 @@ H3 regions   H3 cell (res 7)    H3 cell (res 5)      H3 cell (res 3)       Regio
 ===========  =================  ===================  ====================  ======
 
 A city with a boundary set (:data:`app.data.geography.CITIES`) has its own names; any other city
-is an H3 region (:mod:`app.data.h3grid`). The time zone is the registry's (``sources.toml``) for a
-source of that city, else UTC.
+is an H3 region (:mod:`app.data.h3grid`). The time zone and the grain each level is published at are
+the snapshot's release facts (:meth:`app.data.snapshot.Snapshot.release_meta`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import polars as pl
-from pydantic import ValidationError
 
 from app.data.geography import CITIES, LEVELS
 from app.data.h3grid import H3_RESOLUTIONS
-from app.data.registry import SourceSpec, load_registry
+from app.data.registry import city_timezone
 from app.data.snapshot import Snapshot
 from app.data.sources.base import CANONICAL_COLUMNS
 
@@ -39,11 +38,9 @@ __all__ = [
     "city_info",
     "city_kinds",
     "city_name",
-    "city_timezone",
     "default_city",
     "level_name",
     "level_names",
-    "published_grain",
 ]
 
 #: Event kinds in display order: the store's event tables.
@@ -91,11 +88,6 @@ class CityInfo:
     last_event: datetime | None
 
 
-def published_grain(level: str) -> str:
-    """The time grain a level is published at (a placeholder until the engine rewrite provides it)."""
-    return {"tract": "week", "neighborhood": "day", "borough": "hour", "city": "hour"}[level]
-
-
 def city_name(city: str) -> str:
     """What a reader calls ``city`` ("New York City" for ``nyc``)."""
     return _CITY_NAMES.get(city) or city.replace("_", " ").title()
@@ -111,19 +103,6 @@ def level_names(city: str) -> dict[str, str]:
 def level_name(city: str, level: str) -> str:
     """The display name of one level of ``city`` ("Community area" for Chicago's neighborhoods)."""
     return level_names(city).get(level, level)
-
-
-def city_timezone(city: str, registry: dict[str, SourceSpec] | None = None) -> str:
-    """The IANA zone of ``city``: its sources' declared zone, a local one first (a source that says
-    UTC usually just sends offsets), else UTC; UTC too when the registry cannot be read."""
-    if registry is None:
-        try:
-            registry = load_registry()
-        except (OSError, KeyError, ValueError, ValidationError):
-            registry = {}
-    zones = [s.timezone for s in registry.values() if s.city == city]
-    local = [z for z in zones if z != "UTC"]
-    return (local or zones or ["UTC"])[0]
 
 
 def city_kinds(snapshot: Snapshot, city: str) -> tuple[str, ...]:
@@ -154,13 +133,17 @@ def _city_info(snapshot: Snapshot, city: str) -> CityInfo:
     units = snapshot.units(city).group_by("level").agg(n=pl.len())
     per_level = dict(zip(units["level"].to_list(), units["n"].to_list(), strict=True))
     names = level_names(city)
+    release = snapshot.release_meta(city)
+    grains = release.get("grains") or {}
     events = snapshot.events(city)
     first, last = (events["ts"].min(), events["ts"].max()) if events.height else (None, None)
     return CityInfo(
         id=city,
         name=city_name(city),
-        timezone=city_timezone(city),
-        levels=tuple(LevelInfo(level, names[level], int(per_level.get(level, 0)), published_grain(level)) for level in LEVELS),
+        timezone=str(release.get("timezone") or city_timezone(city)),
+        levels=tuple(
+            LevelInfo(level, names[level], int(per_level.get(level, 0)), str(grains.get(level, "none"))) for level in LEVELS
+        ),
         kinds=city_kinds(snapshot, city),
         categories=int(events["category"].drop_nulls().n_unique()),
         first_event=first if isinstance(first, datetime) else None,

@@ -88,6 +88,12 @@ class Lens(param.Parameterized):
         city = params.pop("city", None)
         super().__init__(**params)
         # The snapshot first: it says which cities exist, so a city can be checked against it.
+        if isinstance(snapshot, Snapshot):
+            cities = snapshot.cities()
+            if city is not None and cities and city not in cities:
+                raise ValueError(f"unknown city {city!r}; this snapshot has: {', '.join(cities)}")
+            if city is None and cities and self.city not in cities:
+                city = cities[0]  # no city asked for: the snapshot's first
         self.param.update(snapshot=snapshot, **({"city": city} if city is not None else {}))
         self._sync_choices()
 
@@ -99,8 +105,9 @@ class Lens(param.Parameterized):
             return
         cities = self.snapshot.cities()
         self.param.city.objects = cities or [self.city]
-        if cities and self.city not in cities:
-            raise ValueError(f"unknown city {self.city!r}; this snapshot has: {', '.join(cities)}")
+        if cities and self.city not in cities:  # a new snapshot without the city: show its first
+            self.city = cities[0]
+            return
         meta = self.snapshot.release_meta(self.city)
         if meta:
             self.param.update(privacy_mode=meta["mode"], privacy_k=int(meta["k"]), epsilon=float(meta["epsilon"] or self.epsilon))
