@@ -1,6 +1,7 @@
-"""Shared fixtures: one tiny demo snapshot per test session, and a live server over it; a
-Chicago-only store from the shared real files and a live server over that; plus
-:func:`snapshot_sql` for tests that check a snapshot file with SQL of their own."""
+"""Shared fixtures: one tiny demo snapshot per test session (and the same demo published without
+a privacy rule, for raw totals), and a live server over it; a Chicago-only store from the shared
+real files and a live server over that; plus :func:`snapshot_sql` for tests that check a snapshot
+file with SQL of their own and :func:`level_totals` for raw counts of a level."""
 
 from __future__ import annotations
 
@@ -49,6 +50,35 @@ def tiny_snap(tiny_store: Store) -> Snapshot:
     snap = tiny_store.current()
     assert snap is not None
     return snap
+
+
+@pytest.fixture(scope="session")
+def open_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir holding the tiny demo published with privacy mode ``none`` (raw counts, internal
+    use): the release rule is fixed per snapshot, so raw totals need a snapshot of their own."""
+    data_dir = tmp_path_factory.mktemp("tiny-open")
+    build_demo(Store(data_dir), TINY_SPEC, settings=Settings(data_dir=data_dir, privacy_mode="none"))
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def open_snap(open_dir: Path) -> Snapshot:
+    """The tiny demo's snapshot published with privacy mode ``none`` (shared, read-only)."""
+    snap = Store(open_dir).current()
+    assert snap is not None
+    return snap
+
+
+def level_totals(events: pl.DataFrame, parents: pl.DataFrame, level: str) -> pl.DataFrame:
+    """Raw event counts per ``unit_id`` of ``level`` (``unit_id, count``), through the engine's own
+    roll-up (:func:`app.engine.layers.layer_cells`, all categories): unlocated events count at
+    ``city`` only. ``events`` need ``tract_id``; ``ts`` and ``category`` default to one bin."""
+    from app.engine.layers import layer_cells
+
+    fill = {"ts": pl.lit(datetime(2026, 1, 5, tzinfo=UTC)), "category": pl.lit("x")}
+    events = events.with_columns(**{c: v for c, v in fill.items() if c not in events.columns})
+    cells = layer_cells(events, parents, {level: "week"}, "UTC", [level]).filter(pl.col("category") == "*")
+    return cells.group_by("unit_id").agg(pl.col("count").sum()).sort("unit_id")
 
 
 def snapshot_sql(path: Path, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:

@@ -1,28 +1,36 @@
-"""The engine: binning and roll-ups, trailing z-scores, the privacy gate and the lens, on hand-made
-frames with hand-computed answers and on the tiny demo snapshot."""
+"""The engine: event filters, the release layers (roll-ups in the city's local time), the rolling z
+reference and the lens over a published snapshot, on hand-made frames with hand-computed answers and
+on the tiny demo snapshot (published with ``suppress``, and again with ``none`` for raw totals)."""
 
 from __future__ import annotations
 
+import itertools
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import param
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
+from scipy import stats
 
+from app.config import Settings
 from app.data.demo import DemoSpec
 from app.data.snapshot import EVENT_SCHEMA, Snapshot
 from app.data.store import Store
-from app.engine.bins import bin_counts, filter_events, unit_counts, with_unit
+from app.engine.bins import filter_events
+from app.engine.grains import floor_bin
+from app.engine.layers import layer_cells
 from app.engine.lens import ALL, KINDS, Lens
 from app.engine.scores import rolling_zscores
-from app.pipeline import build_demo
+from app.pipeline import build_demo, publish
 from conftest import snapshot_sql
 
-D0 = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
+D0 = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday (in UTC; still Sunday evening in New York)
+NY = ZoneInfo("America/New_York")  # the tiny demo's clock: EDT until 2026-11-01 02:00, then EST
 
 
 def day(n: float) -> datetime:
@@ -41,18 +49,17 @@ PARENTS = pl.DataFrame(
 
 
 def events(rows: list[tuple[str, str, str | None, datetime]]) -> pl.DataFrame:
-    """Events from (kind, category, tract_id, ts) tuples; located iff a tract is given."""
-    return pl.DataFrame(
-        {
-            "kind": [r[0] for r in rows],
-            "category": [r[1] for r in rows],
-            "tract_id": [r[2] for r in rows],
-            "ts": [r[3] for r in rows],
-            "lon": [None if r[2] is None else -73.9 for r in rows],
-            "lat": [None if r[2] is None else 40.7 for r in rows],
-        },
-        schema=EVENT_SCHEMA,
-    )
+    """Events from (kind, category, tract_id, ts) tuples; located iff a tract is given (other
+    columns of the event frame are null)."""
+    given = {
+        "kind": [r[0] for r in rows],
+        "category": [r[1] for r in rows],
+        "tract_id": [r[2] for r in rows],
+        "ts": [r[3] for r in rows],
+        "lon": [None if r[2] is None else -73.9 for r in rows],
+        "lat": [None if r[2] is None else 40.7 for r in rows],
+    }
+    return pl.DataFrame({c: given.get(c, [None] * len(rows)) for c in EVENT_SCHEMA}, schema=EVENT_SCHEMA)
 
 
 EVENTS = events(
@@ -94,72 +101,79 @@ def test_filter_events(kwargs: dict[str, object], expected: list[int]) -> None:
     assert _rows(filter_events(EVENTS, **kwargs)) == expected
 
 
+LEVELS4 = ("tract", "neighborhood", "borough", "city")
+
+
+def _layer(tz: str, grains: dict[str, str], level: str, categories: bool = False) -> list[tuple[object, ...]]:
+    """Cells of one level of the layers of EVENTS: (unit, bin, count) of ``"*"``, or (unit,
+    category, bin, count) of the real categories."""
+    cells = layer_cells(EVENTS, PARENTS, grains, tz, LEVELS4).filter(pl.col("level") == level)
+    if categories:
+        return (
+            cells.filter(pl.col("category") != "*")
+            .sort("unit_id", "category", "bin_start")
+            .select("unit_id", "category", "bin_start", "count")
+            .rows()
+        )
+    return cells.filter(pl.col("category") == "*").sort("unit_id", "bin_start").select("unit_id", "bin_start", "count").rows()
+
+
 @pytest.mark.parametrize(
     ("level", "expected"),
     [
         # The unknown tract t9 still is a tract; unlocated events have none.
-        ("tract", {0: "t1", 1: "t1", 2: "t2", 3: "t3", 5: "t3", 6: "t9"}),
-        ("neighborhood", {0: "n1", 1: "n1", 2: "n1", 3: "n2", 5: "n2"}),
-        ("borough", {0: "b1", 1: "b1", 2: "b1", 3: "b2", 5: "b2"}),
-        # Only at city level do unlocated events (and unknown tracts) count.
-        ("city", {0: "c", 1: "c", 2: "c", 3: "c", 4: "c", 5: "c", 6: "c"}),
-    ],
-)
-def test_with_unit_rolls_tracts_up(level: str, expected: dict[int, str]) -> None:
-    mapped = with_unit(EVENTS, PARENTS, level)
-    got = {EVENTS["ts"].to_list().index(ts): unit for ts, unit in mapped.select("ts", "unit_id").iter_rows()}
-    assert got == expected
-    assert set(EVENTS.columns) < set(mapped.columns)
-
-
-@pytest.mark.parametrize(
-    ("level", "expected"),
-    [
         ("tract", {"t1": 2, "t2": 1, "t3": 2, "t9": 1}),
         ("neighborhood", {"n1": 3, "n2": 2}),
         ("borough", {"b1": 3, "b2": 2}),
+        # Only at city level do unlocated events (and unknown tracts) count.
         ("city", {"c": 7}),
     ],
 )
-def test_unit_counts(level: str, expected: dict[str, int]) -> None:
-    assert dict(unit_counts(EVENTS, PARENTS, level).iter_rows()) == expected
+def test_layers_roll_tracts_up(level: str, expected: dict[str, int]) -> None:
+    grains = {"tract": "week", "neighborhood": "week", "borough": "week", "city": "week"}
+    totals: dict[str, int] = {}
+    for unit, _, n in _layer("UTC", grains, level):
+        totals[str(unit)] = totals.get(str(unit), 0) + int(n)  # type: ignore[call-overload]
+    assert totals == expected
 
 
-@pytest.mark.parametrize(
-    ("level", "time_bin", "by_category", "expected"),
-    [
-        (
-            "neighborhood",
-            "day",
-            True,
-            [("n1", "Heat", day(1), 1), ("n1", "Noise", day(0), 2), ("n2", "Film Permit", day(6), 1), ("n2", "Larceny", day(1), 1)],
-        ),
-        ("neighborhood", "day", False, [("n1", day(0), 2), ("n1", day(1), 1), ("n2", day(1), 1), ("n2", day(6), 1)]),
-        (
-            "tract",
-            "hour",
-            False,
-            [("t1", day(0), 1), ("t1", day(0.5), 1), ("t2", day(1), 1), ("t3", day(1.25), 1), ("t3", day(6), 1), ("t9", day(7), 1)],
-        ),
-        # Weeks start on Monday: Monday D0 .. Sunday day(6) share a bin; day(7) opens the next.
-        ("city", "week", False, [("c", day(0), 6), ("c", day(7), 1)]),
-        (
-            "borough",
-            "week",
-            True,
-            [("b1", "Heat", day(0), 1), ("b1", "Noise", day(0), 2), ("b2", "Film Permit", day(0), 1), ("b2", "Larceny", day(0), 1)],
-        ),
-    ],
-)
-def test_bin_counts(level: str, time_bin: str, by_category: bool, expected: list[tuple[object, ...]]) -> None:
-    got = bin_counts(EVENTS, PARENTS, level, time_bin, by_category=by_category)
-    assert got.columns == (["unit_id", "category", "bin_start", "count"] if by_category else ["unit_id", "bin_start", "count"])
-    assert got.rows() == expected
+def test_layers_carry_each_units_parent_one_level_up() -> None:
+    cells = layer_cells(EVENTS, PARENTS, dict.fromkeys(LEVELS4, "day"), "UTC", LEVELS4)
+    parents = dict(cells.select(pl.concat_str("level", pl.lit(":"), "unit_id"), "parent_id").unique().iter_rows())
+    assert parents == {
+        "tract:t1": "n1", "tract:t2": "n1", "tract:t3": "n2", "tract:t9": None,
+        "neighborhood:n1": "b1", "neighborhood:n2": "b2", "borough:b1": "c", "borough:b2": "c", "city:c": None,
+    }  # fmt: skip
 
 
-def test_bin_counts_week_starts_on_monday_even_for_a_sunday_event() -> None:
-    sunday = events([("request", "Noise", "t1", day(-1) + timedelta(hours=23))])
-    assert bin_counts(sunday, PARENTS, "tract", "week", by_category=False)["bin_start"].to_list() == [day(-7)]
+def test_layer_days_are_utc_days_in_a_utc_city() -> None:
+    grains = {"tract": "week", "neighborhood": "day", "borough": "hour", "city": "hour"}
+    assert _layer("UTC", grains, "neighborhood") == [("n1", day(0), 2), ("n1", day(1), 1), ("n2", day(1), 1), ("n2", day(6), 1)]
+    assert _layer("UTC", grains, "neighborhood", categories=True) == [
+        ("n1", "Heat", day(1), 1), ("n1", "Noise", day(0), 2), ("n2", "Film Permit", day(6), 1), ("n2", "Larceny", day(1), 1),
+    ]  # fmt: skip
+    # Weeks start on Monday: Monday D0 .. Sunday day(6) share a bin; day(7) opens the next.
+    assert _layer("UTC", grains, "tract") == [("t1", day(0), 2), ("t2", day(0), 1), ("t3", day(0), 2), ("t9", day(7), 1)]
+    assert [n for _, _, n in _layer("UTC", grains, "city")] == [1] * 7  # seven distinct hours
+
+
+def test_layer_days_and_weeks_follow_the_local_clock() -> None:
+    """New York: D0 (00:00 UTC Monday) is 19:00 on Sunday 1 November, the 25-hour day daylight
+    saving ends on; that day starts at 04:00 UTC (EDT), the next ones at 05:00 UTC (EST)."""
+    grains = {"tract": "week", "neighborhood": "day", "borough": "hour", "city": "hour"}
+    nov1, nov2 = datetime(2026, 11, 1, 4, tzinfo=UTC), datetime(2026, 11, 2, 5, tzinfo=UTC)
+    assert nov2 - nov1 == timedelta(hours=25)
+    assert _layer(NY.key, grains, "neighborhood") == [
+        ("n1", nov1, 1),  # event 0, Sunday evening
+        ("n1", nov2, 2),  # events 1 and 2 (19:00 on Monday local)
+        ("n2", nov2 + timedelta(days=1), 1),  # event 3, 01:00 on Tuesday local
+        ("n2", nov2 + timedelta(days=5), 1),  # event 5, Saturday 7 November 19:00 local
+    ]
+    # Local weeks start on Monday at local midnight: event 0 still belongs to the week of 26 October.
+    oct26 = datetime(2026, 10, 26, 4, tzinfo=UTC)
+    assert _layer(NY.key, grains, "tract") == [("t1", oct26, 1), ("t1", nov2, 1), ("t2", nov2, 1), ("t3", nov2, 2), ("t9", nov2, 1)]
+    # Hours are the same instants in every whole-hour zone.
+    assert _layer(NY.key, grains, "city") == _layer("UTC", grains, "city")
 
 
 # ---- scores ------------------------------------------------------------------------------------
@@ -219,15 +233,29 @@ def test_trailing_zscores_never_mix_groups() -> None:
 
 
 # ---- lens --------------------------------------------------------------------------------------
-def test_lens_defaults_to_the_newest_week(tiny_snap: Snapshot) -> None:
+def _local_midnight(d: object) -> datetime:
+    """The UTC instant of local midnight in New York starting the date ``d``."""
+    return datetime.combine(d, time(), NY).astimezone(UTC)  # type: ignore[arg-type]
+
+
+def _raw(snap: Snapshot, lo: datetime, hi: datetime, located: bool = False, category: str = ALL) -> int:
+    """Events of the snapshot in ``[lo, hi)`` (only located ones, or one category, when asked)."""
+    events = filter_events(snap.events("nyc"), lo, hi, None if category == ALL else [category])
+    return events.filter(pl.col("tract_id").is_not_null()).height if located else events.height
+
+
+def test_lens_defaults_to_the_newest_local_week(tiny_snap: Snapshot) -> None:
     lens = Lens(snapshot=tiny_snap)
     newest = snapshot_sql(
         tiny_snap.path,
         "SELECT max(t) AS m FROM (SELECT ts AS t FROM request UNION ALL SELECT ts FROM incident UNION ALL SELECT start_ts FROM closure)",
     )["m"].item()
-    end_of_day = newest.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    assert lens.until == end_of_day
-    assert lens.since == end_of_day - timedelta(days=7)
+    local_day = newest.astimezone(NY).date()
+    assert lens.tz == "America/New_York"
+    assert lens.until == _local_midnight(local_day + timedelta(days=1))  # the end of the newest event's local day
+    assert lens.since == _local_midnight(local_day - timedelta(days=6))  # seven local days
+    # The tiny demo ends on 31 October (EDT): its local days start at 04:00 UTC.
+    assert (lens.since, lens.until) == (datetime(2026, 10, 25, 4, tzinfo=UTC), datetime(2026, 11, 1, 4, tzinfo=UTC))
     assert lens.level == "neighborhood"
     assert lens.category == ALL
     assert lens.kinds == list(KINDS)
@@ -243,26 +271,96 @@ def test_lens_offers_the_snapshot_categories(tiny_snap: Snapshot) -> None:
     assert lens.param.city.objects == ["nyc"]
 
 
+def test_the_release_rule_is_the_snapshots(tiny_snap: Snapshot, open_snap: Snapshot) -> None:
+    """One release per snapshot: asking a lens for another rule changes nothing it shows."""
+    asked = Lens(snapshot=tiny_snap, level="tract", privacy_mode="none", privacy_k=3)
+    default = Lens(snapshot=tiny_snap, level="tract")
+    assert (asked.privacy_mode, asked.privacy_k) == ("suppress", 11)
+    assert_frame_equal(asked.unit_counts(), default.unit_counts())
+    assert asked.unit_counts()["suppressed"].any()
+    assert Lens(snapshot=open_snap, privacy_mode="suppress").privacy_mode == "none"
+
+
+@pytest.mark.parametrize(
+    ("level", "time_bin", "grain", "shown"),
+    [
+        ("tract", "hour", "week", "week"),  # tracts are published by week: no finer bin exists
+        ("tract", "day", "week", "week"),
+        ("neighborhood", "hour", "day", "day"),
+        ("neighborhood", "day", "day", "day"),
+        ("neighborhood", "week", "day", "week"),  # a coarser view sums released days
+        ("borough", "hour", "hour", "hour"),
+        ("city", "day", "hour", "day"),
+    ],
+)
+def test_a_level_shows_the_coarser_of_its_grain_and_the_time_bin(
+    tiny_snap: Snapshot, level: str, time_bin: str, grain: str, shown: str
+) -> None:
+    lens = Lens(snapshot=tiny_snap, level=level, time_bin=time_bin)
+    assert lens.grain_of() == grain
+    assert lens.effective_bin() == shown
+    bins = lens.series()["bin_start"].unique().sort().to_list()
+    assert len(bins) >= 2
+    steps = {b - a for a, b in itertools.pairwise(bins)}
+    assert min(steps) == {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[shown]
+
+
+@pytest.mark.parametrize(
+    ("level", "time_bin", "since", "until", "grid"),
+    [
+        # 08:00 EDT on the 20th .. 21:00 EDT on the 21st -> the two whole local days
+        ("neighborhood", "day", (10, 20, 12), (10, 22, 1), ((10, 20, 4), (10, 22, 4))),
+        ("tract", "day", (10, 20, 12), (10, 22, 1), ((10, 19, 4), (10, 26, 4))),  # the local week, Monday to Monday
+        ("borough", "hour", (10, 20, 12), (10, 22, 1), ((10, 20, 12), (10, 22, 1))),  # already whole hours
+        ("borough", "day", (10, 20, 4), (10, 22, 4), ((10, 20, 4), (10, 22, 4))),  # already whole local days
+        # Across the end of daylight saving: 1 November is 25 hours long, 2 November starts at 05:00 UTC.
+        ("neighborhood", "day", (10, 31, 12), (11, 2, 12), ((10, 31, 4), (11, 3, 5))),
+    ],
+)
+def test_grid_window_snaps_outwards_to_whole_local_bins(
+    tiny_snap: Snapshot, level: str, time_bin: str, since: tuple[int, ...], until: tuple[int, ...], grid: tuple[tuple[int, ...], ...]
+) -> None:
+    at = lambda m, d, h: datetime(2026, m, d, h, tzinfo=UTC)  # noqa: E731
+    lens = Lens(snapshot=tiny_snap, level=level, time_bin=time_bin, since=at(*since), until=at(*until))
+    assert lens.grid_window() == (at(*grid[0]), at(*grid[1]))
+
+
+def test_bands_of_a_window_across_the_dst_change_have_one_row_per_local_day(tiny_snap: Snapshot) -> None:
+    lens = Lens(
+        snapshot=tiny_snap, level="borough", since=datetime(2026, 10, 31, 12, tzinfo=UTC), until=datetime(2026, 11, 2, 12, tzinfo=UTC)
+    )
+    bins = lens.bands()["bin_start"].unique().sort().to_list()
+    assert bins == [datetime(2026, 10, 31, 4, tzinfo=UTC), datetime(2026, 11, 1, 4, tzinfo=UTC), datetime(2026, 11, 2, 5, tzinfo=UTC)]
+
+
+#: Two whole local weeks (Monday 12 October .. Monday 26 October, EDT) that every level has published.
+COMPLETE = (datetime(2026, 10, 12, 4, tzinfo=UTC), datetime(2026, 10, 26, 4, tzinfo=UTC))
+
+
 @pytest.mark.parametrize("category", [ALL, "Noise - Residential"])
-def test_lens_unit_counts_roll_up_consistently(tiny_snap: Snapshot, category: str) -> None:
-    counts = {
-        level: Lens(snapshot=tiny_snap, level=level, privacy_mode="none", category=category).unit_counts()
-        for level in ("tract", "neighborhood", "borough", "city")
-    }
-    lens = Lens(snapshot=tiny_snap, privacy_mode="none", category=category)
-    window = lens.events()
+def test_lens_unit_counts_roll_up_consistently(open_snap: Snapshot, category: str) -> None:
+    lo, hi = COMPLETE
+    lenses = {level: Lens(snapshot=open_snap, level=level, category=category, since=lo, until=hi) for level in LEVELS4}
+    for level, lens in lenses.items():
+        assert lens.grid_window() == COMPLETE
+        until = lens.published_until()
+        assert until is not None
+        assert until >= hi, f"{level} has not published the whole window"
+    counts = {level: lens.unit_counts() for level, lens in lenses.items()}
+    window = lenses["neighborhood"].events()
     assert window.height > (1000 if category == ALL else 100)
-    # Every unit of the level is listed once, zero or not, and nothing is suppressed.
+    # Every unit of the level is listed once, zero or not, and nothing is withheld.
     for level, frame in counts.items():
-        assert frame.height == tiny_snap.units("nyc", level).height
+        assert frame.height == open_snap.units("nyc", level).height
         assert not frame["suppressed"].any()
     located = window["tract_id"].is_not_null().sum()
+    assert located == _raw(open_snap, lo, hi, located=True, category=category)
     assert counts["tract"]["count"].sum() == located
     assert counts["neighborhood"]["count"].sum() == located
     assert counts["borough"]["count"].sum() == located
     assert counts["city"]["count"].to_list() == [window.height]  # the city also counts unlocated events
     # Tract counts summed per parent equal the parent's count, unit by unit.
-    units = tiny_snap.units("nyc")
+    units = open_snap.units("nyc")
     for child, parent in (("tract", "neighborhood"), ("neighborhood", "borough")):
         parent_of = units.filter(pl.col("level") == child).select("unit_id", "parent_id")
         rolled = (
@@ -271,23 +369,60 @@ def test_lens_unit_counts_roll_up_consistently(tiny_snap: Snapshot, category: st
         assert_frame_equal(rolled.sort("unit_id"), counts[parent].select("unit_id", "count").sort("unit_id"), check_dtypes=False)
 
 
-def test_lens_city_count_matches_sql(tiny_snap: Snapshot) -> None:
-    lens = Lens(snapshot=tiny_snap, level="city", privacy_mode="none")
-    lo, hi = f"TIMESTAMPTZ '{lens.since.isoformat()}'", f"TIMESTAMPTZ '{lens.until.isoformat()}'"
+@pytest.mark.parametrize("level", LEVELS4)
+def test_window_totals_leave_out_unpublished_bins(open_snap: Snapshot, level: str) -> None:
+    """The newest bins whose pair block is still filling are not published: a window total sums
+    the published bins only, and ``published_until`` says where they end."""
+    lens = Lens(snapshot=open_snap, level=level)
+    grid, until = lens.grid_window(), lens.published_until()
+    assert grid is not None
+    assert until is not None
+    meta = open_snap.release_meta("nyc")
+    assert until <= meta["horizon"]
+    end = min(grid[1], until)
+    total = lens.unit_counts()["count"].sum()
+    assert total == _raw(open_snap, grid[0], end, located=level != "city")
+    if level == "tract":  # the tiny demo's last tract week is still filling: a total ends before the window
+        assert until < lens.until
+        assert total < _raw(open_snap, grid[0], grid[1], located=True)
+
+
+@pytest.mark.parametrize("level", ["tract", "neighborhood", "borough"])
+def test_series_marks_unpublished_bins_partial_and_shows_no_count(tiny_snap: Snapshot, level: str) -> None:
+    lens = Lens(snapshot=tiny_snap, level=level)
+    until = lens.published_until()
+    assert until is not None
+    series = lens.series()
+    late = series["bin_start"] >= floor_bin(until, lens.effective_bin(), lens.tz)  # a shown bin reaching past it
+    assert (series["partial"] == late).all()
+    assert series.filter(pl.col("partial"))["count"].null_count() == series.filter(pl.col("partial")).height
+    assert series.filter(pl.col("partial")).height > 0  # the tiny demo's newest block is filling at every level
+    assert (series["count"].is_null() == (series["suppressed"] | series["partial"])).all()
+
+
+def test_lens_city_count_matches_sql(open_snap: Snapshot) -> None:
+    lens = Lens(snapshot=open_snap, level="city")
+    grid, until = lens.grid_window(), lens.published_until()
+    assert grid is not None
+    assert until is not None
+    lo, hi = f"TIMESTAMPTZ '{grid[0].isoformat()}'", f"TIMESTAMPTZ '{min(grid[1], until).isoformat()}'"
     n = snapshot_sql(
-        tiny_snap.path,
+        open_snap.path,
         f"""SELECT (SELECT count(*) FROM request WHERE ts >= {lo} AND ts < {hi})
                  + (SELECT count(*) FROM incident WHERE ts >= {lo} AND ts < {hi})
                  + (SELECT count(*) FROM closure WHERE start_ts >= {lo} AND start_ts < {hi}) AS n""",
     )["n"].item()
+    assert n > 1000
     assert lens.unit_counts()["count"].to_list() == [n]
 
 
 @pytest.mark.parametrize("level", ["tract", "neighborhood", "borough"])
-@pytest.mark.parametrize("k", [3, 11])
-def test_lens_suppress_mode_releases_no_small_counts(tiny_snap: Snapshot, level: str, k: int) -> None:
-    released = Lens(snapshot=tiny_snap, level=level, privacy_k=k).unit_counts()
-    raw = Lens(snapshot=tiny_snap, level=level, privacy_mode="none").unit_counts()
+def test_lens_suppress_mode_releases_no_small_counts(tiny_snap: Snapshot, open_snap: Snapshot, level: str) -> None:
+    lens = Lens(snapshot=tiny_snap, level=level)
+    k = lens.privacy_k
+    assert k == 11
+    released = lens.unit_counts()
+    raw = Lens(snapshot=open_snap, level=level).unit_counts()
     shown = released["count"].drop_nulls()
     assert not shown.is_between(1, k - 1).any()
     both = released.join(raw.select("unit_id", pl.col("count").alias("raw")), on="unit_id")
@@ -301,25 +436,65 @@ def test_lens_suppress_mode_releases_no_small_counts(tiny_snap: Snapshot, level:
     assert not rolled["rollup_count"].is_between(1, k - 1).any()
     if level == "tract":
         assert both["suppressed"].any()  # small tract counts exist in a week of the tiny city
+        assert rolled.height > 0
 
 
-def test_lens_anomalies_hide_small_counts(tiny_snap: Snapshot) -> None:
-    lens = Lens(snapshot=tiny_snap, level="tract", min_z=2.0, q=0.5)
-    released, withheld = lens.anomalies()
-    open_lens = Lens(snapshot=tiny_snap, level="tract", min_z=2.0, q=0.5, privacy_mode="none")
-    everything, none_withheld = open_lens.anomalies()
-    assert none_withheld == 0
-    assert everything.height > 0
-    keys = ["level", "unit_id", "category", "bin_start"]
-    at_tract = released.filter(pl.col("rolled_up_from").is_null())
-    assert at_tract.join(everything, on=keys, how="anti").height == 0  # nothing invented
-    assert at_tract.height + withheld <= everything.height
-    assert at_tract.height < everything.height  # the tiny city's tract anomalies are mostly small
-    assert not released["observed"].is_between(1, lens.privacy_k - 1).any()
-    rolled = released.filter(pl.col("rolled_up_from").is_not_null())
-    assert set(rolled["level"]) <= {"neighborhood", "borough"}  # the nearest publishable ancestor
-    assert (rolled["rolled_up_from"] == "tract").all()
-    assert (everything["zscore"] >= 2.0).all()
+def test_lens_anomalies_are_published_scores_of_released_cells(tiny_snap: Snapshot, open_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap, level="neighborhood", min_z=2.0, q=0.5)
+    found, withheld = lens.anomalies()
+    grid = lens.grid_window()
+    assert grid is not None
+    assert found.height > 0
+    assert set(found["level"]) == {"neighborhood"}
+    assert set(found["time_bin"]) == {"day"}
+    assert found["rolled_up_from"].is_null().all()  # anomalies are found where they are published, never rolled up
+    assert "*" in set(found["category"])  # all activity is a cell like any category
+    assert found["bin_start"].is_between(*grid, closed="left").all()
+    assert (found["zscore"] >= 2.0).all()
+    assert (found["q"] <= 0.5).all()
+    assert (found["p"] <= found["q"]).all()
+    assert found["zscore"].to_list() == sorted(found["zscore"].to_list(), reverse=True)
+    # z is the normal quantile of the exact tail p (not (x - mean) / sd).
+    assert np.allclose(found["zscore"].to_numpy(), stats.norm.isf(found["p"].to_numpy()), atol=0.02)
+    # A day bin ends at the next local midnight.
+    assert (found["bin_end"] - found["bin_start"] == timedelta(days=1)).all()
+    # Each count is the released count of that cell, which is the true count (never 1..k-1).
+    keys = ["unit_id", "category", "bin_start"]
+    cells = tiny_snap.release("nyc").filter(pl.col("level") == "neighborhood")
+    raw = open_snap.release("nyc").filter(pl.col("level") == "neighborhood").select(*keys, raw="count")
+    joined = (
+        found.select(*keys, "observed").join(cells.select(*keys, "count", "suppressed"), on=keys, how="left").join(raw, on=keys, how="left")
+    )
+    assert not joined["suppressed"].any()
+    assert (joined["observed"] == joined["count"]).all()
+    assert (joined["observed"] == joined["raw"]).all()
+    assert not found["observed"].is_between(1, lens.privacy_k - 1).any()
+    # The withheld number is the window's withheld (unit, day) cells of the lens selection.
+    star = cells.filter((pl.col("category") == "*") & pl.col("bin_start").is_between(*grid, closed="left"))
+    assert withheld == star.filter(pl.col("suppressed")).height > 0
+    assert Lens(snapshot=open_snap, level="neighborhood", min_z=2.0, q=0.5).anomalies()[1] == 0
+
+
+def test_anomalies_do_not_depend_on_the_window(tiny_snap: Snapshot) -> None:
+    """Scores are computed once at publish time: a bin reads the same in every window holding it."""
+    week = Lens(snapshot=tiny_snap, level="neighborhood", min_z=2.0, q=0.5)
+    tail = Lens(snapshot=tiny_snap, level="neighborhood", min_z=2.0, q=0.5, since=datetime(2026, 10, 28, 4, tzinfo=UTC), until=week.until)
+    cols = ["unit_id", "category", "bin_start", "observed", "expected", "zscore", "p", "q"]
+    wide, narrow = week.anomalies()[0], tail.anomalies()[0]
+    assert narrow.height > 0
+    assert wide.height > narrow.height
+    late = wide.filter(pl.col("bin_start") >= datetime(2026, 10, 28, 4, tzinfo=UTC))
+    assert_frame_equal(narrow.select(cols).sort(cols[:3]), late.select(cols).sort(cols[:3]))
+
+
+def test_dips_list_the_lower_tail(tiny_snap: Snapshot) -> None:
+    lens = Lens(snapshot=tiny_snap, level="neighborhood", min_z=2.0, q=0.5, dips=True)
+    found, _ = lens.anomalies()
+    assert found.height > 0
+    assert (found["zscore"] <= -2.0).all()
+    assert (found["observed"] < found["expected"]).all()
+    assert found["zscore"].to_list() == sorted(found["zscore"].to_list())  # deepest first
+    assert np.allclose(found["zscore"].to_numpy(), -stats.norm.isf(found["p"].to_numpy()), atol=0.02)
 
 
 # ---- documentation ------------------------------------------------------------------------------
@@ -339,7 +514,8 @@ def test_switching_city_moves_the_window_to_that_citys_newest_week(tmp_path: Pat
     from app.data.h3grid import h3_locate
 
     store = Store(tmp_path)
-    build_demo(store, DemoSpec(seed=5, end=datetime(2026, 11, 1, tzinfo=UTC), days=30, size=10_000))
+    open_rule = Settings(data_dir=tmp_path, privacy_mode="none")
+    build_demo(store, DemoSpec(seed=5, end=datetime(2026, 11, 1, tzinfo=UTC), days=30, size=10_000), settings=open_rule)
     lon, lat = np.array([-0.1276, -1.5491]), np.array([51.5072, 53.8008])  # London, Leeds
     cells, units = h3_locate("uk", lon, lat)
     t0 = datetime(2024, 5, 1, 9, tzinfo=UTC)
@@ -353,32 +529,46 @@ def test_switching_city_moves_the_window_to_that_citys_newest_week(tmp_path: Pat
     with store.writer() as con:
         store.upsert(con, "geo_unit", units)
         store.upsert(con, "closure", closures)
-    lens = Lens(snapshot=store.publish(), privacy_mode="none")
-    assert lens.until == datetime(2026, 11, 1, tzinfo=UTC)
+    lens = Lens(snapshot=publish(store, {"uk"}, "test", settings=open_rule))
+    assert lens.until == datetime(2026, 11, 1, 4, tzinfo=UTC)  # New York's midnight (EDT)
     lens.category = "Noise - Residential"
     lens.city = "uk"
-    assert (lens.since, lens.until) == (datetime(2024, 4, 25, tzinfo=UTC), datetime(2024, 5, 2, tzinfo=UTC))
+    assert lens.tz == "Europe/London"
+    # London's days: 2 May starts at 23:00 UTC on 1 May (BST).
+    assert (lens.since, lens.until) == (datetime(2024, 4, 24, 23, tzinfo=UTC), datetime(2024, 5, 1, 23, tzinfo=UTC))
     assert lens.category == ALL  # a NYC complaint type means nothing in the UK
     assert lens.points().height == 2
-    assert lens.unit_counts()["count"].sum() == 2
+    lens.level = "city"
+    # The newest hour (that of the newest event) is still filling: only the earlier closure is published.
+    assert lens.published_until() == t0 + timedelta(hours=3)
+    assert lens.unit_counts()["count"].to_list() == [1]
 
 
 # ---- sparkbands -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["suppress", "none"])
-def test_bands_cover_every_unit_and_bin_with_released_counts(tiny_snap: Snapshot, mode: str) -> None:
-    lens = Lens(snapshot=tiny_snap, level="neighborhood", privacy_mode=mode, min_z=2.0, q=0.5)
+@pytest.mark.parametrize("which", ["tiny_snap", "open_snap"])
+def test_bands_cover_every_unit_and_bin_with_released_counts(request: pytest.FixtureRequest, which: str) -> None:
+    snap: Snapshot = request.getfixturevalue(which)
+    lens = Lens(snapshot=snap, level="neighborhood", min_z=2.0, q=0.5)
     bands = lens.bands()
-    grid = lens.grid_window()
+    grid, until = lens.grid_window(), lens.published_until()
     assert grid is not None
+    assert until is not None
     n_bins = (grid[1] - grid[0]).days
-    assert bands.height == tiny_snap.units("nyc", "neighborhood").height * n_bins
-    assert (bands["count"].is_null() == bands["suppressed"]).all()
-    if mode == "suppress":
+    assert bands.height == snap.units("nyc", "neighborhood").height * n_bins
+    assert (bands["partial"] == (bands["bin_start"] >= floor_bin(until, "day", lens.tz))).all()
+    assert (bands["count"].is_null() == (bands["suppressed"] | bands["partial"])).all()
+    if which == "tiny_snap":
         assert not bands["count"].drop_nulls().is_between(1, lens.privacy_k - 1).any()
+        assert bands["suppressed"].any()
+    else:
+        assert not bands["suppressed"].any()
     assert (bands["lo"] <= bands["expected"]).all()
     assert (bands["expected"] <= bands["hi"]).all()
     assert (bands["lo"] >= 0).all()
-    shown = bands.join(lens.series(), on=["unit_id", "bin_start"], how="inner").filter(~pl.col("suppressed"))
+    # Every released cell with events has its published expectation (a series silent for a whole
+    # baseline has no score rows: nothing to expect, nothing to flag).
+    assert bands.filter(pl.col("count") > 0)["expected"].null_count() == 0
+    shown = bands.join(lens.series(), on=["unit_id", "bin_start"], how="inner").filter(~pl.col("suppressed") & ~pl.col("partial"))
     assert (shown["count"] == shown["count_right"]).all()
     found, _ = lens.anomalies()
     marks = found.filter(pl.col("level") == "neighborhood").select("unit_id", "bin_start").unique()

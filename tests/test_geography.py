@@ -19,8 +19,7 @@ from app.data import geography
 from app.data._pointindex import GridIndex
 from app.data.boundaries import BoundarySet, LevelSource, LookupLevel, build_levels, read_level, resolve_file
 from app.data.geography import CHICAGO, CITIES, CityGeography, from_boundary_set, load_geography, locate, tract_join
-from app.engine.bins import unit_counts
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, level_totals
 
 CHICAGO_DIR = SHARED_DATA / "geo" / "chicago"
 NYC_DIR = SHARED_DATA / "geo" / "nyc"
@@ -99,7 +98,7 @@ def test_chicago_roll_up_through_tract_parents(chicago: CityGeography) -> None:
     assert set(parents["city_id"]) == {"chicago"}
     # Events in every tract roll up so each level's counts add to the same total.
     events = pl.DataFrame({"tract_id": parents["tract_id"].to_list() * 2 + [None]})
-    totals = {lvl: unit_counts(events, parents, lvl) for lvl in ("tract", "neighborhood", "borough", "city")}
+    totals = {lvl: level_totals(events, parents, lvl) for lvl in ("tract", "neighborhood", "borough", "city")}
     assert [totals[lvl].height for lvl in ("tract", "neighborhood", "borough", "city")] == [801, 77, 9, 1]
     assert {lvl: t["count"].sum() for lvl, t in totals.items()} == {"tract": 1602, "neighborhood": 1602, "borough": 1602, "city": 1603}
     assert dict(totals["borough"].iter_rows())["central"] == 2 * parents.filter(pl.col("borough_id") == "central").height

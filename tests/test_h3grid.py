@@ -1,5 +1,5 @@
 """The H3 fallback geography: cells per point, a unit hierarchy in the ``geo_unit`` schema, and the
-engine's roll-up (``tract_parents`` + ``bin_counts``) working on it unchanged."""
+engine's roll-up (``tract_parents`` + the release layers) working on it unchanged."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from app.data.geography import locate, tract_parents
 from app.data.h3grid import H3_RESOLUTIONS, h3_locate, h3_units
 from app.data.snapshot import query
 from app.data.store import Store
-from app.engine.bins import bin_counts, unit_counts
+from app.engine.layers import layer_cells
+from conftest import level_totals
 
 RNG = np.random.default_rng(3)
 #: Points spread over England (lon, lat), plus the unlocatable kinds ingest hands over.
@@ -82,12 +83,13 @@ def test_engine_rolls_h3_units_up(located: tuple[np.ndarray, pl.DataFrame]) -> N
     assert parents.height == units.filter(pl.col("level") == "tract").height
     assert parents.null_count().sum_horizontal().item() == 0
     for level, res in (("neighborhood", 5), ("borough", 3)):
-        counts = unit_counts(events, parents, level)
+        counts = level_totals(events, parents, level)
         expected = pl.Series([h3.cell_to_parent(c, res) for c in ids[:LOCATED]]).value_counts(name="count").sort("")
         assert dict(counts.iter_rows()) == dict(expected.iter_rows())
-        weekly = bin_counts(events, parents, level, "week")
+        weekly = layer_cells(events, parents, {level: "week"}, "Europe/London", [level]).filter(pl.col("category") == "*")
         assert weekly["count"].sum() == LOCATED
-    assert unit_counts(events, parents, "city").rows() == [("uk", len(ids))]  # unlocated count at city level only
+        assert weekly["bin_start"].n_unique() == 2  # 14 days from a Monday: two London weeks (00:00 UTC in winter)
+    assert level_totals(events, parents, "city").rows() == [("uk", len(ids))]  # unlocated count at city level only
 
 
 def test_locate_falls_back_to_h3_for_cities_without_boundaries() -> None:

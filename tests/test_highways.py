@@ -30,8 +30,7 @@ from app.data.sources import IngestCursor, RawPage
 from app.data.sources.highways import DatexClosuresAdapter, PlannedRoadworksAdapter, datex_records, parse_planned_xml
 from app.data.sources.http import RetryPolicy
 from app.data.store import Store
-from app.engine.bins import unit_counts
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, level_totals
 
 UK_DIR = SHARED_DATA / "events" / "uk"
 CASSETTES = Path(__file__).parent / "cassettes" / "highways"
@@ -243,7 +242,7 @@ def test_ingest_real_file_end_to_end(tmp_path: Path, httpserver: HTTPServer, nam
     assert parents.null_count().sum_horizontal().item() == 0
     events = closures.rename({"start_ts": "ts", "kind": "category"})
     for level in ("neighborhood", "borough"):
-        assert unit_counts(events, parents, level)["count"].sum() == located.height
+        assert level_totals(events, parents, level)["count"].sum() == located.height
     assert ingest(store, spec).not_modified  # the stored ETag makes the next poll a 304
 
 

@@ -1,6 +1,7 @@
 """The grep-level check of the privacy gate: API routes and views get counts only from the lens,
-and the lens gets every count it returns from :mod:`app.engine.privacy` (released cells, window
-totals of released cells, gated anomalies). A new shortcut around the gate fails here."""
+and the lens gets every count and score it returns from what the snapshot published
+(:meth:`Snapshot.release` and :meth:`Snapshot.scores`, computed by :mod:`app.engine.publish`),
+never by counting events. A new shortcut around the release fails here."""
 
 from __future__ import annotations
 
@@ -12,8 +13,17 @@ import pytest
 
 APP = Path(__file__).resolve().parents[1] / "app"
 EDGE = sorted([*(APP / "api").rglob("*.py"), *(APP / "views").rglob("*.py")])
-#: Engine modules that compute raw counts or scores; only the lens and privacy.py may hand them out.
-RAW = {"app.engine.bins", "app.engine.detect", "app.engine.baselines", "app.engine.explain", "app.data.snapshot"}
+#: Modules that read or compute raw counts or scores; only the publish step and the lens may use them.
+RAW = {
+    "app.engine.bins",
+    "app.engine.layers",
+    "app.engine.suppression",
+    "app.engine.fill",
+    "app.engine.scoring",
+    "app.engine.publish",
+    "app.engine.evaluate",
+    "app.data.snapshot",
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -37,16 +47,24 @@ def test_routes_and_views_never_import_raw_count_code(path: Path) -> None:
     assert not re.search(banned, source), f"{path.name} reads raw events or SQL"
 
 
-def test_the_lens_returns_counts_only_from_the_gate() -> None:
+def test_the_lens_returns_counts_only_from_the_release() -> None:
     source = (APP / "engine" / "lens.py").read_text()
-    for released in ("release_cube(", "window_totals(", "gate_anomalies(", "self.ledger.release("):
-        assert released in source
-    # The raw cube is read in exactly three places: released() (through release_cube), detection()
-    # and bands() (the baseline model only; the counts bands() returns come from series()).
-    assert source.count("self.cube()") == 3
     tree = ast.parse(source)
-    public = [n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name in {"unit_counts", "series", "anomalies"}]
-    assert sorted(public) == ["anomalies", "series", "unit_counts"]
+    # The published tables are read in exactly one place each (filtered by level, and grain).
+    assert source.count(".release(city)") == 1
+    assert source.count(".scores(city)") == 1
+    # Events are read for the window's points (the heat raster), the categories on offer and the
+    # newest event's time, never counted: no row counts, and no engine module that computes counts.
+    assert "pl.len()" not in source
+    assert not re.search(r"\.len\(\)|\.count\(\)|\.height\b.*events|value_counts", source)
+    imported = _imports(APP / "engine" / "lens.py")
+    assert not imported & {"app.engine.layers", "app.engine.suppression", "app.engine.fill", "app.engine.publish"}
+    from_scoring = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "app.engine.scoring" for a in n.names}
+    assert from_scoring <= {"BASELINE_DAYS"}  # a constant, not the scorer
+    public = [
+        n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name in {"unit_counts", "series", "anomalies", "bands"}
+    ]
+    assert sorted(public) == ["anomalies", "bands", "series", "unit_counts"]
 
 
 def test_there_are_edge_modules_to_check() -> None:

@@ -2,9 +2,13 @@
 
 A detection matches a planted anomaly when the category agrees (``"*"``, all activity, matches
 any), the time windows overlap, and the units are the same or one contains the other (a tract
-spike found at its neighborhood, after a privacy roll-up, still counts as found). Recall is over
-planted anomalies, precision over detections: every detection that matches nothing is a false
-alarm.
+spike found at its neighborhood still counts as found). Recall is over planted anomalies,
+precision over detections: every detection that matches nothing is a false alarm.
+
+Two detectors are evaluated on a snapshot: what the product lists (:func:`engine_detections`, the
+published scores through the lens) and the plain rolling z of the same released cells
+(:func:`rolling_z_detections`). The release rule is the snapshot's: evaluate a snapshot published
+with ``privacy_mode="none"`` for the detector itself, a ``suppress`` one for what users see.
 """
 
 from __future__ import annotations
@@ -15,23 +19,11 @@ from typing import Any
 
 import polars as pl
 
-from app.data.geography import tract_parents
 from app.data.snapshot import Snapshot
-from app.engine.baselines import BASELINE
-from app.engine.bins import cube_counts
-from app.engine.detect import level_cells
-from app.engine.scores import rolling_zscores
+from app.engine.grains import DEFAULT_GRAINS, bin_expr
+from app.engine.scores import BASELINE, BIN_LENGTH, rolling_zscores
 
-__all__ = [
-    "EVAL_LEVELS",
-    "Evaluation",
-    "engine_detections",
-    "evaluate",
-    "history_start",
-    "match_planted",
-    "rolling_z_detections",
-    "weekly_windows",
-]
+__all__ = ["EVAL_LEVELS", "Evaluation", "engine_detections", "evaluate", "match_planted", "rolling_z_detections"]
 
 
 @dataclass(frozen=True)
@@ -99,75 +91,78 @@ def evaluate(detections: pl.DataFrame, truth: pl.DataFrame, parents: pl.DataFram
     )
 
 
-#: Levels the product lists anomalies at (each lens level also rolls up to its parent).
+#: Levels the product lists anomalies at.
 EVAL_LEVELS = ("tract", "neighborhood")
+#: The columns every detector returns (and an empty detection frame has).
+_DETECTIONS = pl.Schema(
+    {
+        "level": pl.String(),
+        "unit_id": pl.String(),
+        "category": pl.String(),
+        "window_start": pl.Datetime("us", "UTC"),
+        "window_end": pl.Datetime("us", "UTC"),
+    }
+)
 
 
-def weekly_windows(first: datetime, until: datetime, days: int = 7) -> list[tuple[datetime, datetime]]:
-    """Consecutive windows of ``days`` ending at ``until`` and reaching back to ``first`` (the
-    oldest may be shorter): the lens' default 7-day window, slid over the history."""
-    out, hi = [], until
-    while hi > first:
-        lo = max(hi - timedelta(days=days), first)
-        out.append((lo, hi))
-        hi = lo
-    return out[::-1]
+def _history(snapshot: Snapshot, city: str) -> tuple[datetime, dict[str, str], dict[str, datetime], str]:
+    """The release's history start, grains, first unpublished bin per level and time zone."""
+    meta = snapshot.release_meta(city)
+    if not meta:
+        raise ValueError(f"the snapshot has no release for {city!r}")
+    start = meta["history_start"]
+    assert isinstance(start, datetime)
+    return start, dict(meta["grains"] or DEFAULT_GRAINS), dict(meta["complete_until"]), str(meta["timezone"])
 
 
-def _scoreable(snapshot: Snapshot, city: str, baseline: timedelta) -> tuple[datetime, datetime]:
-    ts = snapshot.events(city)["ts"]
-    first, last = ts.min(), ts.max()
-    assert isinstance(first, datetime)
-    assert isinstance(last, datetime)
-    return history_start(first) + baseline, _midnight(last) + timedelta(days=1)
-
-
-def history_start(ts: datetime) -> datetime:
-    """The midnight that starts the history's first day (the day of the first event: a partial first
-    day makes the earliest baselines slightly low, which is better than losing a day of scoring)."""
-    return _midnight(ts)
-
-
-def _midnight(ts: datetime) -> datetime:
-    return ts.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def engine_detections(snapshot: Snapshot, city: str = "nyc", **lens_params: Any) -> pl.DataFrame:
-    """What the product publishes, window by window: released anomalies of the lens at every
-    :data:`EVAL_LEVELS` (default settings unless ``lens_params`` say otherwise), de-duplicated."""
+def engine_detections(snapshot: Snapshot, city: str = "nyc", baseline: timedelta = BASELINE, **lens_params: Any) -> pl.DataFrame:
+    """What the product lists: the lens' anomalies (default thresholds unless ``lens_params`` say
+    otherwise) at every :data:`EVAL_LEVELS` and its published grain, in the bins that end after a
+    full ``baseline`` of history (earlier cells are scored on a shorter one) up to the end of what
+    is published. Scores do not depend on the window, so
+    one window covering that span lists exactly what sliding windows would: ``level, unit_id,
+    category, window_start, window_end, observed, effect, zscore, q``."""
     from app.engine.lens import Lens  # the lens imports the engine; imported late to keep this module light
 
+    first, _, cutoff, _ = _history(snapshot, city)
     lens = Lens(snapshot=snapshot, city=city, **lens_params)
-    first, until = _scoreable(snapshot, city, lens.baseline)
     frames = []
-    for lo, hi in weekly_windows(first, until):
-        for level in EVAL_LEVELS:
-            lens.param.update(level=level, since=lo, until=hi)
-            found, _ = lens.anomalies()
-            if found.height:
-                frames.append(found.select("level", "unit_id", "category", "bin_start", "bin_end", "observed", "effect", "zscore", "q"))
+    for level in EVAL_LEVELS:
+        if level not in cutoff or cutoff[level] <= first + baseline:
+            continue
+        lens.param.update(level=level, since=first + baseline, until=cutoff[level])
+        found, _ = lens.anomalies()
+        if found.height:
+            frames.append(found.select("level", "unit_id", "category", "bin_start", "bin_end", "observed", "effect", "zscore", "q"))
     if not frames:
-        return pl.DataFrame(schema={"unit_id": pl.String, "category": pl.String, "window_start": pl.Datetime("us", "UTC")})
-    found = pl.concat(frames).unique(["level", "unit_id", "category", "bin_start"], keep="first")
+        return pl.DataFrame(schema=_DETECTIONS)
+    found = pl.concat(frames)
     return found.rename({"bin_start": "window_start", "bin_end": "window_end"}).sort("window_start", "level", "unit_id", "category")
 
 
 def rolling_z_detections(snapshot: Snapshot, city: str = "nyc", min_z: float = 3.0, baseline: timedelta = BASELINE) -> pl.DataFrame:
-    """The plain detector on the same cells: trailing 28-day z of each (unit, category, day) at
-    every :data:`EVAL_LEVELS`, ``z >= min_z``, no FDR and no privacy gate."""
-    first, until = _scoreable(snapshot, city, baseline)
-    events = snapshot.events(city)
-    cube = cube_counts(events, tract_parents(snapshot.units(city)), "day", (*EVAL_LEVELS, "borough", "city"))
+    """The plain detector on the same cells: the trailing 28-day z
+    (:func:`~app.engine.scores.rolling_zscores`) of every released (unit, category, bin) cell of
+    each :data:`EVAL_LEVELS` at the level's published grain, ``z >= min_z``, in the same bins as
+    :func:`engine_detections`; no FDR. Withheld and incomplete cells are left out (read as zeros)."""
+    first, grains, cutoff, tz = _history(snapshot, city)
+    release = snapshot.release(city)
     frames = []
     for level in EVAL_LEVELS:
-        scored = rolling_zscores(level_cells(cube, level), "day", baseline)
-        hits = scored.filter((pl.col("bin_start") >= first) & (pl.col("bin_start") < until) & (pl.col("zscore") >= min_z))
-        frames.append(hits.with_columns(level=pl.lit(level)))
-    found = pl.concat(frames)
-    return found.select(
-        "level",
-        "unit_id",
-        "category",
-        pl.col("bin_start").alias("window_start"),
-        (pl.col("bin_start") + timedelta(days=1)).alias("window_end"),
-    )
+        if level not in cutoff:
+            continue
+        grain = grains[level]
+        cells = release.filter((pl.col("level") == level) & ~pl.col("suppressed") & ~pl.col("partial") & (pl.col("count") > 0)).select(
+            "unit_id", "category", "bin_start", "count"
+        )
+        scored = rolling_zscores(cells, grain, baseline)
+        end = pl.col("bin_start") + BIN_LENGTH[grain]
+        if grain != "hour":  # a local day or week ends at the next local midnight (23 or 25 hours on DST changes)
+            end = bin_expr(end + timedelta(hours=12), grain, tz)
+        hits = scored.filter((end > first + baseline) & (pl.col("bin_start") < cutoff[level]) & (pl.col("zscore") >= min_z))
+        frames.append(
+            hits.select(
+                pl.lit(level).alias("level"), "unit_id", "category", pl.col("bin_start").alias("window_start"), end.alias("window_end")
+            )
+        )
+    return pl.concat(frames) if frames else pl.DataFrame(schema=_DETECTIONS)

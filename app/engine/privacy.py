@@ -1,22 +1,21 @@
-"""The privacy gate: every count (and every number derived from a count) passes here before it
-leaves the engine for the API, the views or an export.
+"""Release rules and the pieces of them shared across the engine.
 
 Modes (:class:`Policy`):
 
 ``none``
     internal analysis; counts leave unchanged.
 ``suppress``
-    cell suppression on the fixed release cube (:func:`app.engine.bins.cube_counts`). Counts
+    cell suppression of the publish-time release (:mod:`app.engine.suppression`): counts
     ``1..k-1`` are withheld (*primary*, default k = 11, the CMS rule) and further cells are
     withheld (*complementary*) so that no withheld count can be recomputed from the published
-    totals, parents or category sums (:func:`suppress_cube`). Windows are snapped to the bin grid
-    (:func:`snap_window`) and every multi-bin or multi-category total is a sum of released cells
-    (:func:`window_totals`), so overlapping queries cannot be differenced into a hidden cell.
+    totals, parents, category sums or coarser bins. Its exact derivability audit is built on the
+    graph of one cube here (:func:`_cube_graph`, :func:`_bridges`).
 ``dp``
     differential privacy: integer discrete-Laplace noise from OpenDP on every cell of every level,
     post-processed to consistent non-negative integers (:func:`dp_release`), with a persisted
     budget ledger that re-serves released bins for free and refuses to overspend
-    (:class:`BudgetLedger`).
+    (:class:`BudgetLedger`). A publish-time ``dp`` release is not built yet
+    (:func:`app.engine.publish.publish_city` refuses the mode).
 
 Why suppression is audited exactly
 ----------------------------------
@@ -33,9 +32,8 @@ flipping the signs of the ``"*"`` and category equations), i.e. the coefficient 
 incidence matrix of a graph whose nodes are equations (plus one ground node per bin) and whose
 edges are hidden cells. An unknown is determined by the equations exactly when its unit vector is in
 the row space, i.e. when no cycle of unknowns runs through it: when it is a *bridge*. Bridges are
-found in near-linear time, so the audit is exact for any component size (no dense rank test, no
-size cap). A disclosed cell is protected by hiding the cheapest visible cells (by count) that close
-a cycle through it: a shortest path between its two equations.
+found in near-linear time (:func:`_bridges`), so the audit is exact for any component size (no
+dense rank test, no size cap).
 
 What the audit does not cover: bounds. Counts are non-negative, so an attacker can still bound a
 hidden cell (e.g. by a total minus its visible siblings); the group rule keeps each group's hidden
@@ -57,7 +55,6 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import polars as pl
-import structlog
 
 from app.data.geography import LEVELS
 from app.engine.bins import ALL_CATEGORIES
@@ -71,21 +68,14 @@ __all__ = [
     "dp_epsilon",
     "dp_noise_variance",
     "dp_release",
-    "gate_anomalies",
-    "release_cube",
-    "snap_window",
-    "suppress_cube",
-    "window_totals",
 ]
-
-log = structlog.get_logger(__name__)
 
 Mode = Literal["none", "suppress", "dp"]
 
 #: File name of the budget ledger inside a data directory.
 LEDGER_FILE = "privacy_ledger.duckdb"
 
-#: Length of one bin of each time-bin name (the grid :func:`snap_window` snaps to).
+#: Length of one bin of each time-bin name (the ledger charges per bin).
 _BIN_STEP: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
 
 _I64 = npt.NDArray[np.int64]
@@ -147,55 +137,6 @@ class Policy:
         if self.mode != "dp":
             return 0.0
         return dp_noise_variance(self.noise_scale(n_levels))
-
-
-# ---- the bin grid ------------------------------------------------------------------------------
-def _floor_bin(ts: datetime, time_bin: str) -> datetime:
-    ts = ts.astimezone(UTC)
-    if time_bin == "hour":
-        return ts.replace(minute=0, second=0, microsecond=0)
-    day = ts.replace(hour=0, minute=0, second=0, microsecond=0)
-    if time_bin == "day":
-        return day
-    return day - timedelta(days=day.weekday())  # weeks start Monday 00:00 UTC, like dt.truncate("1w")
-
-
-def snap_window(since: datetime, until: datetime, time_bin: str) -> tuple[datetime, datetime]:
-    """``(since, until)`` snapped outwards to the fixed bin grid of ``time_bin`` (UTC).
-
-    Every released count is a whole-bin count, so differencing two windows can only ever isolate
-    whole cells of the cube, and those are protected cell by cell."""
-    if time_bin not in _BIN_STEP:
-        raise ValueError(f"unknown time bin {time_bin!r}; expected one of {sorted(_BIN_STEP)}")
-    if since.tzinfo is None or until.tzinfo is None:
-        raise ValueError("snap_window needs timezone-aware datetimes")
-    if since > until:
-        raise ValueError(f"window starts after it ends: {since} > {until}")
-    lo, hi = _floor_bin(since, time_bin), _floor_bin(until, time_bin)
-    if hi < until.astimezone(UTC):
-        hi += _BIN_STEP[time_bin]
-    return lo, hi
-
-
-# ---- released sums -----------------------------------------------------------------------------
-def window_totals(released_cells: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
-    """Totals of released cells per ``by`` (summing over every other key: bins, categories, units).
-
-    A total is published only as the sum of released cells and is withheld (``count`` null,
-    ``suppressed`` true) when any summed cell is: a total over a window with a hidden bin would
-    reveal that bin when differenced with an overlapping window. Output: ``by`` columns, ``count``
-    (Int64), ``suppressed``."""
-    keys = list(by)
-    hidden = pl.col("count").is_null()
-    if "suppressed" in released_cells.columns:
-        hidden = hidden | pl.col("suppressed")
-    agg = released_cells.with_columns(_hidden=hidden).group_by(keys)
-    out = agg.agg(count=pl.col("count").sum().cast(pl.Int64), suppressed=pl.col("_hidden").any())
-    out = out.with_columns(count=pl.when(pl.col("suppressed")).then(None).otherwise(pl.col("count")))
-    return out.sort(keys) if keys else out
-
-
-#: The name the lens uses for :func:`window_totals`.
 
 
 # ---- suppression -------------------------------------------------------------------------------
@@ -367,145 +308,6 @@ def _cube_graph(cube: pl.DataFrame, levels: Sequence[str] | None) -> _CubeGraph:
         jitter,
         rest_jitter,
     )
-
-
-def _apply_group_rule(g: _CubeGraph, hidden: _BOOL, k: int) -> None:
-    """Hide cells (in place) until every group with a visible total is safe.
-
-    Safe: no hidden child, or at least two hidden "children" (a positive rest counts as one, it is
-    never published) whose sum as the public sees it (total minus visible children, i.e. hidden sum
-    plus rest) is 0 or at least ``k``. Otherwise the smallest visible child is hidden (or, when all
-    children are hidden, the total). Every step is one vectorised pass over all groups."""
-    n = g.count.shape[0]
-    n_groups = 2 * n
-    while True:
-        hid_c = hidden[g.child]
-        n_hid = np.bincount(g.group[hid_c], minlength=n_groups)
-        vis_sum = np.bincount(g.group[~hid_c], weights=g.count[g.child[~hid_c]], minlength=n_groups)
-        seen = g.count[g.total] - vis_sum
-        n_eff = n_hid + (g.rest > 0)
-        bad = g.valid & ~hidden[g.total] & (n_hid >= 1) & ((n_eff == 1) | ((seen >= 1) & (seen <= k - 1)))
-        if not bad.any():
-            return
-        sel = bad[g.group] & ~hid_c
-        best = np.full(n_groups, n, np.int64)
-        np.minimum.at(best, g.group[sel], g.rank[g.child[sel]])
-        bad_groups = np.flatnonzero(bad)
-        picks = best[bad_groups]
-        hidden[g.by_rank[picks[picks < n]]] = True
-        hidden[g.total[bad_groups[picks == n]]] = True
-
-
-def _disclosed(g: _CubeGraph, hidden: _BOOL, bins: _BOOL) -> _I64:
-    """Rows of hidden cells in ``bins`` (a mask over bin ids) that a linear combination of the
-    published cells determines: the bridges of the graph of unknowns (see the module docstring)."""
-    rows = np.flatnonzero(hidden & bins[g.bin])
-    if rows.size == 0:
-        return rows
-    rests = np.flatnonzero(bins[g.rest_bin])
-    eu = np.concatenate([g.end1[rows], g.rest_end1[rests]])
-    ev = np.concatenate([g.end2[rows], g.rest_end2[rests]])
-    nodes, inverse = np.unique(np.concatenate([eu, ev]), return_inverse=True)
-    m = eu.shape[0]
-    is_bridge = _bridges(nodes.shape[0], inverse[:m], inverse[m:])
-    out: _I64 = rows[is_bridge[: rows.size]]
-    return out
-
-
-def _close_cycles(g: _CubeGraph, hidden: _BOOL, disclosed: _I64) -> int:
-    """For the first disclosed cell of each bin, hide the cheapest set of visible cells that closes
-    a cycle of unknowns through it (so it is no longer a bridge); returns how many were hidden.
-
-    Cheapest: a shortest path between the cell's two equations avoiding the cell itself, where a
-    visible cell costs its count and an unknown (hidden cell, rest) almost nothing. A tiny
-    hash-based jitter makes the shortest path unique, so the choice does not depend on row order
-    and stays the same whatever window the cube covers."""
-    from scipy import sparse
-    from scipy.sparse import csgraph
-
-    order = disclosed[np.argsort(g.rank[disclosed], kind="stable")]
-    _, first = np.unique(g.bin[order], return_index=True)
-    chosen = order[first]
-    cell_order = np.argsort(g.bin, kind="stable")
-    cell_bins = g.bin[cell_order]
-    rest_order = np.argsort(g.rest_bin, kind="stable")
-    rest_bins = g.rest_bin[rest_order]
-    hidden_now = 0
-    for cell in chosen:
-        b = g.bin[cell]
-        cells = cell_order[np.searchsorted(cell_bins, b) : np.searchsorted(cell_bins, b, side="right")]
-        cells = cells[cells != cell]
-        rests = rest_order[np.searchsorted(rest_bins, b) : np.searchsorted(rest_bins, b, side="right")]
-        eu = np.concatenate([g.end1[cells], g.rest_end1[rests], g.end1[[cell]]])
-        ev = np.concatenate([g.end2[cells], g.rest_end2[rests], g.end2[[cell]]])
-        weight = np.concatenate(
-            [
-                np.where(hidden[cells], 1e-6 * (1 + g.jitter[cells]), g.count[cells] + 1e-3 * g.jitter[cells]),
-                1e-6 * (1 + g.rest_jitter[rests]),
-            ]
-        )
-        edge_row = np.concatenate([cells, np.full(rests.shape[0], -1, np.int64)])
-        nodes, inverse = np.unique(np.concatenate([eu, ev]), return_inverse=True)
-        m = eu.shape[0]
-        u, v = inverse[: m - 1], inverse[m : 2 * m - 1]
-        source, target = inverse[m - 1], inverse[2 * m - 1]
-        lo, hi = np.minimum(u, v), np.maximum(u, v)
-        by_pair = np.lexsort((weight, hi, lo))
-        pair_key = lo[by_pair] * nodes.shape[0] + hi[by_pair]
-        best = by_pair[np.r_[True, pair_key[1:] != pair_key[:-1]]]  # the cheapest edge of each pair
-        graph = sparse.coo_matrix((weight[best], (lo[best], hi[best])), shape=(nodes.shape[0],) * 2).tocsr()
-        _, pred = csgraph.dijkstra(graph, directed=False, indices=source, return_predecessors=True)
-        if pred[target] < 0:
-            log.warning("privacy.audit_unresolved", bin=int(b), detail="a disclosed hidden cell has no cycle to join")
-            continue
-        lookup = dict(zip((lo[best] * nodes.shape[0] + hi[best]).tolist(), best.tolist(), strict=True))
-        step = int(target)
-        while step != source:
-            back = int(pred[step])
-            e = lookup[min(step, back) * nodes.shape[0] + max(step, back)]
-            row = int(edge_row[e])
-            if row >= 0 and not hidden[row]:
-                hidden[row] = True
-                hidden_now += 1
-            step = back
-    return hidden_now
-
-
-def suppress_cube(cube: pl.DataFrame, k: int, *, levels: Sequence[str] | None = None, audit: bool = True) -> pl.DataFrame:
-    """The release cube with primary and complementary suppression.
-
-    ``cube``: as :func:`app.engine.bins.cube_counts` (``level, unit_id, parent_id, category,
-    bin_start, count``; absent rows are zeros, which are published). ``levels``: the level order,
-    finest first (default: :data:`app.data.geography.LEVELS` restricted to the cube's levels).
-
-    Primary: counts ``1..k-1``. Complementary: the group rule (:func:`_apply_group_rule`) over the
-    spatial groups (a parent and its children, per category and bin) and the category groups (a
-    unit's categories and its ``"*"``, per bin), iterated to a fixpoint; then, with ``audit``, the
-    exact linear-algebra audit: while some hidden cell is derivable, hide the cheapest cells that
-    put it on a cycle of unknowns and re-run the rule (re-auditing only the bins that changed).
-    Every decision involves cells of one bin and a window-independent order, so a bin's cells are
-    suppressed the same whatever window the cube covers: overlapping queries agree.
-
-    Output: the input columns (same row order) with ``count`` null where withheld, plus
-    ``suppressed`` (Boolean)."""
-    if cube.height == 0:
-        return cube.with_columns(suppressed=pl.lit(False, pl.Boolean))
-    g = _cube_graph(cube, levels)
-    hidden: _BOOL = (g.count >= 1) & (g.count <= k - 1)
-    _apply_group_rule(g, hidden, k)
-    dirty = np.ones(int(g.bin.max()) + 1, np.bool_)  # bins to audit: all, then those that changed
-    while audit and dirty.any():
-        disclosed = _disclosed(g, hidden, dirty)
-        if disclosed.size == 0:
-            break
-        before = hidden.copy()
-        if _close_cycles(g, hidden, disclosed) == 0:
-            break
-        _apply_group_rule(g, hidden, k)
-        dirty = np.zeros_like(dirty)
-        dirty[np.unique(g.bin[hidden != before])] = True
-    flag = pl.Series("suppressed", hidden)
-    return cube.with_columns(flag).with_columns(count=pl.when(pl.col("suppressed")).then(None).otherwise(pl.col("count")))
 
 
 # ---- differential privacy ------------------------------------------------------------------------
@@ -911,56 +713,3 @@ class BudgetLedger:
         con.execute("INSERT INTO release_cells SELECT * FROM _new_cells")
         con.unregister("_new_heads")
         con.unregister("_new_cells")
-
-
-# ---- the gate as the lens uses it ------------------------------------------------------------------
-_CELL = ["level", "unit_id", "category", "bin_start"]
-
-
-def release_cube(cube: pl.DataFrame, policy: Policy) -> pl.DataFrame:
-    """The released cells of a window of the fixed cube under ``policy``: ``none`` passes counts
-    through, ``suppress`` applies :func:`suppress_cube`. ``dp`` releases go through
-    :meth:`BudgetLedger.release` (they spend budget, so they need the ledger)."""
-    if policy.mode == "none":
-        return cube.with_columns(suppressed=pl.lit(False))
-    if policy.mode == "suppress":
-        return suppress_cube(cube, policy.k)
-    raise ValueError("'dp' releases need the budget ledger: use BudgetLedger.release")
-
-
-def gate_anomalies(found: pl.DataFrame, released: pl.DataFrame, level: str, ancestors: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Publishable anomalies of ``level`` and how many were withheld.
-
-    ``found``: detected cells (``level, unit_id, category, bin_start`` and their evidence) at
-    ``level`` and coarser levels; ``released``: the released cells of the same window. An anomaly
-    is shown with its *released* count as ``observed``; one whose cell is withheld is replaced by
-    the nearest ancestor's anomaly in the same category and bin that is itself publishable
-    (``rolled_up_from`` names the level it stands in for), so an anomaly is found on a bin that can
-    be shown. ``ancestors``: ``unit_id`` (at ``level``), ``anc_level``, ``anc_id``, ``depth``
-    (1 = parent).
-    """
-    gated = found.join(released.select(*_CELL, "count", "suppressed"), on=_CELL, how="left").with_columns(
-        observed=pl.col("count"), suppressed=pl.col("suppressed").fill_null(True) | pl.col("count").is_null()
-    )
-    gated = gated.drop("count")
-    mine = gated.filter(pl.col("level") == level)
-    shown = mine.filter(~pl.col("suppressed")).with_columns(rolled_up_from=pl.lit(None, pl.String))
-    hidden = mine.filter(pl.col("suppressed")).select("unit_id", "category", "bin_start").with_row_index("_hid")
-    if hidden.height == 0:
-        return shown.drop("suppressed"), 0
-    public = gated.filter((pl.col("level") != level) & ~pl.col("suppressed"))
-    reach = (
-        hidden.join(ancestors, on="unit_id")
-        .join(public, left_on=["anc_level", "anc_id", "category", "bin_start"], right_on=["level", "unit_id", "category", "bin_start"])
-        .sort("_hid", "depth")
-        .unique("_hid", keep="first")
-    )
-    rolled = (
-        reach.select("anc_level", "anc_id", "category", "bin_start")
-        .unique()
-        .join(public, left_on=["anc_level", "anc_id", "category", "bin_start"], right_on=["level", "unit_id", "category", "bin_start"])
-        .rename({"anc_level": "level", "anc_id": "unit_id"})
-        .with_columns(rolled_up_from=pl.lit(level))
-    )
-    out = pl.concat([shown, rolled.select(shown.columns)], how="vertical_relaxed")
-    return out.drop("suppressed"), hidden.height - reach.height
