@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     privacy_k: int = Field(11, ge=1, description="Smallest count published in 'suppress' mode.")
     privacy_epsilon: float = Field(1.0, gt=0, le=10, description="Privacy-loss parameter of one 'dp' release.")
     privacy_budget: float = Field(10.0, gt=0, description="Total epsilon the 'dp' ledger allows per instant of data.")
+    grains: str = Field(
+        "auto",
+        description="Time grain each level is published at: 'auto' (per city, the finest grain whose cells are mostly "
+        "publishable) or pairs like 'tract=week,neighborhood=day,borough=hour,city=hour'.",
+    )
     sources: str = Field("", description="Comma-separated registry sources the scheduler polls (empty: the demo feed only).")
     http_timeout: float = Field(30.0, gt=0, description="Seconds before a provider request times out (then it is retried).")
     geo_dir: Path | None = Field(

@@ -27,6 +27,7 @@ from app.data.ingest import IngestReport, ingest_source
 from app.data.registry import SourceSpec, city_timezone, get_source
 from app.data.snapshot import Snapshot, query, read_events, read_units
 from app.data.store import Store
+from app.engine.grains import parse_grains
 from app.engine.privacy import Policy
 from app.engine.publish import publish_city
 from app.engine.scores import DEFAULT_MIN_Z, DEFAULT_Q
@@ -156,7 +157,7 @@ def recompute_anomalies(
     policy = Policy(settings.privacy_mode, settings.privacy_k, epsilon=settings.privacy_epsilon)
     horizon = horizon or _horizon(con, city)
     t0 = time.perf_counter()
-    published = publish_city(events, units, tz, policy, horizon=horizon)
+    published = publish_city(events, units, tz, policy, horizon=horizon, grains=parse_grains(settings.grains))
     meta: dict[str, object] = {
         "mode": policy.mode,
         "k": policy.k,

@@ -85,7 +85,21 @@ def canonical_rows(spec: SourceSpec, frame: pl.DataFrame, now: datetime) -> tupl
         valid_from=pl.lit(now, pl.Datetime("us", "UTC")),
         valid_to=pl.lit(None, pl.Datetime("us", "UTC")),
     )
-    return out, units, rejected
+    return out.with_columns(area_id=_area_ids(spec, out)), units, rejected
+
+
+def _area_ids(spec: SourceSpec, frame: pl.DataFrame) -> pl.Series:
+    """The neighborhood-level unit named by ``spec.fields.area`` for rows that no tract holds (an
+    integral number loses its ``.0``, as boundary ids do); null elsewhere."""
+    field = spec.fields.area
+    if field is None or "attrs" not in frame.columns:
+        return pl.Series("area_id", [None] * frame.height, dtype=pl.String)
+    raw = frame["attrs"].str.json_path_match(f"$.{field}").str.strip_chars()
+    as_int = raw.cast(pl.Float64, strict=False)
+    ids = pl.select(
+        pl.when(as_int.is_not_null() & (as_int == as_int.floor())).then(as_int.cast(pl.Int64).cast(pl.String)).otherwise(raw)
+    ).to_series()
+    return pl.select(pl.when(frame["tract_id"].is_null()).then(ids.replace("", None))).to_series().alias("area_id")
 
 
 async def ingest_source(

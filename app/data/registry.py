@@ -38,6 +38,11 @@ class FieldMap(BaseModel):
     location: str | None = Field(None, description="Point field in any of SODA's shapes (legacy object, WKT, GeoJSON).")
     severity: str | None = Field(None, description="Incident severity field.")
     attrs: tuple[str, ...] = Field((), description="Provider fields kept verbatim in ``attrs``.")
+    area: str | None = Field(
+        None,
+        description="Field (also listed in ``attrs``) naming the row's unit at the neighborhood level, e.g. Chicago's community "
+        "area: a row without a usable point is still counted there (and above), though in no tract.",
+    )
 
 
 class SourceSpec(BaseModel):

@@ -55,3 +55,7 @@ CREATE TABLE IF NOT EXISTS release_meta (
     city VARCHAR PRIMARY KEY, mode VARCHAR NOT NULL, k INTEGER NOT NULL, epsilon DOUBLE, grains JSON NOT NULL, timezone VARCHAR NOT NULL,
     history_start TIMESTAMPTZ, horizon TIMESTAMPTZ, computed_at TIMESTAMPTZ NOT NULL
 );
+-- Rows without a usable point but with a known neighborhood-level unit (e.g. a Chicago community area).
+ALTER TABLE request ADD COLUMN IF NOT EXISTS area_id VARCHAR;
+ALTER TABLE incident ADD COLUMN IF NOT EXISTS area_id VARCHAR;
+ALTER TABLE closure ADD COLUMN IF NOT EXISTS area_id VARCHAR;

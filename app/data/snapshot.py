@@ -28,17 +28,19 @@ EVENT_SCHEMA = {
     "kind": pl.String,
     "category": pl.String,
     "tract_id": pl.String,
+    "area_id": pl.String,  # the neighborhood-level unit of a row located in no tract (else null)
     "ts": pl.Datetime("us", "UTC"),
     "lon": pl.Float64,
     "lat": pl.Float64,
 }
 
 _EVENTS_SQL = """
-SELECT 'request' AS kind, category, tract_id, ts, lon, lat FROM request WHERE city = $city AND valid_to IS NULL
+SELECT 'request' AS kind, category, tract_id, CASE WHEN tract_id IS NULL THEN area_id END AS area_id, ts, lon, lat
+FROM request WHERE city = $city AND valid_to IS NULL
 UNION ALL
-SELECT 'incident', type, tract_id, ts, lon, lat FROM incident WHERE city = $city AND valid_to IS NULL
+SELECT 'incident', type, tract_id, CASE WHEN tract_id IS NULL THEN area_id END, ts, lon, lat FROM incident WHERE city = $city AND valid_to IS NULL
 UNION ALL
-SELECT 'closure', kind, tract_id, start_ts, lon, lat FROM closure WHERE city = $city AND valid_to IS NULL
+SELECT 'closure', kind, tract_id, CASE WHEN tract_id IS NULL THEN area_id END, start_ts, lon, lat FROM closure WHERE city = $city AND valid_to IS NULL
 """
 
 
@@ -61,7 +63,11 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | Non
 
 def read_events(con: duckdb.DuckDBPyConnection, city: str) -> pl.DataFrame:
     """All current events of ``city`` as one frame with :data:`EVENT_SCHEMA`, sorted by time."""
-    return query(con, _EVENTS_SQL, {"city": city}).cast(EVENT_SCHEMA).sort("ts")  # type: ignore[arg-type]  # polars accepts a name->dtype mapping
+    try:
+        frame = query(con, _EVENTS_SQL, {"city": city})
+    except duckdb.BinderException:  # a snapshot from before rows could name their area: none do
+        frame = query(con, _EVENTS_SQL.replace("CASE WHEN tract_id IS NULL THEN area_id END", "NULL::VARCHAR"), {"city": city})
+    return frame.cast(EVENT_SCHEMA).sort("ts")  # type: ignore[arg-type]  # polars accepts a name->dtype mapping
 
 
 def read_units(con: duckdb.DuckDBPyConnection, city: str) -> pl.DataFrame:

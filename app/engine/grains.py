@@ -28,13 +28,17 @@ import polars as pl
 __all__ = [
     "DEFAULT_GRAINS",
     "GRAINS",
+    "PUBLISHABLE_SHARE",
+    "TOP_CELL_SHARE",
     "bin_expr",
     "bin_range",
     "check_grains",
+    "choose_grains",
     "coarser_grains",
     "floor_bin",
     "grain_rank",
     "next_bin",
+    "parse_grains",
     "slot_expr",
     "slots",
 ]
@@ -44,6 +48,11 @@ GRAINS: tuple[str, ...] = ("hour", "day", "week")
 #: The grain each level is published at (one per level).
 DEFAULT_GRAINS: dict[str, str] = {"tract": "week", "neighborhood": "day", "borough": "hour", "city": "hour"}
 _TRUNCATE = {"hour": "1h", "day": "1d", "week": "1w"}
+#: A grain is "mostly publishable" for a level when this share of its events sits in cells of at
+#: least k events (all categories): the finest such grain is the level's, when chosen automatically.
+PUBLISHABLE_SHARE = 0.9
+#: ... and for the top level, this share of its cells (see :func:`choose_grains`).
+TOP_CELL_SHARE = 0.95
 
 
 def grain_rank(grain: str) -> int:
@@ -65,6 +74,47 @@ def check_grains(grains: Mapping[str, str], levels: Sequence[str]) -> dict[str, 
     for lo, hi in itertools.pairwise(levels):
         if grain_rank(out[hi]) > grain_rank(out[lo]):
             raise ValueError(f"level {hi!r} is published at a coarser grain ({out[hi]}) than the level below it ({lo}: {out[lo]})")
+    return out
+
+
+def choose_grains(
+    shares: Mapping[str, Mapping[str, float]],
+    levels: Sequence[str],
+    cell_shares: Mapping[str, Mapping[str, float]] | None = None,
+    threshold: float = PUBLISHABLE_SHARE,
+    top_cells: float = TOP_CELL_SHARE,
+) -> dict[str, str]:
+    """Each level's grain from ``shares[level][grain]`` (the share of the level's events in cells
+    of at least k events): the finest grain that reaches ``threshold`` and is not coarser than the
+    level below's, else the coarsest allowed. The top level (the city) also needs ``top_cells`` of
+    its cells publishable (``cell_shares``): its sums are the overview, and a sum with one
+    withheld part is withheld. (Default demo: tract by week, neighborhood by day, borough and city
+    by hour; Chicago's crimes: community area by week, side and city by day.)"""
+    out: dict[str, str] = {}
+    limit = len(GRAINS) - 1
+    for i, level in enumerate(levels):
+        allowed = GRAINS[: limit + 1]
+        top = i == len(levels) - 1 and cell_shares is not None
+        good = [
+            g
+            for g in allowed
+            if shares.get(level, {}).get(g, 0.0) >= threshold and (not top or (cell_shares or {}).get(level, {}).get(g, 0.0) >= top_cells)
+        ]
+        out[level] = good[0] if good else allowed[-1]
+        limit = grain_rank(out[level])
+    return out
+
+
+def parse_grains(text: str) -> dict[str, str] | None:
+    """``"tract=week,neighborhood=day,..."`` as a mapping (checked grains); ``"auto"`` gives None."""
+    if text.strip() in ("", "auto"):
+        return None
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(f"grains must be 'auto' or level=grain pairs separated by commas, not {text!r}")
+    out = {level.strip(): grain.strip() for level, grain in pairs}
+    for grain in out.values():
+        grain_rank(grain)
     return out
 
 

@@ -33,19 +33,26 @@ _COLS = list(LAYER_SCHEMA.names())
 
 
 def hourly_base(events: pl.DataFrame) -> pl.DataFrame:
-    """Events counted per ``tract_id`` (null: unlocated), ``category`` and UTC hour ``hour``."""
-    return events.group_by("tract_id", "category", hour=pl.col("ts").dt.truncate("1h")).agg(count=pl.len().cast(pl.Int64))
+    """Events counted per ``tract_id`` (null: in no tract), ``area_id`` (the neighborhood of a row
+    in no tract, when its source names one), ``category`` and UTC hour ``hour``."""
+    if "area_id" not in events.columns:
+        events = events.with_columns(area_id=pl.lit(None, pl.String))
+    return events.group_by("tract_id", "area_id", "category", hour=pl.col("ts").dt.truncate("1h")).agg(count=pl.len().cast(pl.Int64))
 
 
 def _units_of(base: pl.DataFrame, parents: pl.DataFrame, level: str) -> pl.DataFrame:
-    """``base`` with ``unit_id`` at ``level`` (unlocated rows only reach the city)."""
+    """``base`` with ``unit_id`` at ``level``: rows in a tract climb from it, rows known only by
+    their neighborhood (``area_id``) count from the neighborhood up, the rest only at the city."""
     if level == "tract":
         return base.filter(pl.col("tract_id").is_not_null()).with_columns(unit_id=pl.col("tract_id"))
     if level == "city":
         city = parents["city_id"].drop_nulls().first() if parents.height else None
         return base.with_columns(unit_id=pl.lit(city, pl.String))
     lookup = parents.select("tract_id", unit_id=pl.col(level_column(level)))
-    return base.join(lookup, on="tract_id", how="inner").filter(pl.col("unit_id").is_not_null())
+    in_tract = base.join(lookup, on="tract_id", how="inner")
+    areas = parents.select(area_id=pl.col("neighborhood_id"), unit_id=pl.col(level_column(level))).unique("area_id")
+    in_area = base.filter(pl.col("tract_id").is_null()).join(areas, on="area_id", how="inner")
+    return pl.concat([in_tract, in_area.select(in_tract.columns)]).filter(pl.col("unit_id").is_not_null())
 
 
 def _parent_map(parents: pl.DataFrame, level: str, up: str | None) -> pl.DataFrame | str | None:

@@ -21,13 +21,13 @@ import structlog
 from app.data.geography import LEVELS, tract_parents
 from app.engine.bins import ALL_CATEGORIES
 from app.engine.fill import fill_withheld
-from app.engine.grains import DEFAULT_GRAINS, bin_expr, bin_range, check_grains, coarser_grains, floor_bin, next_bin
-from app.engine.layers import layer_cells
+from app.engine.grains import DEFAULT_GRAINS, GRAINS, bin_expr, bin_range, check_grains, choose_grains, coarser_grains, floor_bin, next_bin
+from app.engine.layers import hourly_base, layer_cells, level_layer
 from app.engine.privacy import Policy
 from app.engine.scoring import ScoreSpec, score_layer
 from app.engine.suppression import segments, suppress_layers
 
-__all__ = ["Published", "complete_until", "publish_city"]
+__all__ = ["Published", "complete_until", "publish_city", "publishable_shares"]
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +42,25 @@ class Published:
     history_start: datetime | None = None
     horizon: datetime | None = None
     complete_until: dict[str, datetime] = field(default_factory=dict)  # per level: first unpublished bin
+
+
+def publishable_shares(
+    events: pl.DataFrame, units: pl.DataFrame, tz: str, k: int, levels: list[str]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Per level and grain, the share of the level's events in all-category cells of at least
+    ``k`` events, and the share of such cells (what :func:`app.engine.grains.choose_grains` reads)."""
+    base = hourly_base(events)
+    parents = tract_parents(units)
+    by_events: dict[str, dict[str, float]] = {}
+    by_cells: dict[str, dict[str, float]] = {}
+    for level in levels:
+        by_events[level], by_cells[level] = {}, {}
+        for grain in GRAINS:
+            cells = level_layer(base, parents, level, grain, tz, None).filter(pl.col("category") == ALL_CATEGORIES)["count"]
+            total = int(cells.sum())
+            by_events[level][grain] = float(cells.filter(cells >= k).sum()) / total if total else 0.0
+            by_cells[level][grain] = cells.filter(cells >= k).len() / cells.len() if cells.len() else 0.0
+    return by_events, by_cells
 
 
 def complete_until(horizon: datetime, grain: str, below: str | None, tz: str) -> datetime:
@@ -64,12 +83,17 @@ def publish_city(
     tz: str,
     policy: Policy,
     horizon: datetime | None = None,
-    grains: Mapping[str, str] = DEFAULT_GRAINS,
+    grains: Mapping[str, str] | None = DEFAULT_GRAINS,
 ) -> Published:
     """The release and scores of one city's current events (see the module docstring).
 
-    ``horizon``: the instant up to which the data are complete (default: the newest event)."""
+    ``horizon``: the instant up to which the data are complete (default: the newest event).
+    ``grains``: the grain of each level, or None to choose them from the data
+    (:func:`app.engine.grains.choose_grains`: the finest grain whose cells are mostly publishable)."""
     present = [lvl for lvl in LEVELS if units.filter(pl.col("level") == lvl).height]
+    if grains is None:
+        shares, cell_shares = publishable_shares(events, units, tz, policy.k, present)
+        grains = choose_grains(shares, present, cell_shares)
     grains = check_grains(grains, present)
     if events.height == 0 or not present:
         return Published(_empty_release(), pl.DataFrame(), dict(grains))
