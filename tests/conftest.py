@@ -26,6 +26,9 @@ from tests.browser import ARGS, CHROMIUM, Problems, open_page
 ROOT = Path(__file__).resolve().parents[1]
 #: The fixed demo used by tests: small, but with 35 days so a 28-day baseline exists.
 TINY_SPEC = DemoSpec(seed=7, end=datetime(2026, 11, 1, tzinfo=UTC), days=35, size=60_000)
+#: The tiny city is too sparse for the grains chosen automatically to be the product's usual ones
+#: (neighborhood by day, borough by hour): tests pin them, so they exercise every grain.
+TINY_GRAINS = "tract=week,neighborhood=day,borough=hour,city=hour"
 #: Real public data beside the project (read-only); tests that need it skip when absent.
 SHARED_DATA = Path(os.environ.get("CSH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -34,7 +37,7 @@ SHARED_DATA = Path(os.environ.get("CSH_SHARED_DATA", ROOT.parent / "shared" / "d
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir holding the tiny demo snapshot (built once per session)."""
     data_dir = tmp_path_factory.mktemp("tiny")
-    build_demo(Store(data_dir), TINY_SPEC)
+    build_demo(Store(data_dir), TINY_SPEC, settings=Settings(data_dir=data_dir, grains=TINY_GRAINS))
     return data_dir
 
 
@@ -57,7 +60,7 @@ def open_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir holding the tiny demo published with privacy mode ``none`` (raw counts, internal
     use): the release rule is fixed per snapshot, so raw totals need a snapshot of their own."""
     data_dir = tmp_path_factory.mktemp("tiny-open")
-    build_demo(Store(data_dir), TINY_SPEC, settings=Settings(data_dir=data_dir, privacy_mode="none"))
+    build_demo(Store(data_dir), TINY_SPEC, settings=Settings(data_dir=data_dir, privacy_mode="none", grains=TINY_GRAINS))
     return data_dir
 
 

@@ -141,9 +141,7 @@ def _city_info(snapshot: Snapshot, city: str) -> CityInfo:
         id=city,
         name=city_name(city),
         timezone=str(release.get("timezone") or city_timezone(city)),
-        levels=tuple(
-            LevelInfo(level, names[level], int(per_level.get(level, 0)), str(grains.get(level, "none"))) for level in LEVELS
-        ),
+        levels=tuple(LevelInfo(level, names[level], int(per_level.get(level, 0)), str(grains.get(level, "none"))) for level in LEVELS),
         kinds=city_kinds(snapshot, city),
         categories=int(events["category"].drop_nulls().n_unique()),
         first_event=first if isinstance(first, datetime) else None,
