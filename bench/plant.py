@@ -8,8 +8,9 @@ events (``mix_shift``, total unchanged), and the ground truth says exactly which
 
 Conventions, chosen so the truth lines up with what the product can publish:
 
-* Plants cover whole UTC days (the engine's ``day`` bins), 1-3 of them by default, inside the
-  design's window ``[since, until)``.
+* Plants cover whole UTC days, 1-3 of them by default, inside the design's window
+  ``[since, until)``. (The engine's ``day`` bins are the city's local days, so in a city off UTC
+  a plant's day straddles two of them; a ``week`` bin holds it whole unless it crosses a week.)
 * ``size`` is events **per day bin** of the plant: the release rule (k = 11) and the detector both
   judge one unit x category x day cell, so a 3-day plant of 11 adds 11 events to each of its days.
 * A spike's extra rows are copies of real events of the same unit (location, kind and every
@@ -157,6 +158,8 @@ def plant(events: pl.DataFrame, units: pl.DataFrame, design: PlantDesign) -> Pla
     frame = (
         events.with_row_index("_row")
         .join(parents, on="tract_id", how="left", maintain_order="left")
+        # a row located in no tract but known by its neighborhood (``area_id``) counts there
+        .with_columns(neighborhood_id=pl.coalesce("neighborhood_id", "area_id"))
         .with_columns(_day=((pl.col("ts") - design.since).dt.total_microseconds() // _DAY_US).cast(pl.Int64))
     )
     window = frame.filter((pl.col("_day") >= 0) & (pl.col("_day") < design.n_days))

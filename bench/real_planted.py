@@ -2,40 +2,48 @@
 
 The demo's planted figures (``planted_*``) measure the detector on background simulated from the
 model family the detector assumes. These figures measure it on a real city's month instead: the
-crimes of October 2022 (September is the baseline history) are ingested through the product's file
-import, a seeded design of spikes and mix shifts (:mod:`bench.plant`) is planted into a copy, both
-stores are published, and what the lens publishes on each is compared with the ground truth.
+crimes of October 2022 (with five weeks of history before it, for full 28-day baselines, and two
+weeks after it, so the weeks holding the month are complete and published) are imported through
+the product's file import (``--id-field @content``: the export has no id column; rows without
+coordinates count in their community area, ``area_id``), a seeded design of spikes and mix shifts
+(:mod:`bench.plant`, per day at the community-area level) is planted into a copy, both stores are
+published, and what the lens lists on each is compared with the ground truth.
 
-Figures (see :func:`real_planted_figures`): ``real_planted_recall``, ``real_planted_precision``,
-``real_planted_f1`` and ``real_background_anomalies_per_week`` of the published anomalies, the same
-four of the plain 28-day rolling z (``*_rolling_z``, z >= 3, same cells, no FDR, no privacy gate),
-``real_planted_f1_ratio`` (engine F1 / rolling F1, when the latter is not 0), ``real_planted_plants``
-and ``window_invariance``.
+Detections are the lens' anomalies at the community-area level (``neighborhood``, the lens'
+default level and the plants' level) at the grain the snapshot publishes it at: for this file the
+automatic choice is *weeks* (sides and the city by day), so a 1-3 day plant is judged by the week
+cell holding it. Figures (see :func:`real_planted_figures`):
 
-Two gaps of today's product path, bridged here in the open rather than patched in the product:
-
-* The shared export has no ``ID`` column and no column unique per row (``--id-field`` has nothing
-  to name), so the bench writes a temporary copy with ``ID`` = the 1-based row number of the file.
-* The export has no coordinates, only ``Community Area``; the adapter keeps it in ``attrs`` but
-  nothing places the row, so every row is stored unlocated (city level only). After the import
-  each unlocated row is given a *placeholder tract*: the lowest-numbered tract the City assigns to
-  its community area (``commarea``). Community-area (``neighborhood``) and coarser counts are then
-  exact; tract counts are not, so nothing here is planted or evaluated at tract level.
+* ``real_planted_recall``, ``real_planted_precision``, ``real_planted_f1`` and
+  ``real_background_anomalies_per_week`` of what a user gets by default (automatic grains,
+  ``suppress`` with k = 11), and ``real_planted_plants``;
+* the same four of the plain 28-day rolling z on the same released cells (``*_rolling_z``,
+  z >= 3, no FDR), and ``real_planted_f1_ratio`` (engine F1 / rolling F1, when the latter is not 0);
+* ``*_internal``: the default grains published without the release rule (``privacy_mode="none"``),
+  which tells the detector's misses from the privacy gate's;
+* ``*_daily`` and ``*_rolling_z_daily`` (only with ``RealRun(variants=...)`` naming ``_daily``):
+  grains pinned to community areas by day (not what a user gets by default; the plants' own
+  grain). Not in the default run: publishing this slice with :data:`DAILY_GRAINS` stops today in
+  the release's privacy audit ("7 withheld cells of neighborhood+borough+city@day cannot be
+  protected");
+* ``window_invariance``: see :func:`window_invariance`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
+from app.config import Settings
 from app.data.snapshot import Snapshot, query
 from app.data.store import Store
 from app.engine.evaluate import Evaluation
@@ -45,14 +53,15 @@ from bench.plant import PlantDesign, Planting, plant
 __all__ = [
     "CRIMES",
     "DAYS_PER_WEEK",
+    "VARIANTS",
     "RealRun",
     "clean_store",
-    "export_with_ids",
+    "export_slice",
     "lens_detections",
-    "open_lens",
-    "place_by_community_area",
     "planted_store",
+    "real_data_figures",
     "real_planted_figures",
+    "rolling_detections",
     "shared_data_dir",
     "window_invariance",
 ]
@@ -65,6 +74,10 @@ CRIMES = Path("events/chicago/chicago_crimes_2022_slim.csv.gz")
 GEO = Path("geo/chicago")
 DAYS_PER_WEEK = 7
 _DAY = timedelta(days=1)
+#: Grains pinned for the ``_daily`` variant (community areas by day).
+DAILY_GRAINS = "tract=week,neighborhood=day,borough=day,city=day"
+#: Each published variant of a store: figure suffix -> (privacy mode, grains setting).
+VARIANTS: dict[str, tuple[str, str]] = {"": ("suppress", "auto"), "_internal": ("none", "auto"), "_daily": ("suppress", DAILY_GRAINS)}
 
 
 def shared_data_dir() -> Path | None:
@@ -76,16 +89,22 @@ def shared_data_dir() -> Path | None:
 @dataclass(frozen=True)
 class RealRun:
     """One evaluation's settings: the month evaluated (``since`` .. ``until``, UTC midnights), the
-    history imported before it (the baseline needs 28 days), the plant seeds (one planted store per
-    seed, figures pooled over them) and optionally a plant design other than
-    :meth:`PlantDesign.standard` at the community-area level (its seed is replaced by each seed)."""
+    history imported before it (a week cell needs 28 days before its local Monday for a full
+    baseline), the data imported after it (so the bins holding the month are complete), the plant
+    seeds (one planted store per seed, figures pooled over them) and optionally a plant design
+    other than :meth:`PlantDesign.standard` at the community-area level (its seed is replaced by
+    each seed). ``variants``: which of :data:`VARIANTS` to publish and evaluate (``_daily`` is not
+    among the defaults: today the pinned daily grains fail the privacy audit on this file, see the
+    module docstring)."""
 
     since: datetime = datetime(2022, 10, 1, tzinfo=UTC)
     until: datetime = datetime(2022, 11, 1, tzinfo=UTC)
-    history: timedelta = timedelta(days=30)
+    history: timedelta = timedelta(days=35)
+    after: timedelta = timedelta(days=14)
     seeds: tuple[int, ...] = (0, 1, 2)
     design: PlantDesign | None = None
     invariance: tuple[tuple[datetime, datetime], tuple[datetime, datetime]] | None = None
+    variants: tuple[str, ...] = ("", "_internal")
 
     def plant_designs(self) -> list[PlantDesign]:
         base = self.design or PlantDesign.standard(self.since, self.until, levels=(LEVEL,))
@@ -120,37 +139,12 @@ def city_geography(geo_dir: Path) -> Iterator[None]:
         load_geography.cache_clear()
 
 
-def export_with_ids(src: Path, dst: Path, first_day: str | None = None, last_day: str | None = None) -> Path:
-    """A copy of the export with an ``ID`` column (the file's 1-based row number, stable because
-    the file is), optionally cut to local dates ``first_day <= Date < last_day`` (ISO strings)."""
-    raw = pl.read_csv(src, infer_schema=False).with_row_index("ID", offset=1).with_columns(pl.col("ID").cast(pl.String))
-    if first_day is not None:
-        raw = raw.filter(pl.col("Date") >= first_day)
-    if last_day is not None:
-        raw = raw.filter(pl.col("Date") < last_day)
-    raw.write_csv(dst)
+def export_slice(src: Path, dst: Path, first_day: str, last_day: str) -> Path:
+    """The export's rows of local dates ``first_day <= Date < last_day`` (ISO strings), every cell
+    as in the file (so the content ids of ``--id-field @content`` are those of the whole file)."""
+    raw = pl.read_csv(src, infer_schema=False)
+    raw.filter((pl.col("Date") >= first_day) & (pl.col("Date") < last_day)).write_csv(dst)
     return dst
-
-
-def place_by_community_area(store: Store, city: str = CITY) -> tuple[int, int]:
-    """Give each unlocated event of ``city`` with a ``community_area`` attribute its area's
-    placeholder tract (see the module docstring); returns (rows placed, rows left unlocated)."""
-    from app.data.geography import load_geography, tract_parents
-
-    parents = tract_parents(load_geography(city).units)
-    placeholders = parents.group_by(community_area="neighborhood_id").agg(placeholder=pl.col("tract_id").min())
-    with store.writer() as con:
-        con.register("_placeholders", placeholders.to_arrow())
-        before = query(con, "SELECT count(*) AS n FROM incident WHERE city = $c AND tract_id IS NULL", {"c": city})["n"][0]
-        con.execute(
-            """UPDATE incident SET tract_id = p.placeholder FROM _placeholders p
-               WHERE incident.city = $c AND incident.tract_id IS NULL AND incident.lon IS NULL
-                 AND json_extract_string(incident.attrs, '$.community_area') = p.community_area""",
-            {"c": city},
-        )
-        after = query(con, "SELECT count(*) AS n FROM incident WHERE city = $c AND tract_id IS NULL", {"c": city})["n"][0]
-        con.unregister("_placeholders")
-    return int(before - after), int(after)
 
 
 def _stored_events(store: Store, city: str) -> pl.DataFrame:
@@ -176,119 +170,143 @@ def _store_rows(changed: pl.DataFrame, severity: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def clean_store(shared: Path, work: Path, run: RealRun, export: Path | None = None) -> tuple[Store, Snapshot, pl.DataFrame]:
-    """Import the export (``export``, else the shared file cut to the run's history and month) into
-    a new store under ``work/clean`` with the product's file import, place its rows by community
-    area and publish; returns the store, its snapshot and its events (engine frame + store columns)."""
-    from app.data.registry import get_source
-    from app.data.sources.export_file import ingest_file
+def publish_variants(store: Store, built_by: str, variants: Sequence[str]) -> dict[str, Snapshot]:
+    """One snapshot of ``store`` per variant (:data:`VARIANTS`), published in turn by the product's
+    :func:`app.pipeline.publish` with that variant's privacy mode and grains."""
     from app.pipeline import publish
+
+    out = {}
+    for name in variants:
+        mode, grains = VARIANTS[name]
+        settings = Settings(data_dir=store.data_dir, privacy_mode=mode, grains=grains)
+        out[name] = publish(store, {CITY}, built_by=f"{built_by}{name}", settings=settings)
+    return out
+
+
+def clean_store(shared: Path, work: Path, run: RealRun, export: Path | None = None) -> tuple[Store, dict[str, Snapshot], pl.DataFrame]:
+    """Import the export (``export``, else the shared file cut to the run's history, month and the
+    data after it) into a new store under ``work/clean`` with the product's file import
+    (``id_field="@content"``) and publish each variant; returns the store, its snapshots and its
+    events (engine frame + store columns)."""
+    from app.data.registry import get_source
+    from app.data.sources.export_file import CONTENT_ID, ingest_file
 
     spec = get_source(SOURCE)
     if export is None:
-        first_day, last_day = (run.since - run.history).date().isoformat(), run.until.date().isoformat()
+        first_day, last_day = (run.since - run.history).date().isoformat(), (run.until + run.after).date().isoformat()
         work.mkdir(parents=True, exist_ok=True)
-        export = export_with_ids(shared / CRIMES, work / "crimes_with_ids.csv", first_day, last_day)
-    store = Store(work / "clean")
-    report = ingest_file(store, spec, export)
+        export = export_slice(shared / CRIMES, work / "crimes_slice.csv", first_day, last_day)
+    store = Store(work / "clean", keep=len(VARIANTS) + 1)
+    report = ingest_file(store, spec, export, id_field=CONTENT_ID)
     if report.rows == 0:
         raise RuntimeError(f"the import of {export.name} stored no rows")
-    place_by_community_area(store, spec.city)
     events = _stored_events(store, spec.city)
-    return store, publish(store, {spec.city}, built_by=f"ingest:{spec.name}"), events
+    return store, publish_variants(store, f"ingest:{spec.name}", run.variants), events
 
 
-def planted_store(clean: Store, events: pl.DataFrame, design: PlantDesign, data_dir: Path) -> tuple[Snapshot, Planting]:
+def planted_store(
+    clean: Store, events: pl.DataFrame, design: PlantDesign, data_dir: Path, variants: Sequence[str] = tuple(VARIANTS)
+) -> tuple[dict[str, Snapshot], Planting]:
     """Plant ``design`` into ``events`` (the clean store's) and publish a store at ``data_dir``: a
     copy of the clean working database with the added and relabelled rows upserted."""
     from app.data.geography import load_geography
     from app.data.registry import get_source
-    from app.pipeline import publish
 
     spec = get_source(SOURCE)
     planting = plant(events, load_geography(spec.city).units, design)
-    store = Store(data_dir)
+    store = Store(data_dir, keep=len(VARIANTS) + 1)
     store.data_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(clean.data_dir / "work.duckdb", store.data_dir / "work.duckdb")  # the layout Store documents
     severity = events.select(pl.col("category").alias("type"), "severity").unique("type")
     with store.writer() as con:
         Store.upsert(con, spec.table, _store_rows(planting.changed(), severity))
-    return publish(store, {spec.city}, built_by=f"bench:planted:{design.seed}"), planting
+    return publish_variants(store, f"bench:planted:{design.seed}", variants), planting
 
 
-def open_lens(snapshot: Snapshot, city: str, **params: Any) -> Lens:
-    """``Lens(snapshot=..., city=..., **params)``; today's lens validates ``city`` against its
-    default choices before it reads the snapshot's cities, so a non-default city is then set after
-    construction (the call shape is kept for the rewritten lens)."""
-    try:
-        return Lens(snapshot=snapshot, city=city, **params)
-    except ValueError:
-        lens = Lens(snapshot=snapshot)
-        lens.city = city
-        lens.param.update(**params)
-        return lens
+_DETECTIONS = pl.Schema(
+    {
+        "level": pl.String(),
+        "unit_id": pl.String(),
+        "category": pl.String(),
+        "window_start": pl.Datetime("us", "UTC"),
+        "window_end": pl.Datetime("us", "UTC"),
+    }
+)
 
 
-def lens_detections(
-    snapshot: Snapshot, windows: Sequence[tuple[datetime, datetime]], level: str = LEVEL, city: str = CITY, **lens_params: Any
-) -> pl.DataFrame:
-    """What the lens publishes at ``level`` (default settings, i.e. suppress with k = 11, unless
-    ``lens_params`` say otherwise), window by window, de-duplicated per cell: ``level, unit_id,
-    category, window_start, window_end, observed, expected, zscore, q`` (rolled-up anomalies carry
-    their ancestor's level)."""
-    frames = []
-    for lo, hi in windows:
-        lens = open_lens(snapshot, city, level=level, since=lo, until=hi, time_bin="day", **lens_params)
-        found, _withheld = lens.anomalies()
-        if found.height:
-            frames.append(found.select("level", "unit_id", "category", "bin_start", "bin_end", "observed", "expected", "zscore", "q"))
-    if not frames:
-        return pl.DataFrame(
-            schema={
-                "level": pl.String,
-                "unit_id": pl.String,
-                "category": pl.String,
-                "window_start": pl.Datetime("us", "UTC"),
-                "window_end": pl.Datetime("us", "UTC"),
-            }
-        )
-    found = pl.concat(frames).unique(["level", "unit_id", "category", "bin_start"], keep="first")
-    return found.rename({"bin_start": "window_start", "bin_end": "window_end"}).sort("window_start", "level", "unit_id", "category")
+def lens_detections(snapshot: Snapshot, since: datetime, until: datetime, level: str = LEVEL) -> tuple[pl.DataFrame, float]:
+    """What the lens lists at ``level`` (default thresholds) in ``[since, until)`` snapped to the
+    level's published grain: ``level, unit_id, category, window_start, window_end, observed,
+    expected, zscore, q``, and the weeks that snapped window spans."""
+    lens = Lens(snapshot=snapshot, city=CITY, level=level, since=since, until=until, time_bin="day")
+    grid = lens.grid_window()
+    assert grid is not None
+    weeks = (grid[1] - grid[0]) / timedelta(days=DAYS_PER_WEEK)
+    found, _withheld = lens.anomalies()
+    if found.height == 0:
+        return pl.DataFrame(schema=_DETECTIONS), weeks
+    cols = ["level", "unit_id", "category", "bin_start", "bin_end", "observed", "expected", "zscore", "q"]
+    out = found.select(cols).rename({"bin_start": "window_start", "bin_end": "window_end"})
+    return out.sort("window_start", "unit_id", "category"), weeks
+
+
+def rolling_detections(snapshot: Snapshot, since: datetime, until: datetime, level: str = LEVEL) -> pl.DataFrame:
+    """The plain rolling z (:func:`app.engine.evaluate.rolling_z_detections`) at ``level``, in the
+    cells overlapping ``[since, until)``."""
+    from app.engine.evaluate import rolling_z_detections
+
+    hits = rolling_z_detections(snapshot, CITY)
+    return hits.filter((pl.col("level") == level) & (pl.col("window_end") > since) & (pl.col("window_start") < until))
 
 
 def window_invariance(
-    snapshot: Snapshot, first: tuple[datetime, datetime], second: tuple[datetime, datetime], level: str = LEVEL, city: str = CITY
+    snapshot: Snapshot, first: tuple[datetime, datetime], second: tuple[datetime, datetime], levels: Sequence[str] | None = None
 ) -> tuple[float, int]:
-    """Share of the lens level's scored cells in the overlap of two windows whose verdict is the
-    same in both: listed as an anomaly or not, and the expected count and z at the published
-    precision (2 decimals). Returns (share, cells compared).
-
-    Reads the scored cells from ``Lens.detection().scored``: the published list alone says nothing
-    about the cells it leaves out."""
-    lo, hi = max(first[0], second[0]), min(first[1], second[1])
-    if lo >= hi:
-        raise ValueError("the two windows do not overlap")
-    keys = ["unit_id", "category", "bin_start"]
-    verdicts = []
-    for since, until in (first, second):
-        lens = open_lens(snapshot, city, level=level, since=since, until=until, time_bin="day")
-        det = lens.detection()
-        found, _ = lens.anomalies()
-        listed = found.filter(pl.col("level") == level).select(keys).with_columns(anomaly=pl.lit(True)) if found.height else None
-        scored = det.scored.filter((pl.col("level") == level) & (pl.col("bin_start") >= lo) & (pl.col("bin_start") < hi)) if det else None
-        if scored is None or scored.height == 0:
-            raise RuntimeError(f"the lens scored no cell of {lo} .. {hi}")
-        cells = scored.select(*keys, expected=pl.col("expected").round(2), zscore=pl.col("zscore").round(2))
-        if listed is None:
-            verdicts.append(cells.with_columns(anomaly=pl.lit(False)))
-        else:
-            verdicts.append(cells.join(listed, on=keys, how="left").with_columns(pl.col("anomaly").fill_null(False)))
-    both = verdicts[0].join(verdicts[1], on=keys, how="full", coalesce=True, suffix="_2")
-    same = (
-        (pl.col("anomaly") == pl.col("anomaly_2")) & (pl.col("expected") == pl.col("expected_2")) & (pl.col("zscore") == pl.col("zscore_2"))
-    )
-    share = both.select(same.fill_null(False).mean()).item()
-    return float(share), both.height
+    """Share of the shared cells of two overlapping windows that read the same in both, at every
+    published level (``levels``: default all but ``tract``) and its grain: the verdict (listed by
+    :meth:`Lens.anomalies` or not), and the expected count and z at the lens' precision (2
+    decimals). A cell is a scored (unit, category, bin) of the published scores inside both lens
+    windows (snapped to whole bins); a listed cell's numbers are the lens' own. Returns (share,
+    cells compared)."""
+    meta = snapshot.release_meta(CITY)
+    levels = [lvl for lvl in (levels or meta["grains"]) if lvl != "tract"] if levels is None else list(levels)
+    keys = ["level", "unit_id", "category", "bin_start"]
+    shares: list[pl.DataFrame] = []
+    for level in levels:
+        views = []
+        for since, until in (first, second):
+            lens = Lens(snapshot=snapshot, city=CITY, level=level, since=since, until=until, time_bin="day")
+            grid, grain = lens.grid_window(), lens.effective_bin()
+            assert grid is not None
+            scores = snapshot.scores(CITY).filter(
+                (pl.col("level") == level)
+                & (pl.col("grain") == grain)
+                & pl.col("scored")
+                & pl.col("bin_start").is_between(*grid, closed="left")
+            )
+            cells = scores.select(*keys, expected=pl.col("expected").round(2), zscore=pl.col("zscore").round(2), anomaly=pl.lit(False))
+            found, _ = lens.anomalies()
+            if found.height:
+                listed = found.select(*keys, "expected", "zscore", anomaly=pl.lit(True))
+                cells = pl.concat([cells.join(listed, on=keys, how="anti"), listed], how="vertical_relaxed")
+            views.append((grid, cells))
+        (g1, c1), (g2, c2) = views
+        lo, hi = max(g1[0], g2[0]), min(g1[1], g2[1])
+        if lo >= hi:
+            raise ValueError("the two windows do not overlap")
+        inside = pl.col("bin_start").is_between(lo, hi, closed="left")
+        both = c1.filter(inside).join(c2.filter(inside), on=keys, how="full", coalesce=True, suffix="_2")
+        shares.append(
+            both.select(
+                same=(pl.col("anomaly") == pl.col("anomaly_2"))
+                & (pl.col("expected") == pl.col("expected_2"))
+                & (pl.col("zscore") == pl.col("zscore_2"))
+            )
+        )
+    pooled = pl.concat(shares)
+    if pooled.height == 0:
+        raise RuntimeError("the two windows share no scored cell")
+    return float(pooled["same"].fill_null(False).mean()), pooled.height  # type: ignore[arg-type]
 
 
 def real_planted_figures(shared: Path, work: Path, run: RealRun | None = None) -> dict[str, tuple[float, str]]:
@@ -296,34 +314,30 @@ def real_planted_figures(shared: Path, work: Path, run: RealRun | None = None) -
 
     Recall is over the placed plants of every seed; precision follows
     :func:`app.engine.evaluate.evaluate_against_background` (an unmatched anomaly counts against it
-    only when the clean store does not report that cell too), pooled over the seeds; background
-    anomalies are those the clean store reports, per week of the month. Both detectors are asked
-    in the lens' default 7-day windows ending at ``until`` (:func:`app.engine.evaluate.weekly_windows`).
-    ``*_internal`` figures are the lens without the release rule (privacy ``none``), which tells
-    the detector's misses from the privacy gate's."""
+    only when the clean store reports that cell too), pooled over the seeds; background anomalies
+    are those the clean store reports in the month's cells, per week those cells span."""
     from app.data.geography import tract_parents
-    from app.engine.evaluate import evaluate_against_background, rolling_z_detections, weekly_windows
+    from app.engine.evaluate import evaluate_against_background
 
     run = run or RealRun()
-    windows = weekly_windows(run.since, run.until)
-    detectors: dict[str, Callable[[Snapshot], pl.DataFrame]] = {
-        "": lambda snap: lens_detections(snap, windows),
-        "_internal": lambda snap: lens_detections(snap, windows, privacy_mode="none"),
-        "_rolling_z": lambda snap: rolling_z_detections(snap, CITY, levels=(LEVEL,), since=run.since, until=run.until),
-    }
+    detectors: dict[str, tuple[str, Callable[[Snapshot], pl.DataFrame]]] = {}
+    for variant in run.variants:
+        detectors[variant] = (variant, lambda snap: lens_detections(snap, run.since, run.until)[0])
+        if variant != "_internal":
+            detectors["_rolling_z" + variant] = (variant, lambda snap: rolling_detections(snap, run.since, run.until))
     with city_geography(shared / GEO):
         store, clean, events = clean_store(shared, work, run)
-        parents = tract_parents(clean.units(CITY))
-        background = {name: detect(clean) for name, detect in detectors.items()}
+        parents = tract_parents(clean[run.variants[0]].units(CITY))
+        weeks = {variant: lens_detections(clean[variant], run.since, run.until)[1] for variant in run.variants}
+        background = {name: detect(clean[variant]) for name, (variant, detect) in detectors.items()}
         scores: dict[str, list[Evaluation]] = {name: [] for name in detectors}
         plants = 0
         for design in run.plant_designs():
-            snap, planting = planted_store(store, events, design, work / f"planted-{design.seed}")
+            snaps, planting = planted_store(store, events, design, work / f"planted-{design.seed}", run.variants)
             plants += planting.truth.height
-            for name, detect in detectors.items():
-                scores[name].append(evaluate_against_background(detect(snap), background[name], planting.truth, parents))
-        invariance, _cells = window_invariance(clean, *run.invariance_windows())
-    weeks = (run.until - run.since) / timedelta(days=DAYS_PER_WEEK)
+            for name, (variant, detect) in detectors.items():
+                scores[name].append(evaluate_against_background(detect(snaps[variant]), background[name], planting.truth, parents))
+        invariance, _cells = window_invariance(clean[run.variants[0]], *run.invariance_windows())
     figures: dict[str, tuple[float, str]] = {"real_planted_plants": (plants, "plants")}
     for name in detectors:
         score = _pooled(scores[name])
@@ -331,12 +345,26 @@ def real_planted_figures(shared: Path, work: Path, run: RealRun | None = None) -
             f"real_planted_recall{name}": (round(score.recall, 4), "ratio"),
             f"real_planted_precision{name}": (round(score.precision, 4), "ratio"),
             f"real_planted_f1{name}": (round(score.f1, 4), "ratio"),
-            f"real_background_anomalies_per_week{name}": (round(background[name].height / weeks, 2), "per_week"),
+            f"real_background_anomalies_per_week{name}": (round(background[name].height / weeks[detectors[name][0]], 2), "per_week"),
         }
-    f1, f1_rolling = figures["real_planted_f1"][0], figures["real_planted_f1_rolling_z"][0]
-    if f1_rolling > 0:
-        figures["real_planted_f1_ratio"] = (round(f1 / f1_rolling, 3), "x")
+    if "real_planted_f1_rolling_z" in figures:
+        f1, f1_rolling = figures["real_planted_f1"][0], figures["real_planted_f1_rolling_z"][0]
+        if f1_rolling > 0:
+            figures["real_planted_f1_ratio"] = (round(f1 / f1_rolling, 3), "x")
     figures["window_invariance"] = (round(invariance, 4), "ratio")
+    return figures
+
+
+def real_data_figures() -> dict[str, tuple[float, str]]:
+    """The real-data figures of the default :class:`RealRun` in a scratch dir (removed after), or
+    ``{}`` when the shared data are absent (:func:`shared_data_dir`)."""
+    shared = shared_data_dir()
+    if shared is None:
+        return {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="csh-real-") as tmp:
+        figures = real_planted_figures(shared, Path(tmp))
+    figures["real_planted_seconds"] = (round(time.perf_counter() - t0, 1), "s")
     return figures
 
 

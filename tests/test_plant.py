@@ -53,6 +53,7 @@ def _events(seed: int = 1) -> pl.DataFrame:
             "kind": ["request"] * len(d),
             "category": np.asarray(CATEGORIES, dtype=object)[c].tolist(),
             "tract_id": np.asarray(tracts, dtype=object)[t].tolist(),
+            "area_id": pl.Series([None] * len(d), dtype=pl.String),
             "ts": pl.Series(micros).cast(pl.Datetime("us", "UTC")),
             "lon": rng.uniform(-87.7, -87.6, len(d)),
             "lat": rng.uniform(41.8, 41.9, len(d)),
@@ -241,8 +242,8 @@ needs_real = pytest.mark.skipif(
 
 
 @needs_real
-def test_real_slice_is_placed_by_community_area_and_evaluated(tmp_path: Path) -> None:
-    from bench.real_planted import GEO, RealRun, city_geography, clean_store, export_with_ids, real_planted_figures
+def test_real_slice_is_imported_by_community_area_and_evaluated(tmp_path: Path) -> None:
+    from bench.real_planted import GEO, RealRun, city_geography, clean_store, export_slice, real_planted_figures
 
     since, until = datetime(2022, 10, 1, tzinfo=UTC), datetime(2022, 10, 15, tzinfo=UTC)
     design = PlantDesign(
@@ -253,16 +254,19 @@ def test_real_slice_is_placed_by_community_area_and_evaluated(tmp_path: Path) ->
             PlantGroup("mix_shift", "neighborhood", "at_k", (11, 11), 2),
         ),
     )
-    run = RealRun(since, until, timedelta(days=29), seeds=(0,), design=design)
-    export = export_with_ids(CRIMES, tmp_path / "slice.csv", "2022-09-02", "2022-10-15")
+    run = RealRun(since, until, timedelta(days=29), timedelta(days=7), seeds=(0,), design=design, variants=("",))
+    export = export_slice(CRIMES, tmp_path / "slice.csv", "2022-09-02", "2022-10-15")
     with gzip.open(CRIMES, "rt", encoding="utf-8", newline="") as fh:
         direct = Counter(r["Community Area"] for r in csv.DictReader(fh) if "2022-09-02" <= r["Date"] < "2022-10-15")
 
     with city_geography(SHARED_DATA / GEO):
-        _store, snap, _events = clean_store(SHARED_DATA, tmp_path / "check", run, export)
+        _store, snaps, _events = clean_store(SHARED_DATA, tmp_path / "check", run, export)
+        snap = snaps[""]
         stored = snap.events("chicago").join(tract_parents(snap.units("chicago")), on="tract_id", how="left")
-    assert stored["neighborhood_id"].null_count() == 0  # every row placed in its community area
+        stored = stored.with_columns(neighborhood_id=pl.coalesce("neighborhood_id", "area_id"))
+    assert stored["neighborhood_id"].null_count() == 0  # every row counted in its community area (the user's import)
     assert Counter(dict(stored.group_by("neighborhood_id").len().iter_rows())) == direct
+    assert snap.release_meta("chicago")["grains"]["neighborhood"] in ("day", "week")  # chosen from the data
 
     figures = real_planted_figures(SHARED_DATA, tmp_path / "run", run)
     assert figures["real_planted_plants"] == (5, "plants")
@@ -271,3 +275,4 @@ def test_real_slice_is_placed_by_community_area_and_evaluated(tmp_path: Path) ->
     assert all(0.0 <= v <= 1.0 for v in ratios)
     assert figures["real_background_anomalies_per_week_rolling_z"][0] >= 0
     assert figures["real_planted_recall_rolling_z"][0] > 0  # 50+ extra events a day are not invisible
+    assert figures["window_invariance"] == (1.0, "ratio")  # published scores do not depend on the window

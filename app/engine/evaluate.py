@@ -23,7 +23,16 @@ from app.data.snapshot import Snapshot
 from app.engine.grains import DEFAULT_GRAINS, bin_expr
 from app.engine.scores import BASELINE, BIN_LENGTH, rolling_zscores
 
-__all__ = ["EVAL_LEVELS", "Evaluation", "engine_detections", "evaluate", "match_planted", "rolling_z_detections"]
+__all__ = [
+    "CELL_KEYS",
+    "EVAL_LEVELS",
+    "Evaluation",
+    "engine_detections",
+    "evaluate",
+    "evaluate_against_background",
+    "match_planted",
+    "rolling_z_detections",
+]
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,29 @@ def evaluate(detections: pl.DataFrame, truth: pl.DataFrame, parents: pl.DataFram
         planted=truth.height,
         found=matches["anomaly_id"].n_unique(),
     )
+
+
+#: What identifies one reported cell in a detections frame (see :func:`evaluate_against_background`).
+CELL_KEYS = ("level", "unit_id", "category", "window_start")
+
+
+def evaluate_against_background(
+    detections: pl.DataFrame, background: pl.DataFrame, truth: pl.DataFrame, parents: pl.DataFrame
+) -> Evaluation:
+    """Precision / recall on real background (plants added to real events, :mod:`bench.plant`):
+    ``detections`` of the planted data, ``background`` the same detector's detections of the same
+    data without plants.
+
+    A detection matching a plant is true; one matching none counts against precision only when its
+    cell (:data:`CELL_KEYS`) is absent from ``background`` (a cell reported either way is the
+    data's own anomaly, neither found nor false). ``Evaluation.detections`` counts the true and the
+    false ones, so ``precision`` is true / (true + false)."""
+    matches = match_planted(detections, truth, parents)
+    keys = list(CELL_KEYS)
+    unmatched = detections.with_row_index("detection").join(matches.select("detection").unique(), on="detection", how="anti")
+    false = unmatched.join(background.select(keys).unique(), on=keys, how="anti", nulls_equal=True).height
+    true = matches["detection"].n_unique()
+    return Evaluation(detections=true + false, true_detections=true, planted=truth.height, found=matches["anomaly_id"].n_unique())
 
 
 #: Levels the product lists anomalies at.
