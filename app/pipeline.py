@@ -27,10 +27,11 @@ from app.data.ingest import IngestReport, ingest_source
 from app.data.registry import SourceSpec, city_timezone, get_source
 from app.data.snapshot import Snapshot, query, read_events, read_units
 from app.data.store import Store
-from app.engine.grains import parse_grains
+from app.engine.grains import GRAINS, grain_rank, parse_grains
 from app.engine.privacy import Policy
-from app.engine.publish import publish_city
+from app.engine.publish import Published, publish_city
 from app.engine.scores import DEFAULT_MIN_Z, DEFAULT_Q
+from app.engine.suppression import UnprotectedCells
 
 __all__ = ["PLANTED_FILE", "build_demo", "ingest_live", "publish", "recompute_anomalies", "refresh", "registered_sources"]
 
@@ -157,7 +158,7 @@ def recompute_anomalies(
     policy = Policy(settings.privacy_mode, settings.privacy_k, epsilon=settings.privacy_epsilon)
     horizon = horizon or _horizon(con, city)
     t0 = time.perf_counter()
-    published = publish_city(events, units, tz, policy, horizon=horizon, grains=parse_grains(settings.grains))
+    published = _publish_coarsening(events, units, tz, policy, horizon, parse_grains(settings.grains))
     meta: dict[str, object] = {
         "mode": policy.mode,
         "k": policy.k,
@@ -184,6 +185,24 @@ def recompute_anomalies(
         seconds=round(time.perf_counter() - t0, 2),
     )
     return rows.height
+
+
+def _publish_coarsening(
+    events: pl.DataFrame, units: pl.DataFrame, tz: str, policy: Policy, horizon: datetime | None, grains: dict[str, str] | None
+) -> Published:
+    """:func:`publish_city`, and when the audit cannot protect some withheld cell at these grains,
+    again with every level one grain coarser (to weeks at most): a release is never published with
+    an unprotected cell, and a city is not left without a release when a coarser one is safe."""
+    while True:
+        try:
+            return publish_city(events, units, tz, policy, horizon=horizon, grains=grains)
+        except UnprotectedCells as err:
+            used = err.grains
+            coarser = {lvl: GRAINS[min(grain_rank(g) + 1, len(GRAINS) - 1)] for lvl, g in used.items()}
+            if coarser == used:
+                raise
+            log.warning("release.coarsened", reason=str(err), grains=coarser)
+            grains = coarser
 
 
 def _horizon(con: duckdb.DuckDBPyConnection, city: str) -> datetime | None:

@@ -48,7 +48,7 @@ from app.engine.grains import bin_expr, bin_range, check_grains, floor_bin, next
 from app.engine.layers import aggregate
 from app.engine.privacy import _bridges, _cube_graph, _CubeGraph
 
-__all__ = ["ZERO_COST", "segments", "suppress_layers"]
+__all__ = ["ZERO_COST", "UnprotectedCells", "segments", "suppress_layers"]
 
 log = structlog.get_logger(__name__)
 _I64 = npt.NDArray[np.int64]
@@ -58,6 +58,14 @@ _F64 = npt.NDArray[np.float64]
 ZERO_COST = 2.0
 _KEYS = ["level", "unit_id", "parent_id", "category"]
 _MAX_ROUNDS = 50
+
+
+class UnprotectedCells(RuntimeError):  # noqa: N818  # a condition, named for what it reports
+    """Some withheld cells of a release have no certificate at these grains (nothing is published)."""
+
+    def __init__(self, message: str, grains: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.grains = dict(grains)
 
 
 def segments(levels: Sequence[str], grains: Mapping[str, str]) -> list[tuple[list[str], str]]:
@@ -98,7 +106,7 @@ def suppress_layers(
         if unresolved:  # some cycle needs a zero of a sibling group the first pass left out: offer them all
             done, unresolved = _suppress_segment(cells, pinned, order, units, k, grain, below, tz, everyone=True)
         if unresolved:
-            raise RuntimeError(f"privacy audit: {unresolved} withheld cells of {'+'.join(order)}@{grain} cannot be protected")
+            raise UnprotectedCells(f"privacy audit: {unresolved} withheld cells of {'+'.join(order)}@{grain} cannot be protected", grains)
         out.append(done)
     released = pl.concat(out, how="vertical_relaxed") if out else layers.with_columns(suppressed=pl.lit(False))
     for level, parent, grain in aliases:
