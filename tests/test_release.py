@@ -169,7 +169,15 @@ def test_linear_attacker_computes_no_withheld_count(case: tuple[CitySpec, int]) 
 @pytest.mark.parametrize(
     ("spec", "cut"),
     [
-        (CitySpec(seed=1, events=3_000), 0),
+        pytest.param(
+            CitySpec(seed=1, events=3_000),
+            0,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known limit (README, Privacy): with counts non-negative, a released zero pins its atoms, so some withheld "
+                "zeros of a very sparse city are known to be 0; no withheld count >= 1 is computable (previous test)",
+            ),
+        ),
         (CitySpec(seed=1, events=20_000), 0),
         (CitySpec(seed=9, events=8_000, tz="America/New_York", start=(2026, 10, 26), tracts=((1, 2), (2, 1, 3))), 20),
     ],

@@ -102,14 +102,15 @@ def suppress_layers(
             cells = cells.filter(~((pl.col("level") == seg_levels[-1]) & pl.col("unit_id").is_in(only.implode())))
             aliases.append((seg_levels[-1], parent, grain))
         order = [*seg_levels, *([parent] if parent else [])]
-        done, unresolved = _suppress_segment(cells, pinned, order, units, k, grain, below, tz)
-        if unresolved:  # some cycle needs a zero of a sibling group the first pass left out: offer them all
-            done, unresolved = _suppress_segment(cells, pinned, order, units, k, grain, below, tz, everyone=True)
+        # Every sibling's zero is offered in every block, so a block's release depends on that
+        # block alone (offering them only where needed, and all of them on a retry, made one hard
+        # block anywhere change the others).
+        done, unresolved = _suppress_segment(cells, pinned, order, units, k, grain, below, tz, everyone=True)
         if unresolved:
             raise UnprotectedCells(f"privacy audit: {unresolved} withheld cells of {'+'.join(order)}@{grain} cannot be protected", grains)
         out.append(done)
     released = pl.concat(out, how="vertical_relaxed") if out else layers.with_columns(suppressed=pl.lit(False))
-    for level, parent, grain in aliases:
+    for level, parent, grain in reversed(aliases):  # coarsest first: an only child of an only child needs its parent's rows
         released = pl.concat([released, _aliased(released, units, level, parent, grain, tz)], how="vertical_relaxed")
     return released
 
