@@ -102,11 +102,9 @@ def publish_city(
     assert isinstance(newest, datetime)
     assert isinstance(first, datetime)
     horizon = horizon or newest
-    # History starts at the first whole local day: the hours of a first day before its first event
-    # are missing data, not zeros (its cells are released, but no baseline counts them).
-    history = floor_bin(first, "day", tz)
-    if first > history:
-        history = next_bin(history, "day", tz)
+    # History starts at the first event's hour: the hours of a first day before it are missing data,
+    # not zeros (a day or week bin that starts before it is released but enters no baseline).
+    history = floor_bin(first, "hour", tz)
     clock = _Clock()
     layers = layer_cells(events, tract_parents(units), grains, tz, present)
     clock.lap("layers")
