@@ -62,7 +62,11 @@ def test_city_names_and_time_zones_come_from_one_table_and_the_registry() -> Non
 
 def test_published_grain_per_level_is_the_release_s(tiny_snap: Snapshot) -> None:
     info = city_info(tiny_snap, "nyc")
-    assert [lv.grain for lv in info.levels] == [tiny_snap.release_meta("nyc")["grains"][lv] for lv in LEVELS] == ["week", "day", "hour", "hour"]
+    assert (
+        [lv.grain for lv in info.levels]
+        == [tiny_snap.release_meta("nyc")["grains"][lv] for lv in LEVELS]
+        == ["week", "day", "hour", "hour"]
+    )
 
 
 def test_city_info_agrees_with_the_snapshot(tiny_snap: Snapshot) -> None:
