@@ -15,21 +15,17 @@ points for a zoomed 800x600 view). Warm figures are medians of several runs afte
 
 Detection quality against the demo's planted anomalies (``planted_anomalies.csv``, scored by
 :func:`app.engine.evaluate.evaluate`): ``planted_precision``, ``planted_recall`` and ``planted_f1``
-of the detector at its default settings, window by window as the lens runs it, before the release
-rule (:func:`~app.engine.evaluate.engine_detections` with privacy ``none``);
+of the published scores at the default listing thresholds before the release rule (the same demo
+published with privacy ``none``, :func:`~app.engine.evaluate.engine_detections`);
 ``planted_precision_published`` and ``planted_recall_published`` of what the default ``suppress``
 rule lets through (a planted anomaly whose every cell would reveal a small count stays hidden);
-``planted_f1_rolling_z`` of the plain 28-day rolling z detector on the same cells
+``planted_f1_rolling_z`` of the plain 28-day rolling z detector on the same released cells
 (:func:`~app.engine.evaluate.rolling_z_detections`) and ``planted_f1_ratio`` (engine F1 / rolling F1).
 
-Detection cost: ``recompute_s`` (a refresh's anomaly recompute of the demo city: events read from the
-working database, cube, detection and explanation of the last 14 days, rows stored; median of 3 runs
-after one warm-up), ``scoring_polars_ms`` (the engine's :func:`~app.engine.scores.score_cells` of
-the tract level over the lens' default 7-day window, fitted model given; median of 3 after one
-warm-up), ``scoring_pandas_s`` (the same scoring written per series in pandas,
-:mod:`bench.pandas_reference`, timed on a deterministic sample of 3,000 of the scored series and
-scaled linearly by the number of scored series, plus its one-off lookup tables timed in full) and
-``recompute_speedup_vs_pandas`` (``scoring_pandas_s`` / the polars time).
+Publish cost: ``publish_s`` (a refresh's publish of the demo city on the working database:
+:func:`app.pipeline.recompute_anomalies` reads the events, builds the release of every level at its
+grain, audits the suppression, fills and scores every cell and stores both tables; median of 3 runs
+after one warm-up).
 """
 
 from __future__ import annotations
@@ -41,7 +37,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +45,7 @@ import polars as pl
 import structlog
 
 if TYPE_CHECKING:
+    from app.config import Settings
     from app.data.snapshot import Snapshot
     from app.data.store import Store
     from app.engine.evaluate import Evaluation
@@ -65,7 +61,6 @@ __all__ = [
     "planted_figures",
     "recompute_seconds",
     "report",
-    "scoring_speedup",
     "soda_rows",
 ]
 
@@ -76,7 +71,6 @@ _TOKEN = re.compile(r"^\S+$")
 _RUNS = 7
 _JOIN_POINTS = 1_000_000
 _INGEST_ROWS = 1_000_000
-_PANDAS_SAMPLE = 3_000
 
 
 def format_line(name: str, value: float, unit: str) -> str:
@@ -115,6 +109,7 @@ def measure(data_dir: Path) -> Figures:
     import datashader as ds
     import shapely
 
+    from app.config import Settings
     from app.data.demo import DemoSpec
     from app.data.geography import load_geography, tract_join
     from app.data.store import Store
@@ -146,6 +141,9 @@ def measure(data_dir: Path) -> Figures:
     tract_join(lon[:1000], lat[:1000], geo)  # builds the tree once, as the app does
     join_ms = _median_ms(lambda: tract_join(lon, lat, geo), runs=3)
 
+    open_dir = data_dir / "open"  # the same demo published without a privacy rule: the detector itself
+    open_snap = build_demo(Store(open_dir), DemoSpec(), force=True, settings=Settings(data_dir=open_dir, privacy_mode="none"))
+
     return {
         "demo_build_s": (round(build_s, 2), "s"),
         "heat_aggregate_ms": (aggregate_ms, "ms"),
@@ -153,9 +151,8 @@ def measure(data_dir: Path) -> Figures:
         "heat_reaggregate_ms": (reaggregate_ms, "ms"),
         "tract_join_rows_per_s": (round(_JOIN_POINTS / (join_ms / 1000)), "rows/s"),
         "ingest_rows_per_s": (ingest_rows_per_s(snap.events("nyc")), "rows/s"),
-        **planted_quality(snap, data_dir / PLANTED_FILE),
-        "recompute_s": (round(recompute_seconds(store), 2), "s"),
-        **scoring_speedup(snap),
+        **planted_quality(snap, open_snap, data_dir / PLANTED_FILE),
+        "publish_s": (round(recompute_seconds(store), 2), "s"),
     }
 
 
@@ -178,18 +175,19 @@ def heat_reaggregate_ms(lens: Lens) -> float:
     )
 
 
-def planted_quality(snap: Snapshot, truth_path: Path, city: str = "nyc") -> Figures:
-    """Precision, recall and F1 of the detector (default detection settings, privacy ``none``)
-    and of the rolling z reference against the planted ground truth (see :func:`planted_figures`),
-    plus precision and recall of what the default release rule (``suppress``) publishes."""
+def planted_quality(snap: Snapshot, open_snap: Snapshot, truth_path: Path, city: str = "nyc") -> Figures:
+    """Precision, recall and F1 of the detector (default listing thresholds on ``open_snap``, the
+    city published with privacy ``none``) and of the rolling z reference on the same cells against
+    the planted ground truth (see :func:`planted_figures`), plus precision and recall of what the
+    default release rule publishes (``snap``)."""
     from app.data.geography import tract_parents
     from app.engine.evaluate import engine_detections, evaluate, rolling_z_detections
 
     truth = pl.read_csv(truth_path, try_parse_dates=True)
     parents = tract_parents(snap.units(city))
-    engine = evaluate(engine_detections(snap, city, privacy_mode="none"), truth, parents)
+    engine = evaluate(engine_detections(open_snap, city), truth, parents)
     published = evaluate(engine_detections(snap, city), truth, parents)
-    rolling = evaluate(rolling_z_detections(snap, city), truth, parents)
+    rolling = evaluate(rolling_z_detections(open_snap, city), truth, parents)
     return {
         **planted_figures(engine, rolling),
         "planted_precision_published": (round(published.precision, 4), "ratio"),
@@ -211,79 +209,21 @@ def planted_figures(engine: Evaluation, rolling: Evaluation) -> Figures:
     }
 
 
-def recompute_seconds(store: Store, city: str = "nyc", runs: int = 3) -> float:
-    """Median wall time in seconds, over ``runs`` after one warm-up, of the anomaly recompute a
-    refresh runs on the working database (:func:`app.pipeline.recompute_anomalies`: read events,
-    cube, detect and explain the last 14 days, replace the stored rows)."""
+def recompute_seconds(store: Store, city: str = "nyc", runs: int = 3, settings: Settings | None = None) -> float:
+    """Median wall time in seconds, over ``runs`` after one warm-up, of the publish a refresh runs
+    on the working database (:func:`app.pipeline.recompute_anomalies` under ``settings``, default
+    the process': read the events, release every level at its grain, audit, fill and score every
+    cell, replace the stored tables)."""
     from app.pipeline import recompute_anomalies
 
     with store.writer() as con:
-        recompute_anomalies(con, city)
+        recompute_anomalies(con, city, settings)
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            recompute_anomalies(con, city)
+            recompute_anomalies(con, city, settings)
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def scoring_speedup(snap: Snapshot, city: str = "nyc", sample: int = _PANDAS_SAMPLE, days: int = 7) -> Figures:
-    """Polars engine vs the per-series pandas reference on the same scoring: the tract level's cells
-    over the lens' default window (the ``days`` up to the end of the newest event's day), the
-    baseline model fitted once and given to both.
-
-    The polars time is the full :func:`~app.engine.scores.score_cells` (median of 3 after one
-    warm-up). The pandas time is :func:`bench.pandas_reference.pandas_score_cells` on ``sample``
-    series drawn deterministically among the scored ones, scaled linearly to all scored series
-    (:func:`~bench.pandas_reference.extrapolated_seconds`), plus its lookup tables built once in
-    full. The sample's numbers are checked against the engine's first, so the ratio compares the
-    same computation."""
-    from datetime import timedelta
-
-    from app.data.geography import tract_parents
-    from app.engine.baselines import BASELINE, fit_baseline
-    from app.engine.bins import cube_counts, filter_events
-    from app.engine.detect import level_cells
-    from app.engine.scores import score_cells
-    from bench.pandas_reference import extrapolated_seconds, lookups, pandas_score_cells, sample_series, to_pandas_cells
-
-    events = snap.events(city)
-    last = events["ts"].max()
-    assert isinstance(last, datetime)
-    until = last.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    since = until - timedelta(days=days)
-    cube = cube_counts(filter_events(events, since - BASELINE, until), tract_parents(snap.units(city)), "day", ("tract",))
-    cells = level_cells(cube, "tract")
-    n_units = snap.units(city, "tract").height
-    model = fit_baseline(cells, "day", since)
-    engine = score_cells(cells, since, until, "day", n_units, model=model)
-    polars_s = _median_ms(lambda: score_cells(cells, since, until, "day", n_units, model=model), runs=3) / 1000
-
-    keys = ["unit_id", "category"]
-    total_series = engine.select(keys).n_unique()
-    chosen = sample_series(cells, since, until, sample)
-    frame = to_pandas_cells(cells.join(chosen, on=keys, how="semi"))
-    n_categories = cells["category"].n_unique()
-    t0 = time.perf_counter()
-    tables = lookups(model)
-    fixed_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref = pandas_score_cells(frame, since, until, "day", n_units, model, n_categories=n_categories, tables=tables)
-    sample_s = time.perf_counter() - t0
-
-    both = engine.join(pl.from_pandas(ref), on=[*keys, "bin_start"], how="inner", suffix="_pd")
-    if both.height != len(ref) or both.height == 0:
-        raise RuntimeError(f"pandas reference scored {len(ref)} cells, {both.height} of them matched the engine's")
-    for col in ("trailing", "expected", "variance", "zscore", "p"):
-        a, b = both[col].to_numpy(), both[f"{col}_pd"].to_numpy()
-        if not np.allclose(a, b, rtol=1e-9, atol=0):
-            raise RuntimeError(f"pandas reference disagrees with the engine on {col}")
-    pandas_s = extrapolated_seconds(sample_s, chosen.height, total_series, fixed_s)
-    return {
-        "scoring_polars_ms": (round(polars_s * 1000, 1), "ms"),
-        "scoring_pandas_s": (round(pandas_s, 2), "s"),
-        "recompute_speedup_vs_pandas": (round(pandas_s / polars_s, 1), "x"),
-    }
 
 
 def ingest_rows_per_s(events: pl.DataFrame, n: int = _INGEST_ROWS) -> int:

@@ -3,30 +3,25 @@ of the same figures (the real measurements run with ``python -m bench.run``, not
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import polars as pl
 import pytest
 
-from app.data.geography import tract_parents
+from app.config import Settings
+from app.data.demo import DemoSpec
 from app.data.registry import get_source
 from app.data.snapshot import Snapshot
 from app.data.sources import adapter_for
 from app.data.sources.socrata import SocrataAdapter
-from app.engine.baselines import BASELINE, BIN_LENGTH, fit_baseline
-from app.engine.bins import cube_counts, filter_events
-from app.engine.detect import level_cells
+from app.data.store import Store
 from app.engine.evaluate import Evaluation
-from app.engine.scores import score_cells
-from bench.pandas_reference import extrapolated_seconds, lookups, pandas_score_cells, sample_series, to_pandas_cells
-from bench.run import format_line, ingest_rows_per_s, planted_figures, report, soda_rows
+from app.pipeline import build_demo
+from bench.run import format_line, ingest_rows_per_s, planted_figures, recompute_seconds, report, soda_rows
 
 FAKE = {"demo_build_s": (12.5, "s"), "heat_aggregate_ms": (3.25, "ms"), "tract_join_rows_per_s": (812345, "rows/s"), "zero_ms": (0.0, "ms")}
 LINE = re.compile(r"^BENCH (\S+) (-?\d+(?:\.\d+)?) (\S+)$")
@@ -108,120 +103,31 @@ def test_ingest_figure_times_the_socrata_adapter(tiny_snap: Snapshot, monkeypatc
     assert set(calls) == {2_000}
 
 
-# ---- the pandas reference of the engine's scoring ------------------------------------------------
-
-#: Columns the reference must reproduce, to 1e-9 relative.
-_SCORE_COLS = ("observed", "trailing", "expected", "variance", "phi", "zscore", "p", "q")
-_KEYS = ["unit_id", "category", "bin_start"]
+# ---- the publish and planted figures --------------------------------------------------------------
 
 
-def _synthetic_cells(time_bin: str) -> tuple[pl.DataFrame, datetime, datetime]:
-    """Sparse cells of a small level over 35 days (or the hours of 35 days): Poisson series of
-    different levels, a spike, a unit with no events before the window (no prior: the floor) and a
-    category first seen in the window (no profile, no dispersion: the defaults)."""
-    rng = np.random.default_rng(3)
-    step = BIN_LENGTH[time_bin]
-    start = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday, so weekly bins sit on the grid
-    n_bins = int(timedelta(days=35) / step)
-    bins = [start + i * step for i in range(n_bins)]
-    rows = []
-    for unit, rate in (("A", 3.0), ("B", 0.4), ("C", 0.05)):
-        for category, share in (("noise", 1.0), ("heat", 0.5), ("rodent", 0.1)):
-            counts = rng.poisson(rate * share * (24 if time_bin == "day" else 1 if time_bin == "hour" else 168) / 24, n_bins)
-            rows += [(unit, category, b, int(c)) for b, c in zip(bins, counts, strict=True) if c]
-    since = start + timedelta(days=28)
-    until = start + timedelta(days=35)
-    last = until - step  # the window's last bin (its only one with weekly bins)
-    rows += [("A", "noise", since, 100), ("D", "noise", last, 2), ("B", "graffiti", since, 3), ("B", "graffiti", last, 1)]
-    frame = pl.DataFrame(
-        rows,
-        schema=[("unit_id", pl.String), ("category", pl.String), ("bin_start", pl.Datetime("us", "UTC")), ("count", pl.Int64)],
-        orient="row",
-    )
-    return frame.group_by(_KEYS).agg(pl.col("count").sum()).sort(_KEYS), since, until
+def test_publish_figure_times_the_publish_on_the_working_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``publish_s`` is the median of ``runs`` timed calls of the product's publish
+    (:func:`app.pipeline.recompute_anomalies`) on the working database, after one warm-up."""
+    import app.pipeline
 
+    calls: list[tuple[str, Settings | None]] = []
+    publish = app.pipeline.recompute_anomalies
 
-def _assert_same_scores(engine: pl.DataFrame, reference: pd.DataFrame, cols: tuple[str, ...] = _SCORE_COLS) -> None:
-    ref = pl.from_pandas(reference)
-    both = engine.join(ref, on=_KEYS, how="full", suffix="_pd", coalesce=True)
-    assert both.height == engine.height == ref.height, "the two score different cells"
-    for col in cols:
-        np.testing.assert_allclose(
-            both[f"{col}_pd"].to_numpy().astype(float), both[col].to_numpy().astype(float), rtol=1e-9, atol=0, err_msg=col
-        )
+    def counted(con: Any, city: str, settings: Settings | None = None) -> int:
+        calls.append((city, settings))
+        return publish(con, city, settings)
 
-
-@pytest.mark.parametrize(("time_bin", "extra_variance"), [("day", 0.0), ("day", 2.5), ("hour", 0.0), ("week", 0.0)])
-def test_pandas_reference_equals_the_engine(time_bin: str, extra_variance: float) -> None:
-    cells, since, until = _synthetic_cells(time_bin)
-    model = fit_baseline(cells, time_bin, since)
-    engine = score_cells(cells, since, until, time_bin, 5, model=model, extra_variance=extra_variance)
-    reference = pandas_score_cells(to_pandas_cells(cells), since, until, time_bin, 5, model, extra_variance=extra_variance)
-    assert engine.height >= 7
-    _assert_same_scores(engine, reference)
-    # The fixture reaches the branches it is meant to: the prior floor and the missing lookups.
-    assert ("D", "noise") not in lookups(model).prior
-    assert "graffiti" not in lookups(model).phi
-    spike = reference[(reference["unit_id"] == "A") & (reference["observed"] >= 100)]
-    assert len(spike) == 1
-    assert float(spike["q"].iloc[0]) < 1e-6
-
-
-def test_pandas_reference_notices_a_wrong_trailing_window() -> None:
-    """The equality is not vacuous: a model with a different baseline length gives other numbers."""
-    cells, since, until = _synthetic_cells("day")
-    model = fit_baseline(cells, "day", since)
-    engine = score_cells(cells, since, until, "day", 5, model=model)
-    shorter = dataclasses.replace(model, baseline=timedelta(days=21))
-    reference = pandas_score_cells(to_pandas_cells(cells), since, until, "day", 5, shorter)
-    with pytest.raises(AssertionError):
-        _assert_same_scores(engine, reference)
-
-
-def test_pandas_reference_equals_the_engine_on_a_sample_of_the_tiny_demo(tiny_snap: Snapshot) -> None:
-    """Tract level, the demo's last week: the sampled series' cells agree with the engine's full
-    run (``q`` is left out: BH ranks the sample's p-values among themselves, not the whole family)."""
-    events = tiny_snap.events("nyc")
-    last = events["ts"].max()
-    assert isinstance(last, datetime)
-    until = last.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    since = until - timedelta(days=7)
-    cube = cube_counts(filter_events(events, since - BASELINE, until), tract_parents(tiny_snap.units("nyc")), "day", ("tract",))
-    cells = level_cells(cube, "tract")
-    n_units = tiny_snap.units("nyc", "tract").height
-    model = fit_baseline(cells, "day", since)
-    engine = score_cells(cells, since, until, "day", n_units, model=model)
-    chosen = sample_series(cells, since, until, 300, seed=5)
-    assert chosen.height == 300
-    sample = cells.join(chosen, on=["unit_id", "category"], how="semi")
-    reference = pandas_score_cells(to_pandas_cells(sample), since, until, "day", n_units, model, n_categories=cells["category"].n_unique())
-    _assert_same_scores(engine.join(chosen, on=["unit_id", "category"], how="semi"), reference, _SCORE_COLS[:-1])
-
-
-def test_sample_series_is_deterministic_and_only_scored_series() -> None:
-    cells, since, until = _synthetic_cells("day")
-    active = cells.filter(pl.col("bin_start") >= since).select("unit_id", "category").unique()
-    first = sample_series(cells, since, until, 4, seed=1)
-    assert first.equals(sample_series(cells, since, until, 4, seed=1))
-    assert first.height == 4
-    assert first.join(active, on=["unit_id", "category"], how="anti").height == 0
-    assert sample_series(cells, since, until, 10_000).height == active.height
-
-
-@pytest.mark.parametrize(
-    ("sample_s", "sample_n", "total_n", "fixed_s", "expected"),
-    [(2.0, 3_000, 39_000, 0.0, 26.0), (2.0, 3_000, 39_000, 0.5, 26.5), (1.0, 100, 100, 0.25, 1.25), (0.0, 5, 50, 1.0, 1.0)],
-)
-def test_extrapolation_scales_the_sample_and_adds_the_fixed_part(
-    sample_s: float, sample_n: int, total_n: int, fixed_s: float, expected: float
-) -> None:
-    assert extrapolated_seconds(sample_s, sample_n, total_n, fixed_s) == pytest.approx(expected)
-
-
-@pytest.mark.parametrize("args", [(1.0, 0, 10), (-1.0, 5, 10), (1.0, 5, -1), (1.0, 5, 10, -0.1)])
-def test_extrapolation_refuses_meaningless_inputs(args: tuple[float, ...]) -> None:
-    with pytest.raises(ValueError, match="positive sample"):
-        extrapolated_seconds(*args)  # type: ignore[arg-type]  # bad values on purpose
+    store = Store(tmp_path)
+    rule = Settings(data_dir=tmp_path, privacy_mode="none")  # a small city publishes quickly without suppression
+    build_demo(store, DemoSpec(seed=3, end=datetime(2026, 11, 1, tzinfo=UTC), days=10, size=3_000), settings=rule)
+    monkeypatch.setattr(app.pipeline, "recompute_anomalies", counted)
+    seconds = recompute_seconds(store, runs=2, settings=rule)
+    assert calls == [("nyc", rule)] * 3
+    assert 0 < seconds < 120
+    snap = store.publish()
+    assert snap.release("nyc").height > 0  # the timed calls left a release in the working database
+    assert snap.release_meta("nyc")["mode"] == "none"
 
 
 def test_planted_figures_from_two_evaluations() -> None:
