@@ -27,7 +27,7 @@ from app.data.ingest import IngestReport, ingest_source
 from app.data.registry import SourceSpec, city_timezone, get_source
 from app.data.snapshot import Snapshot, query, read_events, read_units
 from app.data.store import Store
-from app.engine.grains import GRAINS, grain_rank, parse_grains
+from app.engine.grains import GRAINS, bin_expr, grain_rank, parse_grains
 from app.engine.privacy import Policy
 from app.engine.publish import Published, publish_city
 from app.engine.scores import DEFAULT_MIN_Z, DEFAULT_Q
@@ -171,7 +171,7 @@ def recompute_anomalies(
         "horizon": published.horizon,
     }
     Store.replace_release(con, city, published.release, published.scores, meta)
-    rows = anomaly_rows(published.scores, city)
+    rows = anomaly_rows(published.scores, city, tz)
     con.execute("DELETE FROM anomaly WHERE city = $city", {"city": city})
     if rows.height:
         con.register("_anomalies", rows.to_arrow())
@@ -216,8 +216,9 @@ def _horizon(con: duckdb.DuckDBPyConnection, city: str) -> datetime | None:
     return None
 
 
-def anomaly_rows(scores: pl.DataFrame, city: str) -> pl.DataFrame:
-    """Released anomalies at the default thresholds (q <= 0.05, z >= 3), for the ``anomaly`` table."""
+def anomaly_rows(scores: pl.DataFrame, city: str, tz: str = "UTC") -> pl.DataFrame:
+    """Released anomalies at the default thresholds (q <= 0.05, z >= 3), for the ``anomaly`` table;
+    each window is its bin (a local day or week ends at the next local midnight of ``tz``)."""
     if scores.height == 0:
         return pl.DataFrame()
     found = scores.filter(pl.col("scored") & (pl.col("q") <= DEFAULT_Q) & (pl.col("zscore") >= DEFAULT_MIN_Z))
@@ -236,9 +237,22 @@ def anomaly_rows(scores: pl.DataFrame, city: str) -> pl.DataFrame:
         "unit_id",
         "category",
         pl.col("bin_start").alias("window_start"),
-        pl.col("bin_start").alias("window_end"),
+        _bin_end(tz).alias("window_end"),
         pl.col("zscore").round(6),
         evidence.struct.json_encode().alias("evidence"),
+    )
+
+
+def _bin_end(tz: str) -> pl.Expr:
+    """The end of each row's ``grain`` bin starting at ``bin_start`` (hours are UTC hours; days
+    and weeks end at the next local midnight, 23 or 25 hours later on daylight-saving changes)."""
+    start, grain = pl.col("bin_start"), pl.col("grain")
+    return (
+        pl.when(grain == "hour")
+        .then(start + timedelta(hours=1))
+        .when(grain == "day")
+        .then(bin_expr(start + timedelta(days=1, hours=12), "day", tz))
+        .otherwise(bin_expr(start + timedelta(weeks=1, hours=12), "week", tz))
     )
 
 

@@ -610,3 +610,26 @@ def test_unit_at_finds_the_unit_under_a_point(tiny_snap: Snapshot) -> None:
     row = tiny_snap.units("nyc", "tract").row(0, named=True)
     assert lens.unit_at(row["lon"], row["lat"]) == row["unit_id"]  # representative points lie inside
     assert lens.unit_at(0.0, 0.0) is None
+
+
+# ---- the stored anomaly table ---------------------------------------------------------------------
+def test_the_stored_anomaly_table_lists_the_default_threshold_anomalies_with_their_bins(tiny_snap: Snapshot) -> None:
+    stored = snapshot_sql(tiny_snap.path, "SELECT * FROM anomaly").with_columns(
+        pl.col("window_start", "window_end").dt.convert_time_zone("UTC")
+    )
+    scores = tiny_snap.scores("nyc").filter(pl.col("scored") & (pl.col("q") <= 0.05) & (pl.col("zscore") >= 3.0))
+    assert stored.height == scores.height > 0
+    grain = pl.col("evidence").str.json_path_match("$.grain")
+    length = stored.with_columns(grain=grain, span=pl.col("window_end") - pl.col("window_start"))
+    assert set(length["grain"]) <= {"hour", "day", "week"}
+    spans = {
+        g: set(length.filter(pl.col("grain") == g)["span"].to_list()) for g in set(length["grain"])
+    }  # a local day or week of New York: 23/25 hours around daylight-saving changes
+    allowed = {
+        "hour": {timedelta(hours=1)},
+        "day": {timedelta(hours=h) for h in (23, 24, 25)},
+        "week": {timedelta(weeks=1, hours=h) for h in (-1, 0, 1)},
+    }
+    assert all(spans[g] <= allowed[g] for g in spans), spans
+    local = length.with_columns(end=pl.col("window_end").dt.convert_time_zone(NY.key))
+    assert (local.filter(pl.col("grain") != "hour")["end"].dt.hour() == 0).all()  # ends at local midnight
