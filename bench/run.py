@@ -22,6 +22,12 @@ rule lets through (a planted anomaly whose every cell would reveal a small count
 ``planted_f1_rolling_z`` of the plain 28-day rolling z detector on the same released cells
 (:func:`~app.engine.evaluate.rolling_z_detections`) and ``planted_f1_ratio`` (engine F1 / rolling F1).
 
+Release figures (:func:`release_figures`, issue 10): ``released_share_<level>`` (and ``_by_category``),
+``new_window_ms``, ``api_p95_ms_c32``/``api_p99_ms_c32``, ``rss_mb_after_first_window`` and
+``rss_mb_after_windows`` (:mod:`bench.serving`), the real-data figures (``real_planted_*``,
+``window_invariance``: :mod:`bench.real_planted`) and ``attack_cells_recovered`` (:mod:`bench.attack`
+against a small demo served by the real server).
+
 Publish cost: ``publish_s`` (a refresh's publish of the demo city on the working database:
 :func:`app.pipeline.recompute_anomalies` reads the events, builds the release of every level at its
 grain, audits the suppression, fills and scores every cell and stores both tables; median of 3 runs
@@ -302,7 +308,37 @@ def main() -> None:
         from bench.browser import browser_figures  # Playwright only where the browser figures run
 
         figures.update(browser_figures(Path(tmp)))
+        figures.update(release_figures(Path(tmp)))
         report(figures)
+
+
+def release_figures(data_dir: Path) -> Figures:
+    """What the release keeps and costs on the default demo in ``data_dir``, the real-data detection
+    figures, and what the HTTP attacker recovers from a small demo city (issue 10's figures)."""
+    from datetime import UTC, datetime
+
+    from app.config import Settings
+    from app.data.demo import DemoSpec
+    from app.data.store import Store
+    from app.pipeline import build_demo
+    from bench.attack import run_attack
+    from bench.real_planted import real_data_figures
+    from bench.serve import served
+    from bench.serving import api_figures, new_window_ms, released_shares
+
+    snap = Store(data_dir).current()
+    assert snap is not None
+    out: Figures = {**released_shares(snap), "new_window_ms": (new_window_ms(snap), "ms"), **api_figures(data_dir, snap)}
+    out.update(real_data_figures())
+    small = data_dir / "attack"
+    spec = DemoSpec(seed=7, end=datetime(2026, 11, 1, tzinfo=UTC), days=35, size=20_000)
+    small_snap = build_demo(
+        Store(small), spec, settings=Settings(data_dir=small, grains="tract=week,neighborhood=day,borough=hour,city=hour")
+    )
+    with served(small) as url:
+        attack = run_attack(url, small_snap)
+    out["attack_cells_recovered"] = (float(attack["cells_recovered"]), "cells")
+    return out
 
 
 if __name__ == "__main__":
