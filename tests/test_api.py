@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +12,15 @@ import jsonschema
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
+from scipy import stats
 
 from app.api.main import create_app
 from app.config import Settings
+from app.data.demo import DemoSpec
+from app.data.snapshot import Snapshot
 from app.data.store import Store
+from app.pipeline import build_demo
+from conftest import TINY_GRAINS
 
 WINDOW = "since=2026-10-20T00:00:00Z&until=2026-11-01T00:00:00Z"
 
@@ -27,10 +32,23 @@ def client(tiny_settings: Settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="module")
-def open_client(tiny_dir: Path) -> Iterator[TestClient]:
-    """An internal-use app (privacy mode 'none') over the same snapshot, to check totals."""
-    with TestClient(create_app(Settings(data_dir=tiny_dir, scheduler_enabled=False, privacy_mode="none"))) as c:
+def open_client(open_dir: Path) -> Iterator[TestClient]:
+    """An internal-use app over the tiny demo published with privacy mode 'none', to check totals
+    (the release rule is the snapshot's, so raw totals need a snapshot published without one)."""
+    with TestClient(create_app(Settings(data_dir=open_dir, scheduler_enabled=False, privacy_mode="none"))) as c:
         yield c
+
+
+def _published_window(body: dict[str, Any]) -> tuple[datetime, datetime]:
+    """The span a response's window totals cover: its grid, up to where the level is published."""
+    lens = body["lens"]
+    start, end, until = (datetime.fromisoformat(lens[k]) for k in ("grid_since", "grid_until", "published_until"))
+    return start, min(end, until)
+
+
+def _events_in(snap: Any, lo: datetime, hi: datetime, located: bool = False) -> int:
+    events = snap.events("nyc").filter(pl.col("ts").is_between(lo, hi, closed="left"))
+    return events.filter(pl.col("tract_id").is_not_null()).height if located else events.height
 
 
 @pytest.fixture(scope="module")
@@ -104,28 +122,45 @@ def test_heat_is_valid_and_pages_cover_all_units(client: TestClient, openapi: di
     assert len(ids) == len(set(ids)) == 262
 
 
-def test_heat_city_total_equals_events_in_window(open_client: TestClient, tiny_store: Store) -> None:
+def test_heat_echoes_the_window_snapped_to_local_days(open_client: TestClient) -> None:
+    lens = open_client.get(f"/heat?city=nyc&level=borough&{WINDOW}").json()["lens"]
+    # New York's days start at 04:00 UTC in October (EDT): the window covers whole local days.
+    assert (lens["since"], lens["until"]) == ("2026-10-20T00:00:00Z", "2026-11-01T00:00:00Z")
+    assert (lens["grid_since"], lens["grid_until"]) == ("2026-10-19T04:00:00Z", "2026-11-01T04:00:00Z")
+    assert (lens["time_bin"], lens["grain"], lens["timezone"]) == ("day", "hour", "America/New_York")
+    assert lens["published_until"] == "2026-11-01T00:00:00Z"  # the newest hour of the demo's feed
+    tract = open_client.get(f"/heat?city=nyc&level=tract&{WINDOW}").json()["lens"]
+    assert (tract["time_bin"], tract["grain"]) == ("week", "week")  # tracts are published by local week
+    assert (tract["grid_since"], tract["grid_until"]) == ("2026-10-19T04:00:00Z", "2026-11-02T05:00:00Z")
+
+
+def test_heat_city_total_equals_events_in_window(open_client: TestClient, open_snap: Snapshot) -> None:
     body = open_client.get(f"/heat?city=nyc&level=city&{WINDOW}").json()
-    snap = tiny_store.current()
-    assert snap is not None
-    events = snap.events("nyc")
-    expected = events.filter(
-        pl.col("ts").is_between(pl.datetime(2026, 10, 20, time_zone="UTC"), pl.datetime(2026, 11, 1, time_zone="UTC"), closed="left")
-    ).height
+    expected = _events_in(open_snap, *_published_window(body))
+    assert expected > 10_000
     assert body["cells"] == [
-        {"unit_id": "nyc", "name": "New York City", "bin_start": None, "count": expected, "suppressed": False, "rollup": None}
+        {
+            "unit_id": "nyc",
+            "name": "New York City",
+            "bin_start": None,
+            "count": expected,
+            "suppressed": False,
+            "partial": False,
+            "rollup": None,
+        }
     ]
 
 
-def test_heat_borough_counts_sum_to_located_events(open_client: TestClient, tiny_store: Store) -> None:
-    body = open_client.get(f"/heat?city=nyc&level=borough&{WINDOW}").json()
-    snap = tiny_store.current()
-    assert snap is not None
-    located = snap.events("nyc").filter(
-        pl.col("tract_id").is_not_null()
-        & pl.col("ts").is_between(pl.datetime(2026, 10, 20, time_zone="UTC"), pl.datetime(2026, 11, 1, time_zone="UTC"), closed="left")
-    )
-    assert sum(c["count"] for c in body["cells"]) == located.height
+@pytest.mark.parametrize("level", ["tract", "neighborhood", "borough"])
+def test_heat_counts_sum_to_located_events(open_client: TestClient, open_snap: Snapshot, level: str) -> None:
+    body = open_client.get(f"/heat?city=nyc&level={level}&limit=1000&{WINDOW}").json()
+    assert body["total"] == open_snap.units("nyc", level).height
+    cells = body["cells"]
+    if body["next_offset"] is not None:
+        cells += open_client.get(f"/heat?city=nyc&level={level}&limit=1000&offset=1000&{WINDOW}").json()["cells"]
+        cells += open_client.get(f"/heat?city=nyc&level={level}&limit=1000&offset=2000&{WINDOW}").json()["cells"]
+    assert len(cells) == body["total"]
+    assert sum(c["count"] for c in cells) == _events_in(open_snap, *_published_window(body), located=True)
 
 
 def test_heat_suppresses_small_counts(client: TestClient) -> None:
@@ -137,15 +172,35 @@ def test_heat_suppresses_small_counts(client: TestClient) -> None:
     assert all(c["suppressed"] == (c["count"] is None) for c in body["cells"])
 
 
-def test_heat_time_bins_split_the_window(open_client: TestClient) -> None:
+def test_heat_time_bins_split_the_window(open_client: TestClient, open_snap: Snapshot) -> None:
     totals = open_client.get(f"/heat?city=nyc&level=borough&{WINDOW}").json()
     daily = open_client.get(f"/heat?city=nyc&level=borough&time_bin=day&limit=1000&{WINDOW}").json()
     assert daily["time_bin"] == "day"
-    assert daily["total"] == 5 * 12
+    assert daily["total"] == 5 * 13  # 19 October .. 31 October, local days
+    until = datetime.fromisoformat(daily["lens"]["published_until"])
+    filling = datetime(2026, 10, 31, 4, tzinfo=UTC)  # the local day holding the newest hour
+    for cell in daily["cells"]:
+        late = datetime.fromisoformat(cell["bin_start"]) == filling
+        assert cell["partial"] == late
+        assert (cell["count"] is None) == late
     per_borough: dict[str, int] = {}
     for cell in daily["cells"]:
-        per_borough[cell["unit_id"]] = per_borough.get(cell["unit_id"], 0) + cell["count"]
+        per_borough[cell["unit_id"]] = per_borough.get(cell["unit_id"], 0) + (cell["count"] or 0)
+    # Window totals sum the borough's published hours: the complete days plus the filling day's hours so far.
+    parents = open_snap.units("nyc", "tract").select(pl.col("unit_id").alias("tract_id"), "parent_id")
+    late = open_snap.events("nyc").filter(pl.col("ts").is_between(filling, until, closed="left")).join(parents, on="tract_id")
+    hood_to_borough = dict(open_snap.units("nyc", "neighborhood").select("unit_id", "parent_id").iter_rows())
+    so_far = late.group_by(pl.col("parent_id").replace_strict(hood_to_borough)).len()
+    for borough, n in so_far.iter_rows():
+        per_borough[borough] += n
     assert per_borough == {c["unit_id"]: c["count"] for c in totals["cells"]}
+
+
+def test_heat_shows_a_level_at_its_grain_when_a_finer_bin_is_asked(client: TestClient) -> None:
+    body = client.get(f"/heat?city=nyc&level=tract&time_bin=day&limit=1000&{WINDOW}").json()
+    assert body["lens"]["time_bin"] == "week"
+    starts = {c["bin_start"] for c in body["cells"]}
+    assert starts == {"2026-10-19T04:00:00Z", "2026-10-26T04:00:00Z"}  # Monday local midnights
 
 
 def test_heat_bbox_selects_units_by_representative_point(client: TestClient) -> None:
@@ -184,21 +239,35 @@ def test_anomalies_higher_threshold_is_a_subset(client: TestClient) -> None:
 
 
 def test_anomalies_carry_their_evidence_drivers_and_narrative(client: TestClient) -> None:
-    items = client.get(f"/anomalies?city=nyc&level=neighborhood&min_z=2&q=0.5&limit=1000&{WINDOW}").json()["items"]
+    body = client.get(f"/anomalies?city=nyc&level=neighborhood&min_z=2&q=0.5&limit=1000&{WINDOW}").json()
+    items = body["items"]
     assert items
+    history = datetime(2026, 9, 26, 4, tzinfo=UTC)  # local midnight of the tiny demo's first day
+    grid = (datetime.fromisoformat(body["lens"]["grid_since"]), datetime.fromisoformat(body["lens"]["grid_until"]))
+    assert {a["category"] for a in items} >= {"*"}  # all activity is listed like any category
     for a in items:
-        start = datetime.fromisoformat(a["window_start"])
+        start, end = datetime.fromisoformat(a["window_start"]), datetime.fromisoformat(a["window_end"])
+        assert grid[0] <= start < end <= grid[1]
+        assert end - start == timedelta(days=1)  # a local day (no daylight-saving change in the window)
         assert datetime.fromisoformat(a["baseline_end"]) == start  # the bin is not in its own baseline
-        assert datetime.fromisoformat(a["baseline_start"]) == start - timedelta(days=28)
+        assert max(start - timedelta(days=28), history) == datetime.fromisoformat(a["baseline_start"])
         assert 0 <= a["p"] <= a["q"] <= 0.5
         assert a["variance"] > 0
-        assert a["zscore"] == pytest.approx((a["observed"] - a["expected"]) / a["variance"] ** 0.5, abs=0.02)
+        assert a["observed"] > a["expected"]
+        assert a["zscore"] == pytest.approx(stats.norm.isf(a["p"]), abs=0.02)  # z is the normal quantile of p
         assert a["effect"] in {"volume", "mix", "volume+mix"}
         assert all(0 <= d["share"] <= 1 and d["excess"] > 0 for d in a["drivers"])
         assert sum(d["share"] for d in a["drivers"]) <= 1 + 1e-6
-        assert a["category"] in a["narrative"]
+        assert a["category"] in a["narrative"] or a["category"] == "*"
         assert str(a["observed"]) in a["narrative"]
-        assert (a["rolled_up_from"] is None) or ("too small to publish" in a["narrative"])
+        assert a["rolled_up_from"] is None  # anomalies are found where they are published
+
+
+def test_anomalies_dips_list_the_lower_tail(client: TestClient, openapi: dict[str, Any]) -> None:
+    body = client.get(f"/anomalies?city=nyc&level=neighborhood&min_z=2&q=0.5&dips=true&limit=1000&{WINDOW}").json()
+    _validate(openapi, "AnomaliesOut", body)
+    assert body["items"]
+    assert all(a["zscore"] <= -2 and a["observed"] < a["expected"] for a in body["items"])
 
 
 def test_stricter_q_lists_fewer_anomalies(client: TestClient) -> None:
@@ -279,6 +348,15 @@ def test_readme_lists_every_public_route(openapi: dict[str, Any]) -> None:
 
 
 # ---- differential privacy mode -------------------------------------------------------------------
+def test_a_dp_publish_is_refused_with_what_to_set_instead(tmp_path: Path) -> None:
+    """A publish-time dp release is not built: a dp server refuses to publish rather than release
+    numbers nothing audited."""
+    settings = Settings(data_dir=tmp_path, scheduler_enabled=False, privacy_mode="dp", grains=TINY_GRAINS)
+    with pytest.raises(ValueError, match="CSH_PRIVACY_MODE=suppress"):
+        build_demo(Store(tmp_path), DemoSpec(seed=3, end=datetime(2026, 11, 1, tzinfo=UTC), days=8, size=2_000), settings=settings)
+    assert Store(tmp_path).current() is None
+
+
 @pytest.fixture(scope="module")
 def dp_client(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     data_dir = tmp_path_factory.mktemp("dp")
@@ -288,32 +366,15 @@ def dp_client(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield c
 
 
-def test_dp_mode_serves_noisy_consistent_counts_and_charges_the_budget_once(dp_client: TestClient, openapi: dict[str, Any]) -> None:
-    first = dp_client.get(f"/heat?level=borough&{WINDOW}").json()
-    _validate(openapi, "HeatOut", first)
-    assert first["privacy"]["mode"] == "dp"
-    assert first["privacy"]["epsilon"] == 1.0
-    assert first["privacy"]["epsilon_spent"] == 1.0
-    again = dp_client.get(f"/heat?level=borough&{WINDOW}").json()
-    assert again["cells"] == first["cells"]  # re-served from the ledger: same noise, no new charge
-    assert again["privacy"]["epsilon_spent"] == 1.0
-    city = dp_client.get(f"/heat?level=city&{WINDOW}").json()["cells"][0]["count"]
-    assert city == sum(c["count"] for c in first["cells"])  # the released hierarchy adds up
-    assert all(c["count"] >= 0 for c in first["cells"])
+def test_a_dp_server_serves_the_snapshots_own_release(dp_client: TestClient, client: TestClient, openapi: dict[str, Any]) -> None:
+    """One release per snapshot: a server configured for dp serves what the snapshot published
+    (suppress, k = 11), the same cells as any other server, and spends no budget."""
+    served = dp_client.get(f"/heat?level=borough&time_bin=day&limit=1000&{WINDOW}").json()
+    _validate(openapi, "HeatOut", served)
+    assert served["privacy"] == {"mode": "suppress", "k": 11, "epsilon": None, "epsilon_spent": None}
+    assert served["cells"] == client.get(f"/heat?level=borough&time_bin=day&limit=1000&{WINDOW}").json()["cells"]
+    for category in ("Noise - Residential", "Illegal Parking", "HEAT/HOT WATER"):  # nothing to overspend
+        assert dp_client.get("/heat", params={"level": "borough", "category": category}).status_code == 200
     anomalies = dp_client.get(f"/anomalies?level=neighborhood&{WINDOW}")
     assert anomalies.status_code == 200
-    _validate(openapi, "AnomaliesOut", anomalies.json())
-    assert all(a["category"] == "*" for a in anomalies.json()["items"])
-
-
-def test_dp_mode_refuses_to_overspend(dp_client: TestClient) -> None:
-    spent = []
-    for category in ("Noise - Residential", "Illegal Parking", "HEAT/HOT WATER"):
-        r = dp_client.get(
-            "/heat", params={"level": "borough", "category": category, "since": "2026-10-20T00:00:00Z", "until": "2026-11-01T00:00:00Z"}
-        )
-        spent.append(r.status_code)
-        if r.status_code == 403:
-            assert "budget" in r.json()["message"]
-            break
-    assert 403 in spent  # budget 2.0 at epsilon 1.0 per release: the third selection of the same days is refused
+    assert anomalies.json()["privacy"]["mode"] == "suppress"
