@@ -275,7 +275,7 @@ def boston_server(boston_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_boston_open311_end_to_end_on_h3_levels(boston_server: str, boston_dir: Path) -> None:
     spec = _get(boston_server, "/openapi.json")
     rows = boston_rows()
-    city = check_cities(boston_server, spec, {"id": "boston", "name": "Boston", "kinds": ["request"], "timezone": "UTC"})
+    city = check_cities(boston_server, spec, {"id": "boston", "name": "Boston", "kinds": ["request"], "timezone": "America/New_York"})
     assert _level_names(city) == ["H3 cell (res 7)", "H3 cell (res 5)", "H3 cell (res 3)", "Region"]
     assert city["categories"] == len({r["service_name"] for r in rows})
     assert datetime.fromisoformat(city["last_event"]) == max(r["ts"] for r in rows)
