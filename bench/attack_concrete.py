@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bench.attack_atoms import needs
 from bench.attack_index import Lookup
 from bench.attack_model import ALL, Key, Published
 
@@ -33,6 +32,14 @@ class Derivation:
     value: int
     attack: str
     evidence: str
+
+
+def needs(pub: Published, city: str) -> tuple[bool, bool]:
+    """Whether the city's top level may count events no unit below holds (unlocated events: the
+    attacker never knows where, so a top-level cell is not the sum of its children), and whether
+    categories exist that the attacker cannot name (then ``"*"`` is not the sum of the named ones)."""
+    info = pub.info[city]
+    return len(info.levels) > 1, not info.categories_complete
 
 
 def _solve_sum(total: tuple[str, int], withheld: int, unknown: int, known_sum: int, first: int) -> tuple[int, int] | None:

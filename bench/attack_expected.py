@@ -62,7 +62,7 @@ def _pairs(pub: Published, look: Lookup) -> Iterator[_Pair]:
             later = by_bin.get(t + p)
             e = edges[(sk.city, a.grain)]
             w = int(np.searchsorted(e, a.base1) - np.searchsorted(e, a.base0))
-            if later is None or w < p or t - w < 0 or t + p >= e.size:
+            if later is None or a.base0 < e[0] or w < p or t - w < 0 or t + p >= e.size:
                 continue
 
             def keys(lo: int, e: np.ndarray = e, sk: Key = sk, p: int = p) -> list[Key]:

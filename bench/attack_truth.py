@@ -6,17 +6,21 @@ Unlocated events (no tract) count at the city level only, as the engine counts t
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from app.data.geography import tract_parents
+from app.data.geography import LEVELS, tract_parents
 from app.data.snapshot import Snapshot
+from app.engine.grains import bin_range, floor_bin, grain_rank, next_bin
 from bench.attack_model import ALL, Key
+from bench.attack_system import KNOWN, UNKNOWN, WITHHELD, Layer
 
-__all__ = ["Truth"]
+__all__ = ["Truth", "release_layers"]
 
 
 class Truth:
@@ -72,3 +76,57 @@ class Truth:
             n = np.searchsorted(code, hi) - np.searchsorted(code, lo)
             out[np.asarray(idx)] = np.where(ok, n, 0)
         return out
+
+
+def release_layers(snapshot: Snapshot, city: str, universe: tuple[int, int] | None = None) -> list[Layer]:
+    """The release of ``city`` read straight from the snapshot, as the general attacker's layers
+    (what a perfect crawl would learn): every level at its grain over whole bins of the coarsest
+    grain (``universe``: hour indices to cover, default the release's span), categories named from
+    the events, incomplete bins unknown. A reference for the crawl's model
+    (:func:`bench.attack_model.layers`), not an input of any attack."""
+    meta = snapshot.release_meta(city)
+    tz, grains, cutoff = str(meta["timezone"]), dict(meta["grains"]), dict(meta.get("complete_until") or {})
+    release = snapshot.release(city)
+    units = snapshot.units(city)
+    levels = [lv for lv in LEVELS if units.filter(pl.col("level") == lv).height]
+    cats = [ALL, *sorted(snapshot.events(city)["category"].unique().drop_nulls().to_list())]
+    coarsest = max((grains[lv] for lv in levels), key=grain_rank)
+    lo, hi = release["bin_start"].min(), release["bin_start"].max()
+    assert isinstance(lo, datetime)
+    assert isinstance(hi, datetime)
+    if universe is not None:
+        lo, hi = (datetime.fromtimestamp(h * 3600, UTC) for h in universe)
+        hi -= timedelta(hours=1)
+    start = floor_bin(lo, coarsest, tz)
+    end = next_bin(floor_bin(hi, coarsest, tz), coarsest, tz)
+    out = []
+    for i, level in enumerate(levels):
+        grain = grains[level]
+        starts = bin_range(start, end, grain, tz)
+        edges = np.array([int(b.timestamp()) // 3600 for b in [*starts, end]], np.int64)
+        names = sorted(units.filter(pl.col("level") == level)["unit_id"].to_list())
+        up = levels[i + 1] if i + 1 < len(levels) else None
+        parent_names = sorted(units.filter(pl.col("level") == up)["unit_id"].to_list()) if up else []
+        pidx = {u: j for j, u in enumerate(parent_names)}
+        pmap = dict(units.filter(pl.col("level") == level).select("unit_id", "parent_id").iter_rows())
+        parent = np.array([pidx.get(pmap.get(u) or "", -1) for u in names], np.int64)
+        shape = (len(names), len(cats), len(starts))
+        state = np.full(shape, KNOWN, np.int8)
+        first_open = bisect_left(starts, cutoff[level]) if level in cutoff else len(starts)
+        state[:, :, first_open:] = UNKNOWN
+        value = np.zeros(shape, np.int64)
+        cells = release.filter(pl.col("level") == level)
+        ui = {u: j for j, u in enumerate(names)}
+        ci = {c: j for j, c in enumerate(cats)}
+        bi = {int(b.timestamp()) // 3600: j for j, b in enumerate(starts)}
+        cells = cells.filter((pl.col("bin_start") >= start) & (pl.col("bin_start") < end))
+        u = np.array([ui[x] for x in cells["unit_id"].to_list()], np.int64)
+        c = np.array([ci[x] for x in cells["category"].to_list()], np.int64)
+        b = np.array([bi[int(x.timestamp()) // 3600] for x in cells["bin_start"].to_list()], np.int64)
+        part = cells["partial"].to_numpy()
+        supp = cells["suppressed"].to_numpy()
+        cnt = cells["count"].fill_null(-1).to_numpy()
+        state[u, c, b] = np.where(part, UNKNOWN, np.where(supp, WITHHELD, KNOWN))
+        value[u, c, b] = np.where(part | supp, 0, cnt)
+        out.append(Layer(city, level, grain, names, cats, edges, value, state, parent, rest=level == "city" and i > 0))
+    return out
