@@ -29,22 +29,39 @@ def test_pick_units_prefers_anomalous_then_busy() -> None:
     assert pick_units(bands, 10) == ["a", "b", "c"]
 
 
+NY = "America/New_York"
+L = datetime(2026, 10, 20, 4, tzinfo=UTC)  # New York's midnight starting 20 October (EDT)
+
+
 @pytest.mark.parametrize(
-    ("x0", "x1", "step", "expected"),
+    ("x0", "x1", "grain", "tz", "expected"),
     [
-        (D + timedelta(hours=5), D + timedelta(days=2, hours=1), timedelta(days=1), (D, D + timedelta(days=3))),
-        (D + timedelta(hours=5), D + timedelta(hours=6), timedelta(days=1), (D, D + timedelta(days=1))),
-        (D + timedelta(days=2), D, timedelta(days=1), (D, D + timedelta(days=2))),  # reversed brush
-        (D.timestamp() * 1000, (D + timedelta(days=1)).timestamp() * 1000, timedelta(days=1), (D, D + timedelta(days=1))),
-        (D + timedelta(days=1), D + timedelta(days=2), timedelta(weeks=1), (D - timedelta(days=1), D + timedelta(days=6))),
+        (D + timedelta(hours=5), D + timedelta(days=2, hours=1), "day", "UTC", (D, D + timedelta(days=3))),
+        (D + timedelta(hours=5), D + timedelta(hours=6), "day", "UTC", (D, D + timedelta(days=1))),
+        (D + timedelta(days=2), D, "day", "UTC", (D, D + timedelta(days=2))),  # reversed brush
+        (D.timestamp() * 1000, (D + timedelta(days=1)).timestamp() * 1000, "day", "UTC", (D, D + timedelta(days=1))),
+        (D + timedelta(days=1), D + timedelta(days=2), "week", "UTC", (D - timedelta(days=1), D + timedelta(days=6))),
+        # Local days and weeks: 01:00 UTC on the 20th is still the 19th in New York.
+        (D + timedelta(hours=1), D + timedelta(days=1, hours=5), "day", NY, (L - timedelta(days=1), L + timedelta(days=2))),
+        (L, L + timedelta(days=2), "day", NY, (L, L + timedelta(days=2))),  # already whole local days
+        (L + timedelta(days=1), L + timedelta(days=2), "week", NY, (L - timedelta(days=1), L + timedelta(days=6))),
+        # Across the end of daylight saving (1 November): the last day is 25 hours, the next starts at 05:00 UTC.
+        (
+            L + timedelta(days=11, hours=3),
+            L + timedelta(days=12, hours=6),
+            "day",
+            NY,
+            (L + timedelta(days=11), L + timedelta(days=13, hours=1)),
+        ),
+        (D + timedelta(minutes=30), D + timedelta(minutes=45), "hour", NY, (D, D + timedelta(hours=1))),
     ],
 )
-def test_brush_snaps_outwards_to_whole_bins(x0: object, x1: object, step: timedelta, expected: tuple[datetime, datetime]) -> None:
-    assert brush_window(x0, x1, step) == expected  # type: ignore[arg-type]  # the parametrised values mix the accepted types
+def test_brush_snaps_outwards_to_whole_local_bins(x0: object, x1: object, grain: str, tz: str, expected: tuple[datetime, datetime]) -> None:
+    assert brush_window(x0, x1, grain, tz) == expected  # type: ignore[arg-type]  # the parametrised values mix the accepted types
 
 
 def test_empty_brush_does_nothing() -> None:
-    assert brush_window(None, None, timedelta(days=1)) is None
+    assert brush_window(None, None, "day", NY) is None
 
 
 def test_band_holds_band_line_and_marks(tiny_snap: Snapshot) -> None:
@@ -126,16 +143,17 @@ def test_brushing_the_overview_sets_the_lens_window(tiny_snap: Snapshot) -> None
     lo, hi = ((t.timestamp() * 1000) for t in lens.grid_window() or (D, D))
     assert (figs.window.left, figs.window.right) == (lo, hi)
     view = figs.view
-    view._brushed(boundsx=(D + timedelta(hours=3), D + timedelta(days=3, hours=2)))
-    assert (lens.since, lens.until) == (D, D + timedelta(days=4))
-    assert figs.window.left == D.timestamp() * 1000  # the overview shows the new window
+    view._brushed(boundsx=(L + timedelta(hours=3), L + timedelta(days=3, hours=2)))  # New York days
+    assert (lens.since, lens.until) == (L, L + timedelta(days=4))
+    assert lens.grid_window() == (L, L + timedelta(days=4))  # the brush's whole local days, not one more
+    assert figs.window.left == L.timestamp() * 1000  # the overview shows the new window
     # What the browser sends at the end of a brush: the x-range in epoch milliseconds.
-    x0, x1 = (D + timedelta(days=1)).timestamp() * 1000, (D + timedelta(days=1, hours=5)).timestamp() * 1000
+    x0, x1 = (L + timedelta(days=1)).timestamp() * 1000, (L + timedelta(days=1, hours=5)).timestamp() * 1000
     geometry = {"type": "rect", "x0": x0, "x1": x1, "y0": 0, "y1": 1}
     figs._selection_geometry(SelectionGeometry(figs.overview, geometry=geometry, final=False))
-    assert lens.since == D  # not before the brush ends
+    assert lens.since == L  # not before the brush ends
     figs._selection_geometry(SelectionGeometry(figs.overview, geometry=geometry, final=True))
-    assert (lens.since, lens.until) == (D + timedelta(days=1), D + timedelta(days=2))
+    assert (lens.since, lens.until) == (L + timedelta(days=1), L + timedelta(days=2))
 
 
 def test_clicking_the_map_toggles_the_unit_in_the_selection(tiny_snap: Snapshot) -> None:
@@ -200,7 +218,8 @@ def test_live_region_sentence() -> None:
     )
     assert announcement(found, 0, "New York City", None) == "2 anomalies in New York City."
     before = anomaly_keys(found.head(1))
-    assert announcement(found, 5, "Brooklyn", before) == "2 anomalies in Brooklyn, 1 new; 5 withheld by the privacy rule."
+    assert announcement(found, 5, "Brooklyn", before) == "2 anomalies in Brooklyn, 1 new; 5 cells withheld by the privacy rule."
+    assert announcement(found, 1, "Brooklyn", None) == "2 anomalies in Brooklyn; 1 cell withheld by the privacy rule."
     assert announcement(found.head(1), 0, "Queens", anomaly_keys(found)) == "1 anomaly in Queens, 0 new."
 
 

@@ -20,7 +20,7 @@ import pytest
 from holoviews.operation.datashader import rasterize
 from panel.layout.base import ListLike
 
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.data.demo import DemoSpec
 from app.data.registry import load_registry
 from app.data.snapshot import Snapshot
@@ -52,6 +52,7 @@ from app.views.url_state import (
     url_query,
     url_state,
 )
+from conftest import TINY_GRAINS
 
 T = TypeVar("T")
 
@@ -151,11 +152,18 @@ def test_each_session_gets_its_own_lens(tiny_store: Store, tiny_settings: Settin
     assert _table(_area(second.main)[0])["category"].nunique() > 1
 
 
-def test_settings_privacy_mode_reaches_the_page(tiny_store: Store, tiny_dir: Path) -> None:
-    page = build_dashboard(tiny_store, Settings(data_dir=tiny_dir, scheduler_enabled=False, privacy_mode="none"))
-    summary = _summary(_area(page.main)[0])
-    assert "**0** withheld" in summary
+def test_the_page_shows_the_snapshots_release_rule(tiny_store: Store, tiny_dir: Path, open_dir: Path) -> None:
+    """One release per snapshot: the page says the rule the snapshot was published with, whatever
+    the server's settings say now."""
+    page = build_dashboard(Store(open_dir), Settings(data_dir=open_dir, scheduler_enabled=False))
+    summary = _summary(AnomalyTable(lens=Lens(snapshot=Store(open_dir).current())).__panel__())
+    assert "**0** cells of the window withheld" in summary
     assert "*none*" in summary
+    assert any("Privacy: none" in str(m.object) for m in _area(page.main)[0].select(pn.pane.Markdown))
+    asked = build_dashboard(tiny_store, Settings(data_dir=tiny_dir, scheduler_enabled=False, privacy_mode="none"))
+    texts = [str(m.object) for m in _area(asked.main)[0].select(pn.pane.Markdown)]
+    assert any("cells of the window withheld by the privacy rule *suppress, k = 11*" in t for t in texts)
+    assert not any("*none*" in t for t in texts)
 
 
 def test_no_snapshot_shows_a_notice_instead_of_crashing(tmp_path: Path) -> None:
@@ -174,8 +182,8 @@ def test_table_shows_released_anomalies_with_display_columns(lens: Lens) -> None
     assert len(frame) == released.height > 0
     assert frame["z"].is_monotonic_decreasing
     assert (frame["observed"] >= lens.privacy_k).all()  # suppressed counts never reach the table
-    assert f"**{withheld}** withheld" in _summary(layout)
-    assert withheld > 0  # the tiny demo has small anomalous cells, so the rule is exercised
+    assert f"**{withheld}** cells of the window withheld" in _summary(layout)
+    assert withheld > 0  # the tiny demo has small cells, so the rule is exercised
 
 
 def test_table_follows_category_and_threshold(lens: Lens) -> None:
@@ -213,18 +221,18 @@ def test_table_follows_level(lens: Lens, level: str) -> None:
     assert level_words(lens) == {"tract": "census tract", "borough": "borough", "city": "city"}[level]  # NYC's names
     assert names != before
     assert lens.snapshot is not None
-    # Rows of the level itself, plus ancestors shown where the level's cells are too small to publish.
-    coarser = {"tract": ["neighborhood", "borough"], "neighborhood": ["borough"]}.get(level, [])
-    allowed = set(lens.snapshot.units(lens.city, level)["name"]).union(*(set(lens.snapshot.units(lens.city, up)["name"]) for up in coarser))
-    assert names <= allowed
+    assert names <= set(lens.snapshot.units(lens.city, level)["name"])  # anomalies are listed at the level they are published at
 
 
-def test_privacy_none_withholds_nothing_and_shows_more(lens: Lens) -> None:
+def test_privacy_none_withholds_nothing_and_shows_more(lens: Lens, open_snap: Snapshot) -> None:
     layout = AnomalyTable(lens=lens).__panel__()
     suppressed = len(_table(layout))
-    lens.privacy_mode = "none"
+    lens.privacy_mode = "none"  # the rule is the snapshot's: asking for another changes nothing
+    assert len(_table(layout)) == suppressed
+    lens.snapshot = open_snap  # the same demo published without a rule
+    assert lens.privacy_mode == "none"
     assert len(_table(layout)) > suppressed
-    assert "**0** withheld" in _summary(layout)
+    assert "**0** cells of the window withheld" in _summary(layout)
 
 
 # ---- heat ------------------------------------------------------------------------------------
@@ -307,18 +315,31 @@ def test_table_explains_an_inverted_window_set_on_the_lens(lens: Lens) -> None:
     assert _table(layout).empty
 
 
-def test_open_pages_follow_newly_published_snapshots(tmp_path: Path) -> None:
+def test_open_pages_follow_newly_published_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A small city published without a rule, at pinned grains, so the two publishes are quick.
+    monkeypatch.setenv("CSH_PRIVACY_MODE", "none")
+    monkeypatch.setenv("CSH_GRAINS", TINY_GRAINS)
+    get_settings.cache_clear()
+    monkeypatch.setattr("app.pipeline.get_settings", get_settings)
     store = Store(tmp_path)
     spec = DemoSpec(seed=5, end=datetime(2026, 11, 1, tzinfo=UTC), days=30, size=15_000)
-    first = build_demo(store, spec)
+    try:
+        first = build_demo(store, spec)
+    finally:
+        get_settings.cache_clear()
+    assert first.release_meta("nyc")["mode"] == "none"
     lens = Lens(snapshot=first)
     assert follow_store(store, lens) is False  # nothing new yet
-    newer = refresh(store, now=spec.end + timedelta(hours=6))
+    try:
+        newer = refresh(store, now=spec.end + timedelta(hours=6))
+    finally:
+        get_settings.cache_clear()
     assert newer is not None
     assert newer.id != first.id
     assert follow_store(store, lens) is True
     assert lens.snapshot is newer
     assert lens.snapshot.row_counts()["request"] > first.row_counts()["request"]
+    assert lens.published_until("city") == spec.end + timedelta(hours=6)  # the new hours are published
 
 
 # ---- shareable state in the URL ----------------------------------------------------------------
@@ -342,7 +363,7 @@ def test_url_state_reopens_the_same_view(tiny_store: Store, lens: Lens) -> None:
     lens.selection = ["36061000201", "36005000100"]  # tracts, as picked (not sorted)
     link = _as_link(lens)
     assert set(link) == set(URL_KEYS) - {"epsilon"}  # epsilon only matters in 'dp' mode
-    assert link["since"].endswith("T18:00:00Z")  # ISO, UTC
+    assert link["since"] == "2026-10-29T22:00:00Z"  # ISO, UTC: 6 pm in New York (EDT)
     assert link["sel"] == "36005000100,36061000201"  # stable order
     assert (link["privacy"], link["privacy_k"]) == ("suppress", "11")
     fresh = Lens(snapshot=tiny_store.current())
@@ -352,9 +373,14 @@ def test_url_state_reopens_the_same_view(tiny_store: Store, lens: Lens) -> None:
 
 
 def test_url_dates_are_iso_and_a_bare_date_means_midnight_utc(lens: Lens) -> None:
-    assert url_state(lens)["since"] == f"{lens.window()[0]:%Y-%m-%d}"
+    # The default window is whole New York days: its ends are local midnights, 04:00 UTC in October.
+    assert (url_state(lens)["since"], url_state(lens)["until"]) == ("2026-10-25T04:00:00Z", "2026-11-01T04:00:00Z")
     assert apply_url_state(lens, {"since": "2026-10-27"}) == []
     assert lens.since == datetime(2026, 10, 27, tzinfo=UTC)
+    grid = lens.grid_window()
+    assert grid is not None
+    assert grid[0] == datetime(2026, 10, 26, 4, tzinfo=UTC)  # snapped out to the New York day holding it
+    assert url_state(lens)["since"] == "2026-10-27"  # a UTC midnight is written as the bare date
     assert apply_url_state(lens, {"since": "2026-10-27T09:30"}) == []  # no offset: UTC, as the pickers are
     assert lens.since == datetime(2026, 10, 27, 9, 30, tzinfo=UTC)
 
@@ -432,9 +458,9 @@ def test_a_link_never_changes_the_privacy_rule(lens: Lens, query: dict[str, str]
     assert "this server publishes with suppress, k = 11" in url_notice(problems)
 
 
-def test_the_servers_own_rule_in_a_link_is_not_a_problem(tiny_store: Store, lens: Lens) -> None:
+def test_the_servers_own_rule_in_a_link_is_not_a_problem(open_snap: Snapshot, lens: Lens) -> None:
     assert apply_url_state(lens, {"privacy": "suppress", "privacy_k": "11"}) == []
-    open_lens = Lens(snapshot=tiny_store.current(), privacy_mode="none")
+    open_lens = Lens(snapshot=open_snap)
     assert url_state(open_lens)["privacy"] == "none"
     assert "privacy_k" not in url_state(open_lens)
     assert apply_url_state(open_lens, {"privacy": "none"}) == []
@@ -491,12 +517,12 @@ def test_anomalies_csv_is_exactly_the_released_table(lens: Lens) -> None:
     assert all(int(r["observed"]) >= lens.privacy_k for r in rows)  # withheld cells never appear
     assert rows[0]["window_start"].endswith("Z")
     assert "\N{MULTIPLICATION SIGN}" in text  # narratives keep their non-ASCII signs
-    internal = {"trailing", "variance", "phi", "volume_z", "mix_share", "others_z", "drivers"}
+    internal = {"variance", "baseline_days", "scored", "reason", "p", "p_low", "z_low", "q_low", "share", "drivers", "grain"}
     assert internal <= set(released.columns)
     assert not internal & set(rows[0])  # engine-internal columns are never exported
 
 
-def test_unit_counts_csv_leaves_withheld_counts_empty(lens: Lens) -> None:
+def test_unit_counts_csv_leaves_withheld_counts_empty(lens: Lens, open_snap: Snapshot) -> None:
     units = lens.unit_counts()
     rows = _rows(unit_counts_csv(units))
     assert list(rows[0]) == list(UNIT_COLUMNS)
@@ -507,7 +533,7 @@ def test_unit_counts_csv_leaves_withheld_counts_empty(lens: Lens) -> None:
     assert shown
     assert all(r["count"] == "" for r in withheld)
     assert all(int(r["count"]) == 0 or int(r["count"]) >= lens.privacy_k for r in shown)
-    exact = dict(Lens(snapshot=lens.snapshot, level=lens.level, privacy_mode="none").unit_counts().select("unit_id", "count").iter_rows())
+    exact = dict(Lens(snapshot=open_snap, level=lens.level).unit_counts().select("unit_id", "count").iter_rows())
     assert any(0 < exact[r["unit_id"]] < lens.privacy_k for r in withheld)  # the rule really hid small counts here
     assert all(r["rollup_count"] == "" or int(r["rollup_count"]) >= lens.privacy_k for r in withheld)
 
@@ -540,25 +566,27 @@ def test_page_downloads_follow_the_lens(lens: Lens) -> None:
     main = _area(dashboard_page(lens).main)[0]
     anomalies = _only(main, pn.widgets.FileDownload, "Download anomalies (CSV)")
     units = _only(main, pn.widgets.FileDownload, "Download unit counts (CSV)")
-    assert anomalies.filename == "csh_anomalies_nyc_neighborhood_2026-10-25_2026-11-01.csv"
-    lens.param.update(level="borough", category="HEAT/HOT WATER")
-    assert units.filename == "csh_unit_counts_nyc_borough_2026-10-25_2026-11-01.csv"
+    assert anomalies.filename == "csh_anomalies_nyc_neighborhood_2026-10-25T0400_2026-11-01T0400.csv"
+    lens.param.update(category="HEAT/HOT WATER")
     assert anomalies.callback().getvalue() == anomalies_csv(lens.anomalies()[0])  # built at click time, from the lens
-    assert units.callback().getvalue() == unit_counts_csv(lens.unit_counts())
     assert {r["category"] for r in _rows(anomalies.callback().getvalue())} == {"HEAT/HOT WATER"}
+    lens.param.update(level="borough")
+    assert units.filename == "csh_unit_counts_nyc_borough_2026-10-25T0400_2026-11-01T0400.csv"
+    assert units.callback().getvalue() == unit_counts_csv(lens.unit_counts())
+    assert len(_rows(units.callback().getvalue())) == 5
 
 
 def test_view_png_button_names_its_file_and_caption_after_the_view(lens: Lens) -> None:
     png = downloads(lens)[-1]
     assert isinstance(png, pn.widgets.Button)
     assert png.label == "Download view (PNG)"
-    assert png.tags[0] == "csh_view_nyc_neighborhood_2026-10-25_2026-11-01.png"
+    assert png.tags[0] == "csh_view_nyc_neighborhood_2026-10-25T0400_2026-11-01T0400.png"
     assert "privacy: suppress, k = 11" in png.tags[1]
     lens.param.update(level="borough", category="HEAT/HOT WATER")
     filename, caption = png.tags
-    assert filename == "csh_view_nyc_borough_2026-10-25_2026-11-01.png"
+    assert filename == "csh_view_nyc_borough_2026-10-25T0400_2026-11-01T0400.png"
     assert caption == (
-        "City Service Heat · New York City · borough · 2026-10-25 to 2026-11-01 (UTC, end exclusive) · category: HEAT/HOT WATER · privacy: suppress, k = 11"
+        "City Service Heat · New York City · borough · 2026-10-25T0400 to 2026-11-01T0400 (UTC, end exclusive) · category: HEAT/HOT WATER · privacy: suppress, k = 11"
     )
 
 
@@ -629,23 +657,17 @@ def test_age_and_privacy_texts() -> None:
     assert "ε spent: unknown" in privacy_text("dp", 11, 1.0)
 
 
-def test_provenance_shows_the_epsilon_spent_in_dp_mode(tiny_store: Store, tmp_path: Path) -> None:
+def test_provenance_of_a_dp_server_shows_the_snapshots_rule_and_spends_nothing(tiny_store: Store, tmp_path: Path) -> None:
+    """A dp release is not published (a dp publish is refused): a lens asked for dp with a ledger
+    reads the snapshot's suppress release, says so, and charges no budget."""
     with BudgetLedger(tmp_path / "ledger.duckdb", budget=10.0) as ledger:
         lens = Lens(snapshot=tiny_store.current(), privacy_mode="dp", epsilon=0.5, ledger=ledger)
-        panel = ProvenancePanel(lens=lens).__panel__()
-
-        def summary() -> str:
-            texts = [str(m.object) for m in panel.select(pn.pane.Markdown) if "Snapshot" in str(m.object)]
-            assert len(texts) == 1
-            return texts[0]
-
-        first = ledger.peak("nyc")
-        assert first > 0  # rendering the panel charged the release it describes
-        assert f"ε spent: {first:g} of the budget 10" in summary()
-        assert "ε = 0.5 per release" in summary()
-        lens.category = "HEAT/HOT WATER"  # another release of the same bins: more ε
-        assert ledger.peak("nyc") > first
-        assert f"ε spent: {ledger.peak('nyc'):g} of the budget 10" in summary()
+        texts = [str(m.object) for m in ProvenancePanel(lens=lens).__panel__().select(pn.pane.Markdown) if "Snapshot" in str(m.object)]
+        assert len(texts) == 1
+        assert "Privacy: suppress" in texts[0]
+        assert "ε" not in texts[0]
+        lens.category = "HEAT/HOT WATER"
+        assert ledger.peak("nyc") == 0
 
 
 def test_heat_hover_counts_follow_the_window_and_ignore_thresholds(lens: Lens) -> None:

@@ -25,8 +25,9 @@ def anomaly_keys(found: pl.DataFrame) -> frozenset[tuple[str, str, str, str]]:
 
 
 def announcement(found: pl.DataFrame, withheld: int, where: str, before: frozenset[tuple[str, str, str, str]] | None) -> str:
-    """E.g. "42 anomalies in Brooklyn, 3 new; 5 withheld by the privacy rule." ``before`` is the
-    previous list's keys (None on first render: nothing is "new" yet)."""
+    """E.g. "42 anomalies in Brooklyn, 3 new; 5 cells withheld by the privacy rule." (``withheld``:
+    the window's cells the rule withheld, which are not scored). ``before`` is the previous list's
+    keys (None on first render: nothing is "new" yet)."""
     now = anomaly_keys(found)
     n = len(now)
     noun = "anomaly" if n == 1 else "anomalies"
@@ -34,7 +35,7 @@ def announcement(found: pl.DataFrame, withheld: int, where: str, before: frozens
     if before is not None:
         text += f", {len(now - before)} new"
     if withheld:
-        text += f"; {withheld} withheld by the privacy rule"
+        text += f"; {withheld} {'cell' if withheld == 1 else 'cells'} withheld by the privacy rule"
     return text + "."
 
 

@@ -1,5 +1,6 @@
 """The anomaly table: the released unusual (unit, category, bin) cells of the lens window, and how
-many the privacy rule withheld, so a short list is never mistaken for a quiet city."""
+many of the window's cells the privacy rule withheld (they are not scored), so a short list is
+never mistaken for a quiet city."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def anomaly_frame(released: pl.DataFrame) -> pd.DataFrame:
 
 
 class AnomalyTable(LensView):
-    """A read-only table of ``lens.anomalies()`` with a line counting the withheld ones.
+    """A read-only table of ``lens.anomalies()`` with a line counting the window's withheld cells.
 
     A semantic HTML table (see :mod:`app.views.tables`) with a sort control, rather than a grid
     widget: it is read by screen readers as a table and scrolls by keyboard.
@@ -73,7 +74,7 @@ class AnomalyTable(LensView):
             return "**No window:** the start must be before the end."
         frame, withheld = self._released()
         shown = f"**{len(frame)}** anomalies with q ≤ {lens.q:g} and z ≥ {lens.min_z:g} at {level_words(lens)} level"
-        return f"{shown}; **{withheld}** withheld by the privacy rule *{privacy_rule(lens)}*."
+        return f"{shown}; **{withheld}** cells of the window withheld by the privacy rule *{privacy_rule(lens)}* (not scored)."
 
     def _table(self, *_: Any) -> pd.DataFrame:
         """The displayed rows in the chosen order."""

@@ -13,7 +13,7 @@ HoloViews plots on every change cost seconds on the server and as long again in 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from bokeh.models import BoxSelectTool, ColumnDataSource, Range1d
 from bokeh.models.annotations import BoxAnnotation
 from bokeh.plotting import figure
 
+from app.engine.grains import floor_bin, next_bin
 from app.views.base import LENS_STATE, LensView
 
 __all__ = ["NCOLS", "Sparkbands", "brush_window", "multiples_data", "pick_units"]
@@ -49,18 +50,18 @@ def pick_units(bands: pl.DataFrame, top: int) -> list[str]:
     return ranked["unit_id"].head(top).to_list()
 
 
-def brush_window(x0: float | datetime | None, x1: float | datetime | None, step: timedelta) -> tuple[datetime, datetime] | None:
-    """A brushed x-range (Bokeh gives datetimes or epoch milliseconds) snapped outwards to whole bins
-    of ``step`` (at least one bin), or None for an empty brush."""
+def brush_window(x0: float | datetime | None, x1: float | datetime | None, grain: str, tz: str) -> tuple[datetime, datetime] | None:
+    """A brushed x-range (Bokeh gives datetimes or epoch milliseconds) snapped outwards to whole
+    ``grain`` bins of the city's local time ``tz`` (at least one bin), as the lens snaps its window;
+    None for an empty brush."""
     if x0 is None or x1 is None:
         return None
     lo, hi = (_as_utc(x) for x in (x0, x1))
     if hi < lo:
         lo, hi = hi, lo
-    epoch = datetime(1970, 1, 5, tzinfo=UTC)  # a Monday, so week bins snap to Mondays
-    start = epoch + ((lo - epoch) // step) * step
-    end = epoch + -((epoch - hi) // step) * step
-    return start, max(end, start + step)
+    start, last = floor_bin(lo, grain, tz), floor_bin(hi, grain, tz)
+    end = last if last == hi else next_bin(last, grain, tz)
+    return start, max(end, next_bin(start, grain, tz))
 
 
 def _as_utc(x: float | datetime) -> datetime:
@@ -142,7 +143,7 @@ class Sparkbands(LensView):
         """Brush end -> the lens window (snapped to whole bins), which every linked view follows."""
         if not boundsx:
             return
-        snapped = brush_window(boundsx[0], boundsx[1], self._lens.bin_length)
+        snapped = brush_window(boundsx[0], boundsx[1], self._lens.effective_bin(), self._lens.tz)
         if snapped is not None:
             self._lens.param.update(since=snapped[0], until=snapped[1])
 
