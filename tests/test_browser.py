@@ -54,7 +54,7 @@ def test_a_copied_link_reopens_the_same_view(dashboard: tuple[Page, Problems], c
     expect(page).to_have_url(re.compile(r"[?&]category=HEAT%2FHOT\+WATER"), timeout=15_000)
     link = page.url
     assert {"city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q"} <= set(url_query(page))
-    assert url_query(page)["since"] == "2026-10-25"  # ISO dates
+    assert url_query(page)["since"] == "2026-10-25T04:00:00Z"  # ISO instants: the default window starts at local midnight (EDT)
     copy, copy_problems = open_page(chromium, link)
     try:
         assert copy.get_by_label("Admin level").input_value() == NYC_LEVELS["borough"]
@@ -88,7 +88,7 @@ def test_csv_download_holds_the_released_table(dashboard: tuple[Page, Problems])
     expect(page.locator(ROWS).filter(has_not_text="HEAT/HOT WATER")).to_have_count(0)
     with page.expect_download() as download:
         page.get_by_role("button", name="Download anomalies (CSV)").click()
-    assert download.value.suggested_filename == "csh_anomalies_nyc_neighborhood_2026-10-25_2026-11-01.csv"
+    assert download.value.suggested_filename == "csh_anomalies_nyc_neighborhood_2026-10-25T0400_2026-11-01T0400.csv"
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
     shown = page.get_by_text(re.compile(r"^\d+ anomalies with")).inner_text()
     assert len(rows) == int(shown.split()[0]) > 0

@@ -129,7 +129,7 @@ def test_view_png_holds_the_map_and_tilegram_with_a_caption(chromium: Browser, l
         page.wait_for_timeout(300)  # let the canvases paint
         with page.expect_download() as download:
             page.get_by_role("button", name="Download view (PNG)").click()
-        assert download.value.suggested_filename == "csh_view_nyc_borough_2026-10-25_2026-11-01.png"
+        assert download.value.suggested_filename == "csh_view_nyc_borough_2026-10-25T0400_2026-11-01T0400.png"
         data = Path(download.value.path()).read_bytes()
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "view.png").write_bytes(data)
