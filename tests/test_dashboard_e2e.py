@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import polars as pl
@@ -200,7 +201,8 @@ def test_brushing_the_timeline_filters_the_narratives(dashboard: tuple[Page, Pro
     expect(_cards(page).first).to_be_visible()
     before = _card_days(page)
     assert len(set(before)) >= 2, f"the tiny demo's window should hold anomalies on several days: {before}"
-    day = datetime.strptime(before[0], "%a %d %b %Y").replace(tzinfo=UTC)
+    # Narratives name New York's local days; the brush snaps to them and the lens window is their UTC span.
+    day = datetime.strptime(before[0], "%a %d %b %Y").replace(tzinfo=ZoneInfo("America/New_York"))
     page.get_by_role("heading", name="Against the baseline").scroll_into_view_if_needed()
     start = page.evaluate(OVERVIEW_AT, (day + timedelta(hours=2)).timestamp() * 1000)
     end = page.evaluate(OVERVIEW_AT, (day + timedelta(hours=22)).timestamp() * 1000)
@@ -211,8 +213,9 @@ def test_brushing_the_timeline_filters_the_narratives(dashboard: tuple[Page, Pro
     page.mouse.up()
     # The brush snaps to whole day bins and becomes the lens window: the URL, the pickers and the
     # narratives all follow.
-    expect(page).to_have_url(re.compile(rf"[?&]since={day:%Y-%m-%d}&until={day + timedelta(days=1):%Y-%m-%d}"))
-    expect(page.get_by_label("Since (UTC)")).to_have_value(f"{day:%Y-%m-%d} 00:00")
+    lo, hi = day.astimezone(UTC), (day + timedelta(days=1)).astimezone(UTC)
+    expect(page).to_have_url(re.compile(rf"[?&]since={lo:%Y-%m-%dT%H}%3A00%3A00Z&until={hi:%Y-%m-%dT%H}%3A00%3A00Z"))
+    expect(page.get_by_label("Since (UTC)")).to_have_value(f"{lo:%Y-%m-%d %H:%M}")
     expect(_cards(page).filter(has_not_text=before[0])).to_have_count(0)
     after = _card_days(page)
     assert after, "no narrative left for the brushed day"
