@@ -514,7 +514,9 @@ def test_switching_city_moves_the_window_to_that_citys_newest_week(tmp_path: Pat
     from app.data.h3grid import h3_locate
 
     store = Store(tmp_path)
-    open_rule = Settings(data_dir=tmp_path, privacy_mode="none")
+    open_rule = Settings(
+        data_dir=tmp_path, privacy_mode="none", grains="tract=week,neighborhood=day,borough=hour,city=hour"
+    )  # pinned: two events would choose weeks
     build_demo(store, DemoSpec(seed=5, end=datetime(2026, 11, 1, tzinfo=UTC), days=30, size=10_000), settings=open_rule)
     lon, lat = np.array([-0.1276, -1.5491]), np.array([51.5072, 53.8008])  # London, Leeds
     cells, units = h3_locate("uk", lon, lat)
