@@ -118,7 +118,7 @@ class AnomalyOut(BaseModel):
     effect: str = Field(description="'volume' (events added), 'mix' (taken from other categories, total unchanged) or 'volume+mix'.")
     share: float | None = Field(description="This category's part of its unit-window's positive excess.")
     drivers: list[DriverOut] = Field(description="Categories with the largest excess in the unit-window (published cells only).")
-    rolled_up_from: str | None = Field(description="Set when the finer cell was too small to publish and its parent is shown.")
+    rolled_up_from: str | None = Field(description="Always null: anomalies are listed at the level and grain they are published at.")
     narrative: str = Field(description="One sentence built from the released numbers above.")
 
 
@@ -130,7 +130,7 @@ class AnomaliesOut(BaseModel):
     time_bin: str
     min_z: float
     q: float = Field(description="Largest q-value listed.")
-    withheld: int = Field(description="Anomalies not published because their count is withheld by the privacy rule.")
+    withheld: int = Field(description="Cells of the window (unit x shown bin) withheld by the privacy rule: not scored.")
     total: int
     limit: int
     offset: int

@@ -41,8 +41,10 @@ def anomalies(
     ] = "day",
     dips: Annotated[bool, Query(description="List unusually low cells (lower tail: z <= -min_z) instead of high ones.")] = False,
 ) -> AnomaliesOut:
-    """Released anomalies of the window against seasonal baselines (exact tail p-values, FDR), with
-    drivers and a narrative each; paged. Cells too small to publish roll up to their parent."""
+    """Released anomalies of the window against seasonal baselines (exact tail p-values, z = Phi^-1(1 - p),
+    FDR per bin), with drivers and a narrative each; paged. Scores were computed when the snapshot was
+    published, so a cell reads the same in every window; withheld cells are not scored (``withheld``
+    counts them)."""
     lens.param.update(min_z=min_z, q=q, time_bin=time_bin, dips=dips)
     found, withheld = lens.anomalies()
     total = found.height
