@@ -46,6 +46,7 @@ COLUMNS: dict[str, list[str]] = {
         "attrs",
         "valid_from",
         "valid_to",
+        "area_id",  # a row known only by its neighborhood-level unit
     ],
     "incident": [
         "id",
@@ -61,6 +62,7 @@ COLUMNS: dict[str, list[str]] = {
         "attrs",
         "valid_from",
         "valid_to",
+        "area_id",  # a row known only by its neighborhood-level unit
     ],
     "closure": [
         "id",
@@ -77,6 +79,7 @@ COLUMNS: dict[str, list[str]] = {
         "attrs",
         "valid_from",
         "valid_to",
+        "area_id",  # a row known only by its neighborhood-level unit
     ],
     "geo_unit": ["city", "level", "unit_id", "name", "parent_id", "lon", "lat", "geom_wkb"],
     "anomaly": ["city", "level", "unit_id", "category", "window_start", "window_end", "zscore", "evidence"],
@@ -94,8 +97,18 @@ COLUMNS: dict[str, list[str]] = {
         "unlocated_total",
     ],
     "snapshot_meta": ["key", "value"],
-}
-TIME_COLUMNS = {"ts", "start_ts", "end_ts", "valid_from", "valid_to", "window_start", "window_end", "last_success", "breaker_opened_at"}
+    # The release and the score of every cell, stored with the snapshot at publish time.
+    "release_cell": ["city", "level", "grain", "unit_id", "parent_id", "category", "bin_start", "count", "suppressed", "partial"],
+    "score_cell": [
+        "city", "level", "grain", "unit_id", "category", "bin_start", "observed", "expected", "variance", "baseline_days",
+        "scored", "reason", "p", "zscore", "q", "p_low", "z_low", "q_low",
+    ],
+    "release_meta": ["city", "mode", "k", "epsilon", "grains", "timezone", "history_start", "horizon", "computed_at"],
+}  # fmt: skip
+TIME_COLUMNS = {
+    "ts", "start_ts", "end_ts", "valid_from", "valid_to", "window_start", "window_end", "last_success", "breaker_opened_at",
+    "bin_start", "history_start", "horizon", "computed_at",
+}  # fmt: skip
 
 
 # ---- hand-made rows ----------------------------------------------------------------------------
