@@ -261,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.config import get_settings
     from app.data.registry import load_registry
+    from app.engine.suppression import UnprotectedCells
     from app.pipeline import ingest_live, publish  # the CLI is an entry point: it may orchestrate
 
     registry = load_registry()
@@ -310,7 +311,12 @@ def main(argv: list[str] | None = None) -> int:
                 if reports[-1].error:
                     break
             report = _combined(spec.name, reports)
-    snapshot = None if args.no_publish or report.error else publish(store, {spec.city}, built_by=f"ingest:{spec.name}")
+    snapshot, error = None, report.error
+    if not (args.no_publish or report.error):
+        try:
+            snapshot = publish(store, {spec.city}, built_by=f"ingest:{spec.name}")
+        except UnprotectedCells as err:  # the rows stay stored; the current snapshot stays served
+            error = f"{err}: the rows are stored but no snapshot was published (try CSH_GRAINS coarser or a larger area)"
     print(
         json.dumps(
             {
@@ -319,13 +325,13 @@ def main(argv: list[str] | None = None) -> int:
                 "unlocated": report.unlocated,
                 "rejected": report.rejected,
                 "pages": report.pages,
-                "error": report.error,
+                "error": error,
                 "drift": report.drift,
                 "snapshot": snapshot.id if snapshot else None,
             }
         )
     )
-    return 1 if report.error else 0
+    return 1 if error else 0
 
 
 if __name__ == "__main__":

@@ -33,10 +33,11 @@ def explain_published(found: pl.DataFrame, scores: pl.DataFrame) -> pl.DataFrame
     excess = near.with_columns(excess=pl.col("observed") - pl.col("expected"))
     totals = excess.filter(pl.col("category") == ALL_CATEGORIES).select(*_KEY, total=pl.col("observed"), total_excess=pl.col("excess"))
     cats = excess.filter((pl.col("category") != ALL_CATEGORIES) & (pl.col("excess") > 0))
+    cats = cats.with_columns(share=(pl.col("excess") / pl.col("excess").sum().over(_KEY)).round(4), excess=pl.col("excess").round(2))
     ranked = (
         cats.sort("excess", descending=True)
         .group_by(_KEY, maintain_order=True)
-        .agg(pl.struct("category", "excess").head(_TOP).alias("_top"), _pos=pl.col("excess").sum())
+        .agg(pl.struct("category", "excess", "share").head(_TOP).alias("_top"))
     )
     out = found.join(totals, on=_KEY, how="left").join(ranked, on=_KEY, how="left")
     own = pl.col("observed") - pl.col("expected")
@@ -50,14 +51,8 @@ def explain_published(found: pl.DataFrame, scores: pl.DataFrame) -> pl.DataFrame
         .then(pl.lit("volume+mix"))
         .otherwise(pl.lit("volume"))
     )
-    top = pl.col("_top").list.eval(
-        pl.struct(
-            pl.element().struct.field("category"),
-            pl.element().struct.field("excess").round(2),
-            (pl.element().struct.field("excess") / pl.element().struct.field("excess").sum()).round(4).alias("share"),
-        )
-    )
+    top = pl.col("_top")
     itself = pl.concat_list(pl.struct(pl.col("category"), own.round(2).alias("excess"), pl.lit(1.0).alias("share")))
     drivers = pl.when(star).then(top).otherwise(itself)
     share = pl.when(star).then(pl.lit(1.0)).otherwise(pl.col("observed") / pl.col("total")).round(4)
-    return out.with_columns(effect=effect, share=share, drivers=drivers.cast(DRIVER_DTYPE)).drop("total", "total_excess", "_top", "_pos")
+    return out.with_columns(effect=effect, share=share, drivers=drivers.cast(DRIVER_DTYPE)).drop("total", "total_excess", "_top")

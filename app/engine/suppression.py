@@ -263,24 +263,38 @@ def _keep_rests_in_every_bin(g: _CubeGraph, frame: pl.DataFrame, block_cube: pl.
 
 def audit_blocks(g: _CubeGraph, hidden: _BOOL, locked: _BOOL, k: int, label: str = "") -> int:
     """Complementary suppression to a fixpoint (in place): the group rule, then while a hidden
-    cell is a bridge of its block's graph, close a cheapest cycle through it. Returns how many
-    hidden cells are left without a cycle (0: every withheld cell is protected)."""
+    non-zero cell is a bridge of its block's graph, close a cheapest cycle through it. Returns how
+    many hidden cells are left without a cycle (0: every withheld cell is protected).
+
+    Hidden zeros left on no cycle are published at the end: published numbers determine them
+    already (a zero parent whose children are all absent, say), and a bridge is on no cycle, so
+    publishing it takes no certificate from any other cell and keeps each group's hidden sum."""
     n = g.count.shape[0]
     rows = np.arange(n, dtype=np.int64)
     rr = g.rest_end1.astype(np.int64)
     f = _Frames(rows, rows, g.bin.astype(np.int64), rr, rr, g.bin[rr].astype(np.int64), 3 * n + int(g.bin.max()) + 1)
     _group_rule(g, hidden, locked, k)
+    open_rows = _nonzero(g, _uncertified(g, hidden, f))
     for _ in range(_MAX_ROUNDS):
-        open_rows = _uncertified(g, hidden, f)
         if open_rows.size == 0:
-            return 0
+            break
         before = int(hidden.sum())
         _certify(g, hidden, locked, f, open_rows)
         _group_rule(g, hidden, locked, k)
-        if int(hidden.sum()) == before:
-            log.info("privacy.audit_unresolved", cells=int(open_rows.size), segment=label)
-            return int(open_rows.size)
-    return int(_uncertified(g, hidden, f).size)
+        stalled = int(hidden.sum()) == before
+        open_rows = _nonzero(g, _uncertified(g, hidden, f))
+        if stalled:
+            break
+    if open_rows.size:
+        log.info("privacy.audit_unresolved", cells=int(open_rows.size), segment=label)
+    loose = _uncertified(g, hidden, f)
+    hidden[loose[g.count[loose] == 0]] = False
+    return int(open_rows.size)
+
+
+def _nonzero(g: _CubeGraph, rows: _I64) -> _I64:
+    out: _I64 = rows[g.count[rows] != 0]
+    return out
 
 
 class _Frames:
