@@ -29,6 +29,11 @@ TINY_SPEC = DemoSpec(seed=7, end=datetime(2026, 11, 1, tzinfo=UTC), days=35, siz
 #: The tiny city is too sparse for the grains chosen automatically to be the product's usual ones
 #: (neighborhood by day, borough by hour): tests pin them, so they exercise every grain.
 TINY_GRAINS = "tract=week,neighborhood=day,borough=hour,city=hour"
+# Every publish of the tests that does not say otherwise uses these grains (the ones the default
+# demo chooses), so a small test city does not spend its time trying finer grains first; the
+# real-data ingests (tests.real_stores.ingest_cli) and the default-demo evaluation choose them as a
+# user's would ("auto").
+os.environ.setdefault("CSH_GRAINS", TINY_GRAINS)
 #: Real public data beside the project (read-only); tests that need it skip when absent.
 SHARED_DATA = Path(os.environ.get("CSH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -64,6 +64,7 @@ def ingest_cli(data_dir: Path, source: str, path: Path, *extra: str) -> dict[str
     """``python -m app.data.ingest --source SOURCE --file PATH ...`` into ``data_dir`` (which it
     publishes), with Chicago's boundaries from the shared folder; returns the CLI's JSON summary."""
     env = {**os.environ, "CSH_DATA_DIR": str(data_dir), "CSH_GEO_DIR": str(CHICAGO_GEO)}
+    env.pop("CSH_GRAINS", None)  # the grains a user's import chooses
     done = subprocess.run(
         [sys.executable, "-m", "app.data.ingest", "--source", source, "--file", str(path), *extra],
         cwd=ROOT,

@@ -27,7 +27,7 @@ from app.pipeline import PLANTED_FILE, build_demo
 
 def _build(tmp_path_factory: pytest.TempPathFactory, mode: Literal["none", "suppress"]) -> tuple[Snapshot, pl.DataFrame]:
     data_dir: Path = tmp_path_factory.mktemp(f"default-demo-{mode}")
-    snap = build_demo(Store(data_dir), DemoSpec(), settings=Settings(data_dir=data_dir, privacy_mode=mode))
+    snap = build_demo(Store(data_dir), DemoSpec(), settings=Settings(data_dir=data_dir, privacy_mode=mode, grains="auto"))
     return snap, pl.read_csv(data_dir / PLANTED_FILE, try_parse_dates=True)
 
 

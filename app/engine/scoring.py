@@ -17,7 +17,10 @@ A cell's expected value, variance, p, z and q depend only on that cell and the h
   as p = 1, so q is a function of released cells only.
 
 The input counts are the release with withheld cells filled from released numbers
-(:func:`app.engine.fill.fill_withheld`), so every number here is post-processing of the release.
+(:func:`app.engine.fill.fill_withheld`), so every number here is post-processing of the release;
+the stand-ins in a cell's trailing window widen its variance by the spread of a withheld count
+around its stand-in (``ScoreSpec.fill_variance`` per stand-in event), so a cell whose past was
+mostly withheld needs more to stand out.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class ScoreSpec:
     n_categories: int  # categories of the city plus "*"
     complete_until: datetime  # bins from here on are incomplete (their block is still filling)
     baseline_days: int = BASELINE_DAYS
+    #: Variance of a withheld cell's true count around its stand-in, per event of the stand-in
+    #: (the release only says it is small): the stand-ins of a trailing window add it, times their
+    #: sum, to the uncertainty of the level. 0 when nothing is withheld.
+    fill_variance: float = 0.0
 
 
 def _norm_isf(p: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -128,8 +135,11 @@ def score_layer(cells: pl.DataFrame, spec: ScoreSpec) -> pl.DataFrame:
     at = np.searchsorted(code, code, side="left")
     at_lo = np.searchsorted(code, sid * (len(calendar) + 1) + lo_idx[idx], side="left")
     trailing = cum[at] - cum[at_lo]
+    stand_in = np.where(grid["suppressed"].fill_null(False).to_numpy(), val, 0.0)
+    hid_cum = np.concatenate([[0.0], np.cumsum(stand_in)])
     grid = grid.with_columns(
         trailing=pl.Series(trailing),
+        stand_ins=pl.Series(hid_cum[at] - hid_cum[at_lo]),
         n_base=pl.Series(n_base[idx]),
         history=pl.Series(history[idx]),
     )
@@ -221,9 +231,11 @@ def _expectations(grid: pl.DataFrame, cells: pl.DataFrame, spec: ScoreSpec) -> p
     b = w + nb
     f = pl.col("factor").fill_null(1.0)
     ph = pl.col("phi").fill_null(1.0)
+    stand_ins = f.pow(2) * pl.col("stand_ins") * spec.fill_variance / b.pow(2)
     return rows.with_columns(
-        expected=pl.when(nb > 0).then(f * a / b), variance=pl.when(nb > 0).then(ph * f * a / b + f.pow(2) * a / b.pow(2))
-    ).drop("slot", "factor", "u", "s", "phi", "epoch", "floor")
+        expected=pl.when(nb > 0).then(f * a / b),
+        variance=pl.when(nb > 0).then(ph * f * a / b + f.pow(2) * a / b.pow(2) + stand_ins),
+    ).drop("slot", "factor", "u", "s", "phi", "epoch", "floor", "stand_ins")
 
 
 def _test(grid: pl.DataFrame, spec: ScoreSpec, star_code: int) -> pl.DataFrame:
