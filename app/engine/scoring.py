@@ -9,6 +9,9 @@ A cell's expected value, variance, p, z and q depend only on that cell and the h
   share; weekday or hour-of-week profile in local time; quasi-Poisson ``phi``) are fitted per
   local week on the 28 days before the week starts, so every cell of a week uses the same fit and
   none of it comes from the cell's own week or later.
+* **Variance**: quasi-Poisson noise, the level's own estimation error (Gamma-Poisson), the
+  seasonal factor's (about one over the events of its slot in the fit window, so a slot seen once
+  in a short history counts for less) and the stand-ins' (below).
 * **p** is the exact negative-binomial tail; **z = Phi^-1(1 - p)**, so z and p always agree (a
   Gaussian z at 0.01 expected events is meaningless); ``p_low``/``z_low`` give the lower tail
   (dips).
@@ -187,15 +190,21 @@ def _expectations(grid: pl.DataFrame, cells: pl.DataFrame, spec: ScoreSpec) -> p
         cats = cats.with_columns(rate=pl.col("n_cs").fill_null(0.0) / pl.col("n_slot"))
         smooth = _SMOOTHING / n_slots
         factor = (pl.col("rate") + smooth * pl.col("f_all")) / (pl.col("rate").mean().over("epoch", "category") + smooth)
+        # The factor is estimated from the slot's n events of the fit window, smoothed by m
+        # pseudo-events: its relative variance is n / (n + m)^2 (Poisson n; a slot seen once in a
+        # short history is far less certain than one seen four times).
+        n_ev, pseudo = pl.col("n_cs").fill_null(0.0), smooth * pl.col("f_all") * pl.col("n_slot")
         profile = (
-            cats.with_columns(factor=factor.clip(lower_bound=_MIN_FACTOR))
+            cats.with_columns(factor=factor.clip(lower_bound=_MIN_FACTOR), rel_var=n_ev / (n_ev + pseudo).pow(2).clip(lower_bound=1.0))
             .with_columns(pl.col("factor") / pl.col("factor").mean().over("epoch", "category"))
-            .select("epoch", "category", "slot", "factor")
+            .select("epoch", "category", "slot", "factor", "rel_var")
         )
     else:
-        profile = pl.DataFrame(schema={"epoch": dt, "category": obs.schema["category"], "slot": pl.Int32, "factor": pl.Float64})
+        profile = pl.DataFrame(
+            schema={"epoch": dt, "category": obs.schema["category"], "slot": pl.Int32, "factor": pl.Float64, "rel_var": pl.Float64}
+        )
     series = obs.group_by("epoch", "unit_id", "category").agg(total=pl.col("filled").sum())
-    withf = obs.join(profile, on=["epoch", "category", "slot"], how="left").with_columns(pl.col("factor").fill_null(1.0))
+    withf = obs.join(profile.drop("rel_var"), on=["epoch", "category", "slot"], how="left").with_columns(pl.col("factor").fill_null(1.0))
     withf = withf.join(series, on=["epoch", "unit_id", "category"]).with_columns(mu=pl.col("total") / pl.col("n_bins") * pl.col("factor"))
     stat = withf.group_by("epoch", "category").agg(
         x2=(pl.col("filled").pow(2) / pl.col("mu")).sum() - pl.col("filled").sum(), n_bins=pl.col("n_bins").first()
@@ -232,10 +241,11 @@ def _expectations(grid: pl.DataFrame, cells: pl.DataFrame, spec: ScoreSpec) -> p
     f = pl.col("factor").fill_null(1.0)
     ph = pl.col("phi").fill_null(1.0)
     stand_ins = f.pow(2) * pl.col("stand_ins") * spec.fill_variance / b.pow(2)
+    shape = (f * a / b).pow(2) * ph * pl.col("rel_var").fill_null(0.0)  # the seasonal factor's own uncertainty
     return rows.with_columns(
         expected=pl.when(nb > 0).then(f * a / b),
-        variance=pl.when(nb > 0).then(ph * f * a / b + f.pow(2) * a / b.pow(2) + stand_ins),
-    ).drop("slot", "factor", "u", "s", "phi", "epoch", "floor", "stand_ins")
+        variance=pl.when(nb > 0).then(ph * f * a / b + f.pow(2) * a / b.pow(2) + stand_ins + shape),
+    ).drop("slot", "factor", "rel_var", "u", "s", "phi", "epoch", "floor", "stand_ins")
 
 
 def _test(grid: pl.DataFrame, spec: ScoreSpec, star_code: int) -> pl.DataFrame:
