@@ -94,3 +94,35 @@ def test_cli_imports_a_real_uk_roadworks_file(tmp_path: Path, monkeypatch: pytes
     assert summary["snapshot"] == snap.id
     assert snap.row_counts()["closure"] == 1428
     assert "uk" in snap.cities()
+
+
+def test_cli_keeps_the_rows_and_says_so_when_no_release_can_be_protected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An import whose release the audit cannot protect at any grain exits 1 with the reason in its
+    summary, keeps the imported rows in the working database and publishes nothing unaudited."""
+    import app.pipeline
+    from app.engine.suppression import UnprotectedCells
+
+    path = SHARED_DATA / "events/uk/national_highways_planned_roadworks_2025-04-14.xml.gz"
+    if not path.exists():
+        pytest.skip(f"real UK planned-roadworks file not found at {path}")
+
+    def refuse(*_: object, **__: object) -> None:
+        raise UnprotectedCells("privacy audit: 3 withheld cells of tract+neighborhood+borough+city@week cannot be protected", {})
+
+    monkeypatch.setattr(app.pipeline, "publish", refuse)
+    monkeypatch.setenv("CSH_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        assert ingest_main(["--source", "uk_planned_roadworks", "--file", str(path)]) == 1
+    finally:
+        get_settings.cache_clear()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["snapshot"] is None
+    assert "cannot be protected" in summary["error"]
+    assert "rows are stored" in summary["error"]
+    store = Store(tmp_path)
+    assert store.current() is None  # nothing published
+    with store.writer() as con:
+        assert con.execute("SELECT count(*) FROM closure").fetchone() == (1428,)
