@@ -51,6 +51,7 @@ from app.views.url_state import (
     url_notice,
     url_query,
     url_state,
+    window_problem,
 )
 from conftest import TINY_GRAINS
 
@@ -413,6 +414,27 @@ def test_bad_url_values_keep_their_defaults_and_are_reported(tiny_store: Store) 
     assert lens.time_bin == "hour"
     for name in set(URL_PARAMS) - {"time_bin"}:
         assert getattr(lens, name) == defaults[name], name
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"since": "0001-01-01"}, {"until": "9999-12-31"}, {"since": "0001-01-01T00:00+05:00"}, {"since": "1899-12-31", "until": "1900-01-02"}],
+)
+def test_url_dates_out_of_range_are_reported_not_raised(tiny_store: Store, query: dict[str, str]) -> None:
+    """A link naming a date no city can have (year 1, year 9999) keeps the default window and says
+    why, as the API's 422 does; it never reaches the views (it overflowed there)."""
+    lens = Lens(snapshot=tiny_store.current())
+    before = lens.window()
+    problems = apply_url_state(lens, query)
+    assert len(problems) >= 1, problems
+    assert any("1900-01-01 to 2200-01-01" in p for p in problems), problems
+    assert lens.window() == before
+
+
+def test_typed_dates_out_of_range_are_refused_with_a_message() -> None:
+    assert "1900-01-01 to 2200-01-01" in window_problem(datetime(1, 1, 1), datetime(2026, 1, 1))
+    assert "1900-01-01 to 2200-01-01" in window_problem(datetime(2026, 1, 1), datetime(9999, 12, 31))
+    assert window_problem(datetime(2026, 1, 1), datetime(2026, 1, 2)) == ""
 
 
 def test_a_link_selection_is_applied_after_its_level_and_unknown_ids_are_reported(lens: Lens) -> None:

@@ -21,7 +21,7 @@ from app.config import Settings
 from app.data.cities import default_city
 from app.data.snapshot import Snapshot
 from app.data.store import Store
-from app.engine.lens import ALL, Lens
+from app.engine.lens import ALL, EARLIEST, LATEST, Lens
 
 __all__ = [
     "EARLIEST",
@@ -43,10 +43,6 @@ __all__ = [
 
 MAX_WINDOW = timedelta(days=366)
 MAX_LIMIT = 1000
-#: Earliest and latest instants a window may name (outside them no city has data, and date
-#: arithmetic near year 1 or 9999 overflows).
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 #: Threshold bounds are the lens' own, so the API declares exactly what the lens accepts.
 Q_BOUNDS: tuple[float, float] = Lens.param["q"].bounds
 MIN_Z_BOUNDS: tuple[float, float] = Lens.param["min_z"].bounds

@@ -26,7 +26,12 @@ from app.engine.privacy import BudgetLedger, Policy
 from app.engine.scores import DEFAULT_Q
 from app.engine.scoring import BASELINE_DAYS
 
-__all__ = ["ALL", "KINDS", "Lens"]
+__all__ = ["ALL", "EARLIEST", "KINDS", "LATEST", "Lens"]
+
+#: Earliest and latest instants a window may name (outside them no city has data, and date
+#: arithmetic near year 1 or 9999 overflows): the API, the dashboard and links share them.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 ALL = "All"
 KINDS = ("request", "incident", "closure")

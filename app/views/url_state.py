@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 import panel as pn
 from bokeh.models import CustomJS
 
-from app.engine.lens import KINDS, Lens
+from app.engine.lens import EARLIEST, KINDS, LATEST, Lens
 from app.views.provenance import privacy_rule
 
 __all__ = [
@@ -39,6 +39,8 @@ def window_problem(start: datetime | None, end: datetime | None) -> str:
     """Why a picked window cannot be applied ('' when it can)."""
     if start is None or end is None:
         return "Pick both a start and an end."
+    if not (EARLIEST <= _utc(start) <= LATEST and EARLIEST <= _utc(end) <= LATEST):
+        return f"Dates must be from {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d}: the window was not changed."
     if start >= end:
         return "The start must be before the end: the window was not changed."
     return ""
@@ -110,13 +112,25 @@ def url_query(state: Mapping[str, str]) -> str:
     return urlencode(state, safe=",")
 
 
+def _utc(value: datetime) -> datetime:
+    """Naive is UTC; an instant with no UTC value (0001-01-01T00:00+05:00) is clamped to the
+    earliest, which every bounds check refuses."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
 def _parse_instant(text: str) -> datetime:
     """ISO date or date-time; without an offset it is UTC (as the pickers are)."""
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError("not an ISO date such as 2026-10-25 or 2026-10-25T06:00Z") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    value = _utc(value)
+    if not EARLIEST <= value <= LATEST:
+        raise ValueError(f"dates must be from {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d}")
+    return value
 
 
 def _bounded(lens: Lens, name: str) -> Callable[[str], float]:
