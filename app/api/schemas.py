@@ -81,7 +81,11 @@ class HeatCell(BaseModel):
     bin_start: datetime | None = Field(None, description="Start of the time bin (UTC), when time_bin was given.")
     count: int | None = Field(description="Released count; null when withheld by the privacy rule or not published yet.")
     suppressed: bool = Field(description="True when the count was withheld by the privacy rule.")
-    partial: bool = Field(False, description="True when the bin is still filling (not published yet; neither withheld nor zero).")
+    partial: bool = Field(
+        False,
+        description="True when the bin is still filling (not published yet; neither withheld nor zero); for a window total, "
+        "when the window reaches past the published data (lens.published_until): the total counts its complete bins only.",
+    )
     rollup: RollupOut | None = Field(None, description="For a withheld window total: the parent unit's released total.")
 
 

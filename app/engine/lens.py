@@ -313,12 +313,17 @@ class Lens(param.Parameterized):
     def unit_counts(self) -> pl.DataFrame:
         """Window totals per unit at the lens level with names and centroids: sums of released
         bins (withheld when any bin is), incomplete bins left out (``published_until`` says where
-        the published data end). A withheld unit carries its parent's released total
-        (``rollup_level, rollup_unit_id, rollup_count``)."""
+        the published data end; ``partial`` is then true: the total covers less than the window).
+        A withheld unit carries its parent's released total (``rollup_level, rollup_unit_id,
+        rollup_count``)."""
         assert self.snapshot is not None
         units = self.snapshot.units(self.city, self.level).select("unit_id", "name", "lon", "lat", "parent_id")
         mine = self._totals(self.level)
-        out = units.join(mine, on="unit_id", how="left").with_columns(pl.col("count").fill_null(0), pl.col("suppressed").fill_null(False))
+        grid, cutoff = self.grid_window(), self.published_until(self.level)
+        short = grid is not None and cutoff is not None and grid[1] > cutoff
+        out = units.join(mine, on="unit_id", how="left").with_columns(
+            pl.col("count").fill_null(0), pl.col("suppressed").fill_null(False), partial=pl.lit(short)
+        )
         out = out.with_columns(count=pl.when(pl.col("suppressed")).then(None).otherwise(pl.col("count")))
         up = _parent_level(self.level, self.snapshot.units(self.city))
         none = {"rollup_level": pl.lit(None, pl.String), "rollup_unit_id": pl.lit(None, pl.String), "rollup_count": pl.lit(None, pl.Int64)}
