@@ -182,8 +182,8 @@ OVERVIEW_AT = """(ms) => {
   const yr = view.model.y_range;
   return {x: canvas.left + view.frame.x_scale.compute(ms), y: canvas.top + view.frame.y_scale.compute((yr.start + yr.end) / 2)};
 }"""
-#: The date of a narrative card, as the card writes it ("Thu 29 Oct 2026 UTC · z = ...").
-CARD_DATE = re.compile(r"· (\w{3} \d{2} \w{3} \d{4}) UTC · z = ")
+#: The date of a narrative card, as the card writes it in the city's local time ("Thu 29 Oct 2026 EDT · z = ...").
+CARD_DATE = re.compile(r"· (\w{3} \d{2} \w{3} \d{4}) E[SD]T · z = ")
 
 
 def _cards(page: Page) -> Locator:

@@ -40,15 +40,16 @@ SORTS = {
 MAX_ROWS = 200
 
 
-def anomaly_frame(released: pl.DataFrame) -> pd.DataFrame:
-    """Released anomalies reshaped for display: the :data:`COLUMNS` only, bins as UTC text.
+def anomaly_frame(released: pl.DataFrame, tz: str = "UTC") -> pd.DataFrame:
+    """Released anomalies reshaped for display: the :data:`COLUMNS` only, bins as text in the
+    city's local time ``tz`` (a Chicago day starts at local midnight).
 
     Bins are formatted here (date only when every bin starts at midnight) so the browser needs no
     date library and shows exactly what the server released.
     """
     if released.is_empty() or not set(COLUMNS).issubset(released.columns):
         return pd.DataFrame({label: pd.Series(dtype=object) for label in COLUMNS.values()})
-    frame = released.select(list(COLUMNS)).rename(COLUMNS)
+    frame = released.select(list(COLUMNS)).rename(COLUMNS).with_columns(pl.col("day").dt.convert_time_zone(tz))
     midnight = frame.select((pl.col("day").dt.time() == pl.time(0)).all()).item()
     return frame.with_columns(pl.col("day").dt.strftime("%Y-%m-%d" if midnight else "%Y-%m-%d %H:%M")).to_pandas()
 
@@ -66,7 +67,7 @@ class AnomalyTable(LensView):
 
     def _released(self) -> tuple[pd.DataFrame, int]:
         released, withheld = self._lens.anomalies()
-        return anomaly_frame(released), withheld
+        return anomaly_frame(released, self._lens.tz), withheld
 
     def _summary(self, *_: Any) -> str:
         lens = self._lens

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import panel as pn
 import param
@@ -105,10 +106,12 @@ class NarrativeCards:
         self._grow(top)
         rows = list(found.head(top).iter_rows(named=True)) if found.height else []
         self.units = [str(row["unit_id"]) for row in rows]
+        zone = ZoneInfo(self.view._lens.tz)
         for i, row in enumerate(rows):
-            when = row["bin_start"].strftime("%a %d %b %Y" if row["time_bin"] != "hour" else "%a %d %b %H:%M")
+            local = row["bin_start"].astimezone(zone)  # the city's day, as its residents count it
+            when = local.strftime("%a %d %b %Y %Z" if row["time_bin"] != "hour" else "%a %d %b %H:%M %Z")
             self.texts[i].object = (
-                f'<div style="font-size:13px"><b>{html.escape(str(row["name"]))}</b> · {when} UTC · z = {row["zscore"]:.1f} · '
+                f'<div style="font-size:13px"><b>{html.escape(str(row["name"]))}</b> · {when} · z = {row["zscore"]:.1f} · '
                 f"{html.escape(str(row['effect']))}<br>{html.escape(str(row['narrative']))}</div>{driver_bars_html(row['drivers'])}"
             )
             self.buttons[i].label = f"Show {row['name']}"
