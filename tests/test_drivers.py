@@ -91,3 +91,11 @@ def test_nothing_found_explains_nothing() -> None:
     out = explain_published(table.clear(), table)
     assert out.height == 0
     assert {"effect", "share", "drivers"} <= set(out.columns)
+
+
+def test_a_rise_mostly_in_withheld_categories_is_not_credited_to_the_one_released() -> None:
+    """The unit rose by 9; the one released category that rose gives 1 of it (the rest is in
+    withheld categories): its share is of the 9, not 100 %."""
+    table = scores([("*", 49, 40.0), ("a", 21, 20.0), ("b", None, 5.0), ("c", 12, 15.0)])
+    drivers = explained(table, "*")["drivers"]
+    assert drivers == [{"category": "a", "excess": 1.0, "share": 0.1111}]

@@ -2,8 +2,9 @@
 published scores only (released counts and their expected values).
 
 * An all-activity (``"*"``) anomaly's drivers are the categories of the same unit and bin with the
-  largest released excess (observed minus expected), each with its share of the summed positive
-  excess.
+  largest released excess (observed minus expected), each with its share of the unit's rise: the
+  summed positive excess of its released categories, or the total's own excess when that is larger
+  (a category is not "100 % of the excess" when most of the rise sits in withheld categories).
 * A category anomaly is **mix** when the unit's total rose by less than half of the category's
   excess (the other categories gave way), **volume+mix** when by less than all of it, else
   **volume**; its driver is itself. A withheld total counts as "not known": plain volume.
@@ -33,7 +34,11 @@ def explain_published(found: pl.DataFrame, scores: pl.DataFrame) -> pl.DataFrame
     excess = near.with_columns(excess=pl.col("observed") - pl.col("expected"))
     totals = excess.filter(pl.col("category") == ALL_CATEGORIES).select(*_KEY, total=pl.col("observed"), total_excess=pl.col("excess"))
     cats = excess.filter((pl.col("category") != ALL_CATEGORIES) & (pl.col("excess") > 0))
-    cats = cats.with_columns(share=(pl.col("excess") / pl.col("excess").sum().over(_KEY)).round(4), excess=pl.col("excess").round(2))
+    # Shares of the unit's rise: the summed positive excess of its released categories, or its own
+    # released total's excess when larger (the rest of the rise is in withheld categories).
+    cats = cats.join(totals.select(*_KEY, "total_excess"), on=_KEY, how="left")
+    whole = pl.max_horizontal(pl.col("excess").sum().over(_KEY), pl.col("total_excess").fill_null(0.0))
+    cats = cats.with_columns(share=(pl.col("excess") / whole).round(4), excess=pl.col("excess").round(2)).drop("total_excess")
     ranked = (
         cats.sort("excess", descending=True)
         .group_by(_KEY, maintain_order=True)
