@@ -212,15 +212,23 @@ function name_canvases() {
     if (view.model.name === "tilegram") {
       if (!el.__csh) { el.__csh = true; el.addEventListener("focus", () => label(view, el)); }
       if (!el.hasAttribute("aria-label")) { label(view, el); }
-    } else if (!el.hasAttribute("aria-label")) {
+    } else if (!el.hasAttribute("aria-label") || el.dataset.cshGeneric) {
+      // A canvas is named at once (a re-drawn heat map may not hold its image yet: "Chart" until it does).
       const heat = view.model.renderers != null && view.model.renderers.some((r) => r.glyph != null && r.glyph.type === "ImageRGBA");
       const text = NAMES[view.model.name] ?? (heat ? HEAT : null);
-      if (text != null) { el.setAttribute("role", "figure"); el.setAttribute("aria-label", text); }
+      el.setAttribute("role", "figure");
+      if (text != null) {
+        el.setAttribute("aria-label", text);
+        delete el.dataset.cshGeneric;
+      } else if (!el.hasAttribute("aria-label")) {
+        el.setAttribute("aria-label", "Chart");
+        el.dataset.cshGeneric = "1";
+      }
     }
   }
 }
 name_canvases();
-setInterval(name_canvases, 500);
+setInterval(name_canvases, 250);
 document.addEventListener("keydown", (event) => {
   const el = deep();
   const view = tilegram(el);
