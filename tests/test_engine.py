@@ -320,7 +320,9 @@ def test_a_level_shows_the_coarser_of_its_grain_and_the_time_bin(
 def test_grid_window_snaps_outwards_to_whole_local_bins(
     tiny_snap: Snapshot, level: str, time_bin: str, since: tuple[int, ...], until: tuple[int, ...], grid: tuple[tuple[int, ...], ...]
 ) -> None:
-    at = lambda m, d, h: datetime(2026, m, d, h, tzinfo=UTC)  # noqa: E731
+    def at(m: int, d: int, h: int) -> datetime:
+        return datetime(2026, m, d, h, tzinfo=UTC)
+
     lens = Lens(snapshot=tiny_snap, level=level, time_bin=time_bin, since=at(*since), until=at(*until))
     assert lens.grid_window() == (at(*grid[0]), at(*grid[1]))
 
