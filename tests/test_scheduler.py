@@ -77,16 +77,21 @@ def test_refresh_polls_registry_sources_through_the_ingest_path(
     assert again.row_counts()["request"] == len(fake.rows)  # re-polling never duplicates
 
 
+def _import_uk(path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """``python -m app.data.ingest --source uk_planned_roadworks --file PATH`` in-process into ``data_dir``."""
+    monkeypatch.setenv("CSH_DATA_DIR", str(data_dir))
+    get_settings.cache_clear()
+    try:
+        return ingest_main(["--source", "uk_planned_roadworks", "--file", str(path)])
+    finally:
+        get_settings.cache_clear()
+
+
 def test_cli_imports_a_real_uk_roadworks_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     path = SHARED_DATA / "events/uk/national_highways_planned_roadworks_2025-04-14.xml.gz"
     if not path.exists():
         pytest.skip(f"real UK planned-roadworks file not found at {path}")
-    monkeypatch.setenv("CSH_DATA_DIR", str(tmp_path))
-    get_settings.cache_clear()
-    try:
-        assert ingest_main(["--source", "uk_planned_roadworks", "--file", str(path)]) == 0
-    finally:
-        get_settings.cache_clear()
+    assert _import_uk(path, tmp_path, monkeypatch) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["rows"] == 1428  # 1,429 works, one listed twice in the file
     snap = Store(tmp_path).current()
@@ -112,12 +117,7 @@ def test_cli_keeps_the_rows_and_says_so_when_no_release_can_be_protected(
         raise UnprotectedCells("privacy audit: 3 withheld cells of tract+neighborhood+borough+city@week cannot be protected", {})
 
     monkeypatch.setattr(app.pipeline, "publish", refuse)
-    monkeypatch.setenv("CSH_DATA_DIR", str(tmp_path))
-    get_settings.cache_clear()
-    try:
-        assert ingest_main(["--source", "uk_planned_roadworks", "--file", str(path)]) == 1
-    finally:
-        get_settings.cache_clear()
+    assert _import_uk(path, tmp_path, monkeypatch) == 1
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["snapshot"] is None
     assert "cannot be protected" in summary["error"]
