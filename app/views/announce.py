@@ -48,7 +48,7 @@ class LiveRegion(LensView):
 
     def sentence(self, *_: Any) -> str:
         """The announcement for the lens' current state (and remember it as "before")."""
-        lens = self._lens
+        lens = self.bound
         if lens.snapshot is None:
             return "No data published yet."
         found, withheld = lens.anomalies()
@@ -61,7 +61,7 @@ class LiveRegion(LensView):
         return f'<div role="status" aria-live="polite" style="font-size:13px">{html.escape(self.sentence(*args))}</div>'
 
     def __panel__(self) -> pn.viewable.Viewable:
-        p = self._lens.param
+        p = self.bound.param
         return pn.pane.HTML(pn.bind(self._html, *[p[name] for name in LENS_STATE]), sizing_mode="stretch_width", margin=(0, 10))
 
 

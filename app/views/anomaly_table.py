@@ -66,11 +66,11 @@ class AnomalyTable(LensView):
     sort = param.Selector[str](default=next(iter(SORTS)), objects=list(SORTS), doc="Row order of the table.")
 
     def _released(self) -> tuple[pd.DataFrame, int]:
-        released, withheld = self._lens.anomalies()
-        return anomaly_frame(released, self._lens.tz), withheld
+        released, withheld = self.bound.anomalies()
+        return anomaly_frame(released, self.bound.tz), withheld
 
     def _summary(self, *_: Any) -> str:
-        lens = self._lens
+        lens = self.bound
         if lens.since is not None and lens.until is not None and lens.since >= lens.until:
             return "**No window:** the start must be before the end."
         frame, withheld = self._released()
@@ -86,7 +86,7 @@ class AnomalyTable(LensView):
     def _html(self, *_: Any) -> str:
         return html_table(
             pl.from_pandas(self._table()),
-            f"Released anomalies at {level_words(self._lens)} level, {self.sort}",
+            f"Released anomalies at {level_words(self.bound)} level, {self.sort}",
             css_class="csh-anomalies",
             numeric=["observed", "expected", "z"],
             max_rows=MAX_ROWS,
@@ -94,7 +94,7 @@ class AnomalyTable(LensView):
         )
 
     def __panel__(self) -> pn.viewable.Viewable:
-        p = self._lens.param
+        p = self.bound.param
         deps = [p[name] for name in LENS_STATE]
         order = pn.widgets.Select.from_param(self.param.sort, label="Sort the table", width=220)
         table = pn.pane.HTML(pn.bind(self._html, *deps, self.param.sort), sizing_mode="stretch_width", stylesheets=[TABLE_CSS])

@@ -27,7 +27,8 @@ class LensView(pn.viewable.Viewer):
     lens = param.ClassSelector(class_=Lens, doc="The session lens this view renders.")
 
     @property
-    def _lens(self) -> Lens:
+    def bound(self) -> Lens:
+        """The lens this view renders (it must have one): what its parts and renderings read."""
         assert self.lens is not None, f"{type(self).__name__} needs a lens"
         return self.lens
 

@@ -78,14 +78,14 @@ class HeatView(LensView):
     def _hover(self) -> HeatHover:
         """The session's hover patches (released counts per unit), made with the first map."""
         if self._hover_patches is None:
-            self._hover_patches = HeatHover(self._lens)
+            self._hover_patches = HeatHover(self.bound)
         return self._hover_patches
 
     def _points(self, *_: Any) -> hv.Points:
-        return points_element(self._lens)
+        return points_element(self.bound)
 
     def _outlines(self, *_: Any) -> hv.Path:
-        lens = self._lens
+        lens = self.bound
         if lens.snapshot is None:
             return hv.Path([], kdims=["x", "y"])
         return hv.Path([outline_xy(lens.snapshot, lens.city, lens.level)], kdims=["x", "y"])
@@ -94,7 +94,7 @@ class HeatView(LensView):
         """The map for one city. Rebuilt when the city or the selection changes, so it frames the
         new city or zooms to the selected units: a datashaded map keeps its ranges across other
         updates (it re-aggregates on pan and zoom)."""
-        p = self._lens.param
+        p = self.bound.param
         points = hv.DynamicMap(pn.bind(self._points, p.snapshot, p.city, p.since, p.until, p.category, p.kinds, p.selection))
         outlines = hv.DynamicMap(pn.bind(self._outlines, p.snapshot, p.city, p.level))
         heat = shade(rasterize(points), cmap=_CMAP, cnorm="eq_hist").opts(
@@ -120,7 +120,7 @@ class HeatView(LensView):
 
     def selection_frame(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
         """Web Mercator x and y ranges around the selected units (with a margin), or None."""
-        lens = self._lens
+        lens = self.bound
         if not lens.selection or lens.snapshot is None:
             return None
         geoms = lens.snapshot.unit_geometries(lens.city, lens.level).filter(pl.col("unit_id").is_in(lens.selection))
@@ -137,14 +137,14 @@ class HeatView(LensView):
         if x is None or y is None:
             return
         lon, lat = easting_northing_to_lon_lat(x, y)
-        unit = self._lens.unit_at(float(lon), float(lat))
+        unit = self.bound.unit_at(float(lon), float(lat))
         # The tap arrives from HoloViews' stream task, outside the Bokeh document lock; the views
         # that follow the selection modify Bokeh models, so the change runs where the lock is held
         # (it raised "_pending_writes should be non-None" in the tilegram update otherwise).
         pn.state.execute(partial(self._toggle, unit), schedule=True)
 
     def _toggle(self, unit: str | None) -> None:
-        lens = self._lens
+        lens = self.bound
         if unit is None:
             lens.selection = []
         elif unit in lens.selection:
@@ -154,7 +154,7 @@ class HeatView(LensView):
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.pane.HoloViews(
-            pn.bind(self._overlay, self._lens.param.city, self._lens.param.selection),
+            pn.bind(self._overlay, self.bound.param.city, self.bound.param.selection),
             sizing_mode="stretch_both",
             min_height=520,
             linked_axes=False,

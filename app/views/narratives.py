@@ -48,7 +48,7 @@ class Narratives(LensView):
 
     def activate(self, unit_id: str) -> None:
         """Activate one anomaly: select its unit (the shared selection the other views follow)."""
-        self._lens.selection = [unit_id]
+        self.bound.selection = [unit_id]
 
     def __panel__(self) -> pn.viewable.Viewable:
         return NarrativeCards(self).panel
@@ -69,7 +69,7 @@ class NarrativeCards:
         self.footer = pn.pane.Markdown("", styles={"font-size": "12px"})
         self.panel = pn.Column(self.empty, sizing_mode="stretch_width")
         self._grow(view.top)
-        view._lens.param.watch(self.update, list(LENS_STATE))
+        view.bound.param.watch(self.update, list(LENS_STATE))
         view.param.watch(self.update, ["top"])
         self.update()
 
@@ -101,12 +101,12 @@ class NarrativeCards:
 
     def update(self, *_: Any) -> None:
         """Fill the first cards with the lens' strongest anomalies and hide the rest."""
-        found, withheld = self.view._lens.anomalies()
+        found, withheld = self.view.bound.anomalies()
         top = self.view.top
         self._grow(top)
         rows = list(found.head(top).iter_rows(named=True)) if found.height else []
         self.units = [str(row["unit_id"]) for row in rows]
-        zone = ZoneInfo(self.view._lens.tz)
+        zone = ZoneInfo(self.view.bound.tz)
         for i, row in enumerate(rows):
             local = row["bin_start"].astimezone(zone)  # the city's day, as its residents count it
             when = local.strftime("%a %d %b %Y %Z" if row["time_bin"] != "hour" else "%a %d %b %H:%M %Z")

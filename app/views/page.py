@@ -91,7 +91,7 @@ class Controls(LensView):
 
     def _window(self) -> list[pn.viewable.Viewable]:
         """Since/until pickers kept in sync with the lens both ways, plus their error line."""
-        lens = self._lens
+        lens = self.bound
         # Typed inputs, not the calendar picker: its popup traps keyboard focus (Tab cycles between
         # the field and the popup's seconds box forever, WCAG 2.1.2). A typo marks the label "(invalid)".
         since = pn.widgets.DatetimeInput(
@@ -121,7 +121,7 @@ class Controls(LensView):
         """The shared selection by keyboard: a list of the level's units (the tilegram's tiles; a
         native list box, so arrow keys, Shift/Ctrl and typing a name's first letters work) applied
         with a button, so walking the list does not re-render every view at each step."""
-        lens = self._lens
+        lens = self.bound
         picker = pn.widgets.MultiSelect(label="Units to select (tiles)", size=8, sizing_mode="stretch_width")
         apply = pn.widgets.Button(label="Select these units", color="primary", sizing_mode="stretch_width")
         clear = pn.widgets.Button(label="Clear the selection", sizing_mode="stretch_width")
@@ -150,7 +150,7 @@ class Controls(LensView):
     def _named(self, name: str, label: str, options: Callable[[], dict[str, str]]) -> pn.widgets.Select:
         """A select of one lens parameter showing display names (``options``: name -> value),
         renamed when the city or snapshot changes; values stay the lens' ids."""
-        lens = self._lens
+        lens = self.bound
         widget = pn.widgets.Select(label=label, options=options(), value=getattr(lens, name))
         pulling = [False]
 
@@ -175,7 +175,7 @@ class Controls(LensView):
     def _kinds(self) -> pn.widgets.CheckBoxGroup:
         """Checkboxes of the kinds the city has events of only. A kind the city lacks stays in the
         lens' kinds (it selects nothing there), so ticking all the city offers is "every kind"."""
-        lens = self._lens
+        lens = self.bound
 
         def offered() -> tuple[str, ...]:
             return city_kinds(lens.snapshot, lens.city) if lens.snapshot is not None else KINDS
@@ -205,7 +205,7 @@ class Controls(LensView):
         return widget
 
     def __panel__(self) -> pn.viewable.Viewable:
-        lens = self._lens
+        lens = self.bound
         p = lens.param
         kinds = self._kinds()
         return pn.Column(

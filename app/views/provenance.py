@@ -185,7 +185,7 @@ class ProvenancePanel(LensView):
     """
 
     def _sources(self, *_: Any) -> str:
-        lens = self._lens
+        lens = self.bound
         if lens.snapshot is None:
             return ""
         snap = lens.snapshot
@@ -193,14 +193,14 @@ class ProvenancePanel(LensView):
 
     def _summary(self, *_: Any) -> str:
         """The snapshot line and, below it, the release rule (with the ε spent in 'dp' mode)."""
-        lens = self._lens
+        lens = self.bound
         if lens.snapshot is None:
             return "No snapshot."
         line = snapshot_text(lens.snapshot, lens.city, datetime.now(UTC), lens.newest_event())
         return f"{line}  \n{self._privacy()}"
 
     def _privacy(self) -> str:
-        lens = self._lens
+        lens = self.bound
         if lens.privacy_mode != "dp" or lens.ledger is None:
             return privacy_text(lens.privacy_mode, lens.privacy_k, lens.epsilon)
         # The release this page shows (memoised: the table asks for the same one) is charged before
@@ -210,7 +210,7 @@ class ProvenancePanel(LensView):
         return privacy_text("dp", lens.privacy_k, lens.epsilon, lens.ledger.peak(lens.city), lens.ledger.budget, lens.city)
 
     def __panel__(self) -> pn.viewable.Viewable:
-        p = self._lens.param
+        p = self.bound.param
         deps = [p.snapshot, p.privacy_mode, p.privacy_k, p.epsilon, p.ledger, *(p[n] for n in _RELEASE_PARAMS)]
         summary = pn.pane.Markdown(pn.bind(self._summary, *deps), styles=_SMALL, margin=(0, 10))
         sources = pn.pane.Markdown(pn.bind(self._sources, p.snapshot, p.city), styles=_SMALL, margin=(0, 10))

@@ -143,9 +143,9 @@ class Sparkbands(LensView):
         """Brush end -> the lens window (snapped to whole bins), which every linked view follows."""
         if not boundsx:
             return
-        snapped = brush_window(boundsx[0], boundsx[1], self._lens.effective_bin(), self._lens.tz)
+        snapped = brush_window(boundsx[0], boundsx[1], self.bound.effective_bin(), self.bound.tz)
         if snapped is not None:
-            self._lens.param.update(since=snapped[0], until=snapped[1])
+            self.bound.param.update(since=snapped[0], until=snapped[1])
 
     def __panel__(self) -> pn.viewable.Viewable:
         return SparkbandFigures(self).panel
@@ -178,7 +178,7 @@ class SparkbandFigures:
             self.grid,
             sizing_mode="stretch_width",
         )
-        view._lens.param.watch(self.update, list(LENS_STATE))
+        view.bound.param.watch(self.update, list(LENS_STATE))
         view.param.watch(self.update, ["top"])
         self.update()
 
@@ -233,7 +233,7 @@ class SparkbandFigures:
 
     def update(self, *_: Any) -> None:
         """Redraw for the current lens: the overview's series and window, then the multiples."""
-        lens = self.view._lens
+        lens = self.view.bound
         grid = lens.grid_window() if lens.snapshot is not None else None
         if lens.snapshot is None or grid is None:
             self._show_message("*No window.*")

@@ -117,7 +117,7 @@ class _ChartTable(LensView):
 
     def __panel__(self) -> pn.viewable.Viewable:
         card, refresh = table_card(self.title, self.render)
-        self._lens.param.watch(refresh, list(LENS_STATE))
+        self.bound.param.watch(refresh, list(LENS_STATE))
         return card
 
 
@@ -127,7 +127,7 @@ class HeatTable(_ChartTable):
     title = "Table of the heat map: events per unit"
 
     def render(self) -> str:
-        lens = self._lens
+        lens = self.bound
         if lens.snapshot is None:
             return ""
         counts = lens.unit_counts()
@@ -163,7 +163,7 @@ class TileTable(_ChartTable):
     title = "Table of the tilegram: strongest anomaly per unit"
 
     def render(self) -> str:
-        lens = self._lens
+        lens = self.bound
         if lens.snapshot is None:
             return ""
         units = lens.snapshot.units(lens.city, lens.level).select("unit_id", "name")
@@ -196,7 +196,7 @@ class BandTable(_ChartTable):
     top = 12
 
     def render(self) -> str:
-        lens = self._lens
+        lens = self.bound
         bands = lens.bands()
         if bands.is_empty():
             return html_table(pl.DataFrame({"unit": []}), "No series in this window", css_class="csh-band-table")

@@ -44,6 +44,7 @@ from app.data.cities import city_name
 from app.data.geography import LEVELS, level_column
 from app.engine.lens import Lens
 from app.views.base import LENS_STATE, LensView, level_words
+from app.views.scripts import script
 from app.views.tilegram_layout import Shape, TileLayout, cached_layout, footprint_area, geography_key, parent_positions
 
 __all__ = [
@@ -85,48 +86,7 @@ _PATCHED = ("z", "z_text", "color", "line", "lw")
 #: are where a tile starts, ``x1, y1, a1`` where it ends (the server also sent the end in ``x, y,
 #: alpha``), ``f0, f1`` the part of the run over which its opacity changes. Arrays are edited in place
 #: and only redrawn (``change.emit``): nothing goes back to the server.
-MORPH_JS = """
-const key = "_tilegram_raf_" + tiles.id;
-if (window[key] != null) { cancelAnimationFrame(window[key]); window[key] = null; }
-const sources = [ghost, tiles];
-function paint(t) {
-  for (const s of sources) {
-    const d = s.data;
-    const n = d.x == null ? 0 : d.x.length;
-    for (let i = 0; i < n; i++) {
-      d.x[i] = d.x0[i] + (d.x1[i] - d.x0[i]) * t;
-      d.y[i] = d.y0[i] + (d.y1[i] - d.y0[i]) * t;
-      const span = Math.max(d.f1[i] - d.f0[i], 1e-6);
-      const u = Math.min(1, Math.max(0, (t - d.f0[i]) / span));
-      d.alpha[i] = d.a0[i] + (d.a1[i] - d.a0[i]) * u;
-    }
-    s.change.emit();
-  }
-}
-function moving() {
-  for (const s of sources) {
-    const d = s.data;
-    const n = d.x == null ? 0 : d.x.length;
-    for (let i = 0; i < n; i++) {
-      if (d.x0[i] !== d.x1[i] || d.y0[i] !== d.y1[i] || d.a0[i] !== d.a1[i]) { return true; }
-    }
-  }
-  return false;
-}
-const reduced = window.matchMedia != null && window.matchMedia("(prefers-reduced-motion: reduce)").matches;
-if (reduced || !moving()) { paint(1); return; }
-paint(0);  // before the browser paints the new data at its end state
-const start = performance.now();
-const run = window.__cshMorph = {start: start, last: start, end: null, frames: 0};  // timing, read by tests
-function step(now) {
-  const p = Math.min(1, (now - start) / duration);
-  const t = p < 0.5 ? 4 * p * p * p : 1 - Math.pow(-2 * p + 2, 3) / 2;  // ease in and out
-  paint(t);
-  run.frames += 1;
-  if (p < 1) { run.last = now; window[key] = requestAnimationFrame(step); } else { run.end = now; window[key] = null; }
-}
-window[key] = requestAnimationFrame(step);
-"""
+MORPH_JS = script("tilegram_morph.js")
 
 #: Keyboard access to the tiles, installed once per page (on ``document_ready``, at document level,
 #: so it also serves a tilegram drawn later). Every chart canvas takes focus (Bokeh gives it a tab
@@ -134,124 +94,7 @@ window[key] = requestAnimationFrame(step);
 #: direction, Enter or Space adds or removes the tile from the selection (as a click does, through
 #: the tile source's selection), Escape clears it; the cursor's tile is named in the canvas label
 #: and a polite live region. The cursor is drawn client side only (in-place edits, like the morph).
-TILE_KEYS_JS = r"""
-if (window.__cshTileKeys) { return; }
-window.__cshTileKeys = true;
-const HELP = "arrow keys move between tiles, Enter or Space selects or unselects, Escape clears the selection";
-const CURSOR = "#1a56db", SELECTED = "#1a1a1a";
-const deep = () => { let e = document.activeElement; while (e && e.shadowRoot && e.shadowRoot.activeElement) { e = e.shadowRoot.activeElement; } return e; };
-const tilegram = (el) => [...Bokeh.index.query((v) => v.model != null && v.model.name === "tilegram" && v.canvas_view != null
-  && v.canvas_view.events_el === el)][0];
-const source = (view) => view.model.renderers.map((r) => r.data_source).find((s) => s != null && s.name === "tiles");
-let cursor = null;  // {view, unit, line, lw}
-let live = null;
-function say(text) {
-  if (live == null || !live.isConnected) {
-    live = document.createElement("div");
-    live.setAttribute("role", "status");
-    live.setAttribute("aria-live", "polite");
-    live.style.cssText = "position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap";
-    (document.getElementById("main") ?? document.body).appendChild(live);
-  }
-  live.textContent = text;
-}
-function selected(view) {  // the tiles the server outlines as selected (the lens selection, however it was made)
-  const d = source(view).data, out = [];
-  for (let j = 0; j < d.unit_id.length; j++) {
-    const line = cursor != null && cursor.view === view && cursor.unit === d.unit_id[j] ? cursor.line : d.line[j];
-    if (line === SELECTED) { out.push(j); }
-  }
-  return out;
-}
-function describe(view, i) {
-  const d = source(view).data, n = d.unit_id.length;
-  const chosen = selected(view).includes(i) ? ", selected" : "";
-  return `Tile ${i + 1} of ${n}: ${d.name[i]}, strongest anomaly z ${d.z_text[i]}${chosen}`;
-}
-function label(view, el) {
-  const i = cursor != null && cursor.view === view ? source(view).data.unit_id.indexOf(cursor.unit) : -1;
-  el.setAttribute("role", "application");
-  el.setAttribute("aria-roledescription", "tilegram");
-  el.setAttribute("aria-label", `Tilegram: ${i >= 0 ? describe(view, i) + ". " : ""}${HELP}.`);
-}
-function paint(view, i) {
-  const s = source(view), d = s.data;
-  if (cursor != null && cursor.view === view) {
-    const j = d.unit_id.indexOf(cursor.unit);
-    if (j >= 0 && d.line[j] === CURSOR) { d.line[j] = cursor.line; d.lw[j] = cursor.lw; }  // unless the server redrew it
-  }
-  cursor = {view: view, unit: d.unit_id[i], line: d.line[i], lw: d.lw[i]};
-  d.line[i] = CURSOR;
-  d.lw[i] = Math.max(3, d.lw[i]);
-  s.change.emit();
-}
-function step(view, i, key) {
-  const d = source(view).data, n = d.x.length;
-  const dir = {ArrowRight: [1, 0], ArrowLeft: [-1, 0], ArrowUp: [0, 1], ArrowDown: [0, -1]}[key];
-  let best = i, score = Infinity;
-  for (let j = 0; j < n; j++) {
-    const dx = d.x[j] - d.x[i], dy = d.y[j] - d.y[i];
-    const along = dx * dir[0] + dy * dir[1], across = Math.abs(dx * dir[1] - dy * dir[0]);
-    if (along <= 1e-9 || across > 2 * along) { continue; }
-    const cost = along + 2 * across;
-    if (cost < score) { score = cost; best = j; }
-  }
-  return best;
-}
-// Every chart canvas is a tab stop (Bokeh's): give each a name, the tilegram's saying how to use it.
-// Checked twice a second, since views are drawn after the page loads and replaced on changes
-// (focus events inside a shadow root do not reliably reach the document).
-const NAMES = {
-  "sparkbands": "Sparkbands: released counts per unit against their baseline band; the table below lists them",
-  "sparkbands-overview": "Timeline of released counts: drag across it to set the window (the Since and Until fields do the same)",
-};
-const HEAT = "Heat map of events: drag to pan, scroll to zoom, click a unit to select it; the table below lists released counts per unit";
-function name_canvases() {
-  for (const view of Bokeh.index.query((v) => v.canvas_view != null && v.canvas_view.events_el != null && v.model != null)) {
-    const el = view.canvas_view.events_el;
-    if (view.model.name === "tilegram") {
-      if (!el.__csh) { el.__csh = true; el.addEventListener("focus", () => label(view, el)); }
-      if (!el.hasAttribute("aria-label")) { label(view, el); }
-    } else if (!el.hasAttribute("aria-label") || el.dataset.cshGeneric) {
-      // A canvas is named at once (a re-drawn heat map may not hold its image yet: "Chart" until it does).
-      const heat = view.model.renderers != null && view.model.renderers.some((r) => r.glyph != null && r.glyph.type === "ImageRGBA");
-      const text = NAMES[view.model.name] ?? (heat ? HEAT : null);
-      el.setAttribute("role", "figure");
-      if (text != null) {
-        el.setAttribute("aria-label", text);
-        delete el.dataset.cshGeneric;
-      } else if (!el.hasAttribute("aria-label")) {
-        el.setAttribute("aria-label", "Chart");
-        el.dataset.cshGeneric = "1";
-      }
-    }
-  }
-}
-name_canvases();
-setInterval(name_canvases, 250);
-document.addEventListener("keydown", (event) => {
-  const el = deep();
-  const view = tilegram(el);
-  if (view == null) { return; }
-  const s = source(view), d = s.data, n = d.unit_id.length;
-  if (n === 0) { return; }
-  let i = cursor != null && cursor.view === view ? d.unit_id.indexOf(cursor.unit) : -1;
-  if (event.key.startsWith("Arrow")) {
-    i = i < 0 ? 0 : step(view, i, event.key);
-    paint(view, i);
-  } else if ((event.key === "Enter" || event.key === " ") && i >= 0) {
-    const now = selected(view);
-    s.selected.indices = now.includes(i) ? now.filter((k) => k !== i) : [...now, i];  // as a shift-click: the server applies it
-  } else if (event.key === "Escape") {
-    s.selected.indices = [];
-  } else {
-    return;
-  }
-  event.preventDefault();
-  event.stopPropagation();
-  if (i >= 0) { say(describe(view, i)); label(view, el); }
-}, true);
-"""
+TILE_KEYS_JS = script("tilegram_keys.js")
 
 #: Colour-bar tick labels: the bar runs over the signed-log position, the labels show z.
 _TICK_JS = "const z = Math.sign(tick) * Math.expm1(Math.abs(tick) * Math.log1p(zclip)); return z.toFixed(0);"
@@ -376,7 +219,7 @@ class Tilegram(LensView):
     # ---- what is drawn (pure reads of the lens) ---------------------------------------------
     def origin(self) -> tuple[float, float]:
         """One plane for every level of the city: the mean of all its units' points."""
-        lens = self._lens
+        lens = self.bound
         assert lens.snapshot is not None
         units = lens.snapshot.units(lens.city)
         return float(units["lon"].mean()), float(units["lat"].mean())  # type: ignore[arg-type]  # mean of a Float64 column is a float
@@ -387,7 +230,7 @@ class Tilegram(LensView):
         Every level is sized by the finest level's footprint, so all levels cover the same area and
         a morph moves tiles within one picture rather than zooming between two.
         """
-        lens = self._lens
+        lens = self.bound
         assert lens.snapshot is not None
         level = level or lens.level
         tile: Shape = "square" if (shape or self.shape) == "square" else "hex"
@@ -400,12 +243,12 @@ class Tilegram(LensView):
     def geography(self) -> int:
         """Fingerprint of the city's units at every level: layouts are cached by it rather than by
         snapshot, since a refresh publishes a new snapshot over the same geography."""
-        lens = self._lens
+        lens = self.bound
         assert lens.snapshot is not None
         return geography_key(lens.snapshot.units(lens.city))
 
     def _links(self, fine: str, coarse: str) -> pl.DataFrame:
-        parents = self._lens.parents()
+        parents = self.bound.parents()
         return parents.select(unit_id=pl.col(level_column(fine)), parent_id=pl.col(level_column(coarse))).unique("unit_id")
 
     def __panel__(self) -> pn.viewable.Viewable:
@@ -484,7 +327,7 @@ class _TileFigure:
         self.plot = pn.Column(pn.pane.Bokeh(self.fig), margin=0)
         shape = pn.widgets.RadioButtonGroup.from_param(view.param.shape, name="Tiles")
         self.panel = pn.Column("## Tilegram", shape, self.message, self.plot, self.caption, sizing_mode="stretch_width")
-        lens = view._lens
+        lens = view.bound
         lens.param.watch(self.update, list(LENS_STATE))
         view.param.watch(self.update, ["shape"])
         self.update()
@@ -493,7 +336,7 @@ class _TileFigure:
         """Tiles picked in the browser become the lens selection (the heat map, table and
         sparkbands follow); an empty pick clears it."""
         ids = self.tiles.data.get("unit_id", [])
-        self.view._lens.selection = sorted({str(ids[i]) for i in new if 0 <= i < len(ids)})
+        self.view.bound.selection = sorted({str(ids[i]) for i in new if 0 <= i < len(ids)})
 
     def update(self, *_: Any) -> None:
         """Redraw for the current lens and shape.
@@ -503,7 +346,7 @@ class _TileFigure:
         it cannot cut short a morph still playing. That matters: a level change also moves the
         selection, and the two arrive as two calls here.
         """
-        view, lens = self.view, self.view._lens
+        view, lens = self.view, self.view.bound
         problem = _no_tiles_reason(lens)
         if problem is not None:
             self.message.object, self.message.visible, self.plot.visible = problem, True, False
@@ -535,7 +378,7 @@ class _TileFigure:
 
     def _look(self, layout: TileLayout) -> dict[str, Any]:
         """Per-tile appearance in layout order: names, released z, colour and selection outline."""
-        lens = self.view._lens
+        lens = self.view.bound
         assert lens.snapshot is not None
         units = lens.snapshot.units(lens.city, lens.level).select("unit_id", "name")
         scores = unit_scores(lens.anomalies(everywhere=True)[0], lens.level)  # every tile, selected or not

@@ -18,6 +18,7 @@ from bokeh.models import CustomJS
 
 from app.engine.lens import EARLIEST, KINDS, LATEST, Lens
 from app.views.provenance import privacy_rule
+from app.views.scripts import script
 
 __all__ = [
     "HISTORY_JS",
@@ -276,27 +277,7 @@ def restore_url_state(lens: Lens, query: Mapping[str, str]) -> None:
 #: browser went to through that Location model (the server then shows that entry's view), holding
 #: ``pushState`` off meanwhile: the Location view would otherwise push the entry it is on again and
 #: cut off Forward.
-HISTORY_JS = r"""
-if (window.__csh_history__) {
-  return
-}
-window.__csh_history__ = true
-window.addEventListener("popstate", () => {
-  for (const doc of Bokeh.documents) {
-    const location = doc.get_model_by_name("location")
-    if (location == null || location.search === window.location.search) {
-      continue
-    }
-    const push = window.history.pushState
-    window.history.pushState = () => {}
-    try {
-      location.search = window.location.search
-    } finally {
-      window.history.pushState = push
-    }
-  }
-})
-"""
+HISTORY_JS = script("history.js")
 
 
 class _UrlFollower:
