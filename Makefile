@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export CSH_DATA_DIR ?= $(CURDIR)/data
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run demo ingest test lint format bench chromium axe clean
+.PHONY: setup run demo ingest test lint format bench chromium postgres axe clean
 
 setup: $(STAMP) ## create .venv and install the project with its dev extra (no-op when up to date)
 
@@ -39,13 +39,22 @@ chromium: ## Debian's Chromium for the browser tests (Playwright cannot download
 		fi; \
 	fi
 
+postgres: ## PostgreSQL server binaries for the alerts-store tests (Debian's package; the tests start their own server)
+	@if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+		else \
+			echo "PostgreSQL tests will skip: run 'sudo apt-get install -y postgresql' (Debian/Ubuntu) to run them." >&2; \
+		fi; \
+	fi
+
 axe: node_modules/axe-core/axe.min.js ## axe-core for the accessibility audit in the browser tests
 
 node_modules/axe-core/axe.min.js: package.json
 	npm install --no-audit --no-fund --silent
 	@touch $@
 
-test: setup chromium axe lint ## everything: lint, unit, API, and browser tests
+test: setup chromium postgres axe lint ## everything: lint, unit, API, and browser tests
 	$(BIN)/python -m pytest
 
 lint: setup ## ruff (format + lint) and mypy

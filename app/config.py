@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     )
     sources: str = Field("", description="Comma-separated registry sources the scheduler polls (empty: the demo feed only).")
     http_timeout: float = Field(30.0, gt=0, description="Seconds before a provider request times out (then it is retried).")
+    alerts_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the alerts store (default: SQLite in data_dir/alerts.sqlite; "
+        "postgresql+psycopg://... where several processes share it).",
+    )
     geo_dir: Path | None = Field(
         None,
         description="Directory holding boundary files (e.g. the Chicago tracts); files missing there are downloaded "
@@ -56,6 +61,11 @@ class Settings(BaseSettings):
     def source_names(self) -> list[str]:
         """``sources`` as a list of registry names."""
         return [s.strip() for s in self.sources.split(",") if s.strip()]
+
+    @property
+    def alerts_database_url(self) -> str:
+        """The alerts store's URL: ``alerts_url``, else the embedded SQLite file in ``data_dir``."""
+        return self.alerts_url or f"sqlite:///{(self.data_dir / 'alerts.sqlite').resolve()}"
 
     @property
     def snapshots_dir(self) -> Path:

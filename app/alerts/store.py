@@ -1,0 +1,133 @@
+"""The one object that owns the alerts database: engine, migrations and every read and write.
+
+SQLite (the embedded default) runs in WAL mode with foreign keys on and a busy timeout, so the
+scheduler and request handlers of one process can share it; PostgreSQL is used by URL
+(``postgresql+psycopg://...``) where several processes share one store.
+
+>>> store = AlertStore("sqlite:///:memory:")   # doctest: +SKIP
+>>> key, token = store.create_key("ops")       # the token is shown once
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.resources import files
+from typing import Any
+
+import structlog
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.alerts.models import ApiKey, AuditEntry
+
+__all__ = ["KEY_PREFIX", "AlertStore", "hash_token"]
+
+log = structlog.get_logger(__name__)
+
+#: Every API key starts with this, so a leaked one is recognisable (and scanners can find it).
+KEY_PREFIX = "csh_"
+_SHOWN = 12  # characters of a key kept in the clear for display
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex of an API key: the only form of it the store keeps."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class AlertStore:
+    """Alert state behind one SQLAlchemy engine; the schema is brought to the newest Alembic
+    revision when the store opens (``migrate=False`` to leave it as it is)."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = make_url(url)
+        self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
+        if self.url.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if migrate:
+            self.migrate()
+
+    def migrate(self, revision: str = "head") -> None:
+        """Upgrade the schema to ``revision`` (Alembic, on this store's engine)."""
+        config = Config()
+        config.set_main_option("script_location", str(files("app.alerts").joinpath("migrations")))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back when it raises."""
+        with self._sessions.begin() as session:
+            yield session
+
+    # -- API keys -------------------------------------------------------------------------------
+
+    def create_key(self, name: str) -> tuple[ApiKey, str]:
+        """A new API key named ``name`` and its token (shown once: only its hash is stored)."""
+        if not name.strip():
+            raise ValueError("a key needs a name")
+        token = KEY_PREFIX + secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        with self.session() as s:
+            key = ApiKey(name=name.strip(), prefix=token[:_SHOWN], sha256=hash_token(token), created_at=now)
+            s.add(key)
+            s.flush()
+            s.add(AuditEntry(at=now, key_id=key.id, action="key.create", subject=f"key:{key.id}", detail={"name": key.name}))
+        log.info("alerts.key_created", key_id=key.id, prefix=key.prefix)
+        return key, token
+
+    def revoke_key(self, ident: str) -> ApiKey:
+        """Revoke the key with id or visible prefix ``ident``; raises ``LookupError`` when none is
+        (or more than one matches a prefix)."""
+        now = datetime.now(UTC)
+        with self.session() as s:
+            query = select(ApiKey).where(ApiKey.id == int(ident)) if ident.isdigit() else select(ApiKey).where(ApiKey.prefix == ident)
+            found = list(s.scalars(query))
+            if len(found) != 1:
+                raise LookupError(f"no single key matches {ident!r} ({len(found)} do)")
+            key = found[0]
+            if key.revoked_at is None:
+                key.revoked_at = now
+                s.add(AuditEntry(at=now, key_id=key.id, action="key.revoke", subject=f"key:{key.id}", detail={}))
+        return key
+
+    def list_keys(self) -> list[ApiKey]:
+        """Every key, newest first (hashes only)."""
+        with self.session() as s:
+            return list(s.scalars(select(ApiKey).order_by(ApiKey.id.desc())))
+
+    def authenticate(self, token: str) -> ApiKey | None:
+        """The live key whose token this is, else None (compared by hash; a revoked key is None)."""
+        if not token.startswith(KEY_PREFIX):
+            return None
+        with self.session() as s:
+            key = s.scalars(select(ApiKey).where(ApiKey.sha256 == hash_token(token))).one_or_none()
+            return key if key is not None and key.revoked_at is None else None
+
+    def audit(self, key_id: int | None = None) -> list[AuditEntry]:
+        """The audit log (of one key, or all), oldest first."""
+        with self.session() as s:
+            query = select(AuditEntry).order_by(AuditEntry.id)
+            if key_id is not None:
+                query = query.where(AuditEntry.key_id == key_id)
+            return list(s.scalars(query))
