@@ -32,6 +32,9 @@ Publish cost: ``publish_s`` (a refresh's publish of the demo city on the working
 :func:`app.pipeline.recompute_anomalies` reads the events, builds the release of every level at its
 grain, audits the suppression, fills and scores every cell and stores both tables; median of 3 runs
 after one warm-up).
+
+Alerts (issue 11): ``alert_match_s`` (:mod:`bench.alerts`: 10,000 rules of every event kind against
+100,000 new events, median of 5).
 """
 
 from __future__ import annotations
@@ -309,6 +312,9 @@ def main() -> None:
 
         figures.update(browser_figures(Path(tmp)))
         figures.update(release_figures(Path(tmp)))
+        from bench.alerts import alert_figures
+
+        figures.update(alert_figures())
         report(figures)
 
 
