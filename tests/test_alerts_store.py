@@ -16,6 +16,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from app.alerts.models import Base
+from app.alerts.rules import Filters, KeywordRule, RadiusRule
 from app.alerts.store import KEY_PREFIX, AlertStore, hash_token
 from tests.postgres import postgres_server
 
@@ -125,3 +126,69 @@ def test_cli_creates_lists_and_revokes_keys(tmp_path: Path) -> None:
     s = AlertStore(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
     assert s.authenticate(token) is None
     s.close()
+
+
+def _rule_with_endpoints(store: AlertStore, n_endpoints: int = 2) -> tuple[int, int, list[int]]:
+    key, _ = store.create_key("desk")
+    rule = store.create_rule(
+        key.id, "near the office", RadiusRule(lat=40.7, lon=-73.9, radius_m=250), Filters(categories=["Noise"]), city="nyc"
+    )
+    endpoints = [store.create_endpoint(key.id, "webhook", f"https://example.org/hook/{i}").id for i in range(n_endpoints)]
+    for endpoint in endpoints:
+        store.link(rule.id, endpoint)
+    return key.id, rule.id, endpoints
+
+
+def test_rules_round_trip_and_only_live_ones_are_matched(store: AlertStore) -> None:
+    key_id, rule_id, _ = _rule_with_endpoints(store)
+    lonely = store.create_rule(key_id, "no endpoint", KeywordRule(keyword="noise"), Filters(), city="nyc")
+    paused = store.create_rule(key_id, "paused", KeywordRule(keyword="heat"), Filters(), city="nyc", paused=True)
+    store.link(paused.id, store.create_endpoint(key_id, "email", "a@example.org").id)
+    live = store.event_rules("nyc")
+    assert [(i, type(spec).__name__, f.categories) for i, spec, f in live] == [(rule_id, "RadiusRule", ["Noise"])]
+    assert live[0][1] == RadiusRule(lat=40.7, lon=-73.9, radius_m=250)
+    assert store.event_rules("chicago") == []
+    assert {r.id for r in store.rules(key_id)} == {rule_id, lonely.id, paused.id}
+    other, _ = store.create_key("other")
+    with pytest.raises(LookupError):
+        store.link(rule_id, store.create_endpoint(other.id, "webhook", "https://example.org/x").id)
+    assert store.delete_rule(other.id, rule_id) is False  # not its rule
+    assert store.delete_rule(key_id, rule_id) is True
+    assert store.event_rules("nyc") == []
+    assert [e.action for e in store.audit(key_id)][-1] == "rule.delete"
+
+
+def test_webhook_endpoints_get_a_signing_secret(store: AlertStore) -> None:
+    key, _ = store.create_key("k")
+    hook = store.create_endpoint(key.id, "webhook", "https://example.org/h")
+    mail = store.create_endpoint(key.id, "email", "ops@example.org")
+    assert hook.secret is not None
+    assert hook.secret.startswith("whsec_")
+    assert mail.secret is None
+    with pytest.raises(ValueError, match="kind"):
+        store.create_endpoint(key.id, "pigeon", "x")
+    assert all(hook.secret not in str(e.detail) for e in store.audit())
+
+
+def test_enqueue_is_once_per_rule_endpoint_item_and_moves_the_cursor(store: AlertStore) -> None:
+    _, rule_id, endpoints = _rule_with_endpoints(store)
+    assert store.cursor("nyc", "events") is None
+    matches = [(rule_id, "nyc_311", "A1", {"descriptor": "Loud Music"}), (rule_id, "nyc_311", "A2", {})]
+    assert store.enqueue("nyc", "events", "2026-11-01T00:00:00+00:00", matches) == 2 * len(endpoints)
+    assert store.cursor("nyc", "events") == "2026-11-01T00:00:00+00:00"
+    # the same matches again (a crash before the cursor moved, a re-run): nothing new
+    assert store.enqueue("nyc", "events", "2026-11-02T00:00:00+00:00", [*matches, (rule_id, "nyc_311", "A3", {})]) == len(endpoints)
+    queued = store.deliveries(status="pending")
+    assert len(queued) == 3 * len(endpoints)
+    assert {(d.endpoint_id, d.item_id) for d in queued} == {(e, i) for e in endpoints for i in ("A1", "A2", "A3")}
+    assert queued[0].payload == {"descriptor": "Loud Music"}
+    assert store.cursor("nyc", "events") == "2026-11-02T00:00:00+00:00"
+
+
+def test_a_failed_enqueue_leaves_cursor_and_queue_unchanged(store: AlertStore) -> None:
+    _, rule_id, _ = _rule_with_endpoints(store, 1)
+    store.enqueue("nyc", "events", "p1", [(rule_id, "s", "A1", {})])
+    with pytest.raises(ValueError, match="not JSON"):
+        store.enqueue("nyc", "events", "p2", [(rule_id, "s", "A2", {"bad": object()})])  # not JSON: refused before anything is written
+    assert store.cursor("nyc", "events") == "p1"
+    assert [d.item_id for d in store.deliveries()] == ["A1"]

@@ -10,7 +10,9 @@ scheduler and request handlers of one process can share it; PostgreSQL is used b
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,13 +23,21 @@ from typing import Any
 import structlog
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, select
+from pydantic import TypeAdapter
+from sqlalchemy import Engine, create_engine, delete, event, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.alerts.models import ApiKey, AuditEntry
+from app.alerts.models import ApiKey, AuditEntry, Delivery, Endpoint, EvaluationCursor, Rule, RuleEndpoint
+from app.alerts.rules import AnomalyRule, Filters, RuleSpec
 
-__all__ = ["KEY_PREFIX", "AlertStore", "hash_token"]
+__all__ = ["ENDPOINT_KINDS", "KEY_PREFIX", "AlertStore", "Match", "hash_token"]
+
+#: A match to enqueue: ``(rule_id, source, item_id, payload)``.
+Match = tuple[int, str, str, dict[str, Any]]
+ENDPOINT_KINDS = ("webhook", "email", "discord")
+_SPEC: TypeAdapter[Any] = TypeAdapter(RuleSpec)
 
 log = structlog.get_logger(__name__)
 
@@ -130,4 +140,159 @@ class AlertStore:
             query = select(AuditEntry).order_by(AuditEntry.id)
             if key_id is not None:
                 query = query.where(AuditEntry.key_id == key_id)
+            return list(s.scalars(query))
+
+    # -- rules and endpoints --------------------------------------------------------------------
+
+    def create_rule(self, key_id: int, name: str, spec: Any, filters: Filters, *, city: str, timezone: str = "UTC", **options: Any) -> Rule:
+        """Store a validated rule of key ``key_id`` (``options``: ``daily_cap``, ``quiet_start``,
+        ``quiet_end``, ``digest_at``, ``paused``)."""
+        now = datetime.now(UTC)
+        with self.session() as s:
+            rule = Rule(
+                key_id=key_id,
+                name=name,
+                kind=spec.kind,
+                city=city,
+                params=spec.model_dump(mode="json"),
+                filters=filters.model_dump(mode="json"),
+                timezone=timezone,
+                paused=bool(options.pop("paused", False)),
+                created_at=now,
+                updated_at=now,
+                **options,
+            )
+            s.add(rule)
+            s.flush()
+            s.add(
+                AuditEntry(at=now, key_id=key_id, action="rule.create", subject=f"rule:{rule.id}", detail={"kind": rule.kind, "name": name})
+            )
+        return rule
+
+    def rules(self, key_id: int | None = None) -> list[Rule]:
+        """The rules of one key (or of every key), oldest first."""
+        with self.session() as s:
+            query = select(Rule).order_by(Rule.id)
+            return list(s.scalars(query if key_id is None else query.where(Rule.key_id == key_id)))
+
+    def delete_rule(self, key_id: int, rule_id: int) -> bool:
+        """Delete a rule of ``key_id`` with its links and queued deliveries; False when it has none."""
+        with self.session() as s:
+            rule = s.get(Rule, rule_id)
+            if rule is None or rule.key_id != key_id:
+                return False
+            s.execute(delete(Delivery).where(Delivery.rule_id == rule_id))
+            s.execute(delete(RuleEndpoint).where(RuleEndpoint.rule_id == rule_id))
+            s.delete(rule)
+            s.add(AuditEntry(at=datetime.now(UTC), key_id=key_id, action="rule.delete", subject=f"rule:{rule_id}", detail={}))
+        return True
+
+    def create_endpoint(self, key_id: int, kind: str, target: str) -> Endpoint:
+        """A delivery endpoint of ``key_id``; a webhook gets a fresh ``whsec_`` signing secret."""
+        if kind not in ENDPOINT_KINDS:
+            raise ValueError(f"endpoint kind must be one of {', '.join(ENDPOINT_KINDS)}")
+        now = datetime.now(UTC)
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode() if kind == "webhook" else None
+        with self.session() as s:
+            endpoint = Endpoint(key_id=key_id, kind=kind, target=target, secret=secret, created_at=now)
+            s.add(endpoint)
+            s.flush()
+            s.add(AuditEntry(at=now, key_id=key_id, action="endpoint.create", subject=f"endpoint:{endpoint.id}", detail={"kind": kind}))
+        return endpoint
+
+    def link(self, rule_id: int, endpoint_id: int) -> None:
+        """Deliver the rule's matches to the endpoint too (the rule and endpoint must share a key)."""
+        with self.session() as s:
+            rule, endpoint = s.get(Rule, rule_id), s.get(Endpoint, endpoint_id)
+            if rule is None or endpoint is None or rule.key_id != endpoint.key_id:
+                raise LookupError("rule and endpoint must exist and belong to the same key")
+            if s.get(RuleEndpoint, (rule_id, endpoint_id)) is None:
+                s.add(RuleEndpoint(rule_id=rule_id, endpoint_id=endpoint_id))
+
+    def event_rules(self, city: str) -> list[tuple[int, Any, Filters]]:
+        """Live event rules of ``city`` (not paused, key not revoked, at least one endpoint) as
+        :func:`app.alerts.matching.match_events` takes them."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Rule)
+                .join(ApiKey, ApiKey.id == Rule.key_id)
+                .where(Rule.city == city, Rule.kind != "anomaly", ~Rule.paused, ApiKey.revoked_at.is_(None))
+                .where(select(RuleEndpoint.rule_id).where(RuleEndpoint.rule_id == Rule.id).exists())
+                .order_by(Rule.id)
+            ).scalars()
+            return [(r.id, _SPEC.validate_python(r.params), Filters.model_validate(r.filters)) for r in rows]
+
+    def anomaly_rules(self, city: str) -> list[tuple[int, AnomalyRule, Filters]]:
+        """Live anomaly rules of ``city`` (as :meth:`event_rules`)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Rule)
+                .join(ApiKey, ApiKey.id == Rule.key_id)
+                .where(Rule.city == city, Rule.kind == "anomaly", ~Rule.paused, ApiKey.revoked_at.is_(None))
+                .order_by(Rule.id)
+            ).scalars()
+            return [(r.id, AnomalyRule.model_validate(r.params), Filters.model_validate(r.filters)) for r in rows]
+
+    # -- matches, cursor and the delivery queue --------------------------------------------------
+
+    def cursor(self, city: str, stream: str) -> str | None:
+        """How far ``stream`` of ``city`` has been matched (None: never)."""
+        with self.session() as s:
+            row = s.get(EvaluationCursor, (city, stream))
+            return None if row is None else row.position
+
+    def enqueue(self, city: str, stream: str, position: str, matches: list[Match]) -> int:
+        """In one transaction: queue one delivery per match and linked endpoint (a pair already
+        queued is skipped, so a repeated evaluation never sends twice) and move the cursor to
+        ``position``. Returns how many deliveries are new."""
+        for rule_id, _, item_id, payload in matches:
+            try:
+                json.dumps(payload)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"payload of rule {rule_id}, item {item_id} is not JSON: {err}") from err
+        now = datetime.now(UTC)
+        with self.session() as s:
+            links: dict[int, list[int]] = {}
+            for rule_id, endpoint_id in s.execute(select(RuleEndpoint.rule_id, RuleEndpoint.endpoint_id)):
+                links.setdefault(rule_id, []).append(endpoint_id)
+            rows = [
+                {
+                    "rule_id": rule_id,
+                    "endpoint_id": endpoint_id,
+                    "source": source,
+                    "item_id": item_id,
+                    "payload": payload,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for rule_id, source, item_id, payload in matches
+                for endpoint_id in links.get(rule_id, [])
+            ]
+            added = 0
+            for at in range(0, len(rows), 1_000):
+                insert = postgresql.insert if self.url.get_backend_name() == "postgresql" else sqlite.insert
+                statement = (
+                    insert(Delivery)
+                    .values(rows[at : at + 1_000])
+                    .on_conflict_do_nothing(index_elements=["rule_id", "endpoint_id", "source", "item_id"])
+                    .returning(Delivery.id)
+                )
+                added += len(s.execute(statement).all())
+            cursor = s.get(EvaluationCursor, (city, stream))
+            if cursor is None:
+                s.add(EvaluationCursor(city=city, stream=stream, position=position, updated_at=now))
+            else:
+                cursor.position, cursor.updated_at = position, now
+        return added
+
+    def deliveries(self, key_id: int | None = None, status: str | None = None) -> list[Delivery]:
+        """Queued and finished deliveries (of one key's rules, of one status), oldest first."""
+        with self.session() as s:
+            query = select(Delivery).order_by(Delivery.id)
+            if key_id is not None:
+                query = query.join(Rule, Rule.id == Delivery.rule_id).where(Rule.key_id == key_id)
+            if status is not None:
+                query = query.where(Delivery.status == status)
             return list(s.scalars(query))
