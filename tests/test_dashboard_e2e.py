@@ -85,7 +85,10 @@ def _switch_level_and_sample(page: Page, level: str, count: int) -> list[dict[st
     page.evaluate(SAMPLE_FRAMES, 12_000)
     page.get_by_label("Admin level").select_option(label=NYC_LEVELS[level])
     page.wait_for_function(f"() => ({MODEL})('tiles').data.unit_id.length === {count}", timeout=15_000)
-    page.wait_for_timeout(900)  # past the end of any morph
+    # Until the morph has ended (a loaded machine draws thousands of tiles slowly), then a few
+    # frames more so the sampler has the end state.
+    page.wait_for_function("() => window.__cshMorph == null || window.__cshMorph.end != null", timeout=15_000)
+    page.wait_for_timeout(300)
     samples: list[dict[str, Any]] = page.evaluate("() => window.__cshSamples")
     return [s for s in samples if s["n"] == count]
 

@@ -16,7 +16,7 @@ import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from typing import Any
 
@@ -241,7 +241,7 @@ class AlertStore:
             row = s.get(EvaluationCursor, (city, stream))
             return None if row is None else row.position
 
-    def enqueue(self, city: str, stream: str, position: str, matches: list[Match]) -> int:
+    def enqueue(self, city: str, stream: str, position: str, matches: list[Match], now: datetime | None = None) -> int:
         """In one transaction: queue one delivery per match and linked endpoint (a pair already
         queued is skipped, so a repeated evaluation never sends twice) and move the cursor to
         ``position``. Returns how many deliveries are new."""
@@ -250,7 +250,7 @@ class AlertStore:
                 json.dumps(payload)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"payload of rule {rule_id}, item {item_id} is not JSON: {err}") from err
-        now = datetime.now(UTC)
+        now = now or datetime.now(UTC)
         with self.session() as s:
             links: dict[int, list[int]] = {}
             for rule_id, endpoint_id in s.execute(select(RuleEndpoint.rule_id, RuleEndpoint.endpoint_id)):
@@ -296,3 +296,57 @@ class AlertStore:
             if status is not None:
                 query = query.where(Delivery.status == status)
             return list(s.scalars(query))
+
+    def due(self, now: datetime, *, kinds: tuple[str, ...], limit: int = 100) -> list[tuple[Delivery, Endpoint]]:
+        """Pending deliveries whose time has come, to live endpoints of ``kinds``, oldest first."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Delivery, Endpoint)
+                .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
+                .where(Delivery.status == "pending", Delivery.next_attempt_at <= now)
+                .where(Endpoint.kind.in_(kinds), Endpoint.disabled_reason.is_(None))
+                .order_by(Delivery.next_attempt_at, Delivery.id)
+                .limit(limit)
+            ).all()
+            return [(d, e) for d, e in rows]
+
+    def settle(
+        self, delivery_id: int, status: str, next_at: datetime | None, reason: str | None, now: datetime, *, disable_endpoint: bool = False
+    ) -> None:
+        """Record one attempt of a delivery: its new status, when to try again, why."""
+        with self.session() as s:
+            delivery = s.get(Delivery, delivery_id)
+            if delivery is None:
+                return
+            delivery.attempts += 1
+            delivery.status = status
+            delivery.last_error = None if status == "sent" else reason
+            if status == "sent":
+                delivery.sent_at = now
+            if next_at is not None:
+                delivery.next_attempt_at = next_at
+            if disable_endpoint:
+                endpoint = s.get(Endpoint, delivery.endpoint_id)
+                if endpoint is not None:
+                    endpoint.disabled_reason = reason
+                    s.add(
+                        AuditEntry(
+                            at=now,
+                            key_id=endpoint.key_id,
+                            action="endpoint.disable",
+                            subject=f"endpoint:{endpoint.id}",
+                            detail={"reason": reason},
+                        )
+                    )
+
+    def rotate_secret(self, endpoint_id: int, *, overlap: timedelta = timedelta(hours=24), now: datetime | None = None) -> str:
+        """A new signing secret for a webhook endpoint; the old one signs too until ``overlap`` ends."""
+        now = now or datetime.now(UTC)
+        with self.session() as s:
+            endpoint = s.get(Endpoint, endpoint_id)
+            if endpoint is None or endpoint.kind != "webhook":
+                raise LookupError(f"no webhook endpoint {endpoint_id}")
+            endpoint.previous_secret, endpoint.previous_until = endpoint.secret, now + overlap
+            endpoint.secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+            s.add(AuditEntry(at=now, key_id=endpoint.key_id, action="endpoint.rotate", subject=f"endpoint:{endpoint_id}", detail={}))
+            return endpoint.secret

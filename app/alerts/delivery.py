@@ -1,0 +1,124 @@
+"""Sending queued deliveries and deciding what each answer means.
+
+Only 2xx is success. Timeouts, connection errors, 429 (its ``Retry-After`` honoured) and 5xx are
+retried on :data:`RETRY_SCHEDULE_S` with jitter, then the delivery is dead with its reason (visible,
+and retryable by hand); 410 Gone disables the endpoint; a redirect or any other 4xx is not retried.
+A delivery keeps one message id for all its attempts, so after a crash between sending and
+recording, the repeat carries the same ``webhook-id`` and the receiver can drop it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+import httpx
+import structlog
+
+from app.alerts.models import Delivery, Endpoint
+from app.alerts.ssrf import TargetRefusedError, check_target
+from app.alerts.store import AlertStore
+from app.alerts.webhook import send_signed
+
+__all__ = ["RETRY_SCHEDULE_S", "Decision", "decide", "deliver_due", "message_body"]
+
+log = structlog.get_logger(__name__)
+#: Seconds before attempt 2, 3, ...: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 24 h.
+RETRY_SCHEDULE_S = (5, 300, 1800, 7200, 18000, 36000, 86400)
+_MAX_RETRY_AFTER_S = 86400
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a delivery after an attempt."""
+
+    status: str  # sent | pending | dead
+    next_attempt_at: datetime | None = None
+    disable_endpoint: bool = False
+    reason: str | None = None
+
+
+def _retry_after(value: str | None, now: datetime) -> float | None:
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(min(int(value.strip()), _MAX_RETRY_AFTER_S))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min((when - now).total_seconds(), _MAX_RETRY_AFTER_S))
+
+
+def decide(status: int | None, attempts: int, now: datetime, retry_after: str | None = None, error: str | None = None) -> Decision:
+    """The decision after attempt number ``attempts`` answered ``status`` (None: no answer)."""
+    if status is not None and 200 <= status < 300:
+        return Decision("sent")
+    if status == 410:
+        return Decision("dead", disable_endpoint=True, reason="410 Gone: the endpoint was disabled")
+    if status is not None and status != 429 and status < 500:
+        kind = "redirect (not followed)" if 300 <= status < 400 else "refused"
+        return Decision("dead", reason=f"{status} {kind}: not retried")
+    if attempts > len(RETRY_SCHEDULE_S):
+        return Decision("dead", reason=f"gave up after {attempts} attempts: {error or status}")
+    wait = RETRY_SCHEDULE_S[attempts - 1] * random.uniform(0.8, 1.2)  # jitter, not a secret
+    asked = _retry_after(retry_after, now) if status == 429 else None
+    if asked is not None:
+        wait = max(wait, asked)
+    return Decision("pending", next_attempt_at=now + timedelta(seconds=wait), reason=error or f"{status}: will retry")
+
+
+def message_body(delivery: Delivery) -> str:
+    """The JSON a receiver gets: the rule, the item and the provider's own record."""
+    return json.dumps(
+        {
+            "type": "alert.match",
+            "rule_id": delivery.rule_id,
+            "source": delivery.source,
+            "item_id": delivery.item_id,
+            "data": delivery.payload,
+        },
+        sort_keys=True,
+    )
+
+
+async def _send(client: httpx.AsyncClient, delivery: Delivery, endpoint: Endpoint, now: datetime, allow: frozenset[str]) -> Decision:
+    attempt = delivery.attempts + 1
+    try:
+        target = await asyncio.to_thread(check_target, endpoint.target, allow)
+    except TargetRefusedError as err:
+        return Decision("dead", reason=f"target refused: {err}")
+    secrets = [s for s in (endpoint.secret, endpoint.previous_secret if (endpoint.previous_until or now) > now else None) if s]
+    try:
+        reply = await send_signed(client, target, secrets, f"msg_{delivery.id}", now, message_body(delivery))
+    except httpx.TimeoutException:
+        return decide(None, attempt, now, error="timed out")
+    except httpx.HTTPError as err:
+        return decide(None, attempt, now, error=f"{type(err).__name__}: {err}")
+    return decide(reply.status, attempt, now, reply.retry_after)
+
+
+async def deliver_due(
+    store: AlertStore, client: httpx.AsyncClient, *, now: datetime | None = None, allow: frozenset[str] = frozenset(), limit: int = 100
+) -> int:
+    """Send every webhook delivery that is due (at most ``limit``) and record each outcome;
+    returns how many were attempted."""
+    now = now or datetime.now(UTC)
+    due = store.due(now, kinds=("webhook",), limit=limit)
+    gone: set[int] = set()
+    tried = 0
+    for delivery, endpoint in due:
+        if endpoint.id in gone:  # disabled earlier in this batch
+            continue
+        tried += 1
+        decision = await _send(client, delivery, endpoint, now, allow)
+        if decision.disable_endpoint:
+            gone.add(endpoint.id)
+        store.settle(
+            delivery.id, decision.status, decision.next_attempt_at, decision.reason, now, disable_endpoint=decision.disable_endpoint
+        )
+        log.info("alerts.delivery", delivery=delivery.id, endpoint=endpoint.id, status=decision.status, reason=decision.reason)
+    return tried

@@ -1,0 +1,206 @@
+"""Webhook deliveries to a real local HTTP receiver that verifies every signature with the
+``standardwebhooks`` package: one delivery per item, retries on 5xx and 429 (Retry-After), 410
+disables the endpoint, redirects are not followed, the SSRF guard refuses private targets, and
+secret rotation signs with both secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from pytest_httpserver import HTTPServer
+from standardwebhooks.webhooks import Webhook
+from werkzeug import Request, Response
+
+from app.alerts.delivery import RETRY_SCHEDULE_S, decide, deliver_due
+from app.alerts.rules import Filters, KeywordRule
+from app.alerts.ssrf import TargetRefusedError, check_target
+from app.alerts.store import AlertStore
+
+NOW = datetime.now(UTC).replace(microsecond=0)  # receivers check the timestamp is fresh (5 minutes)
+ALLOW = frozenset({"localhost"})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[AlertStore]:
+    s = AlertStore(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
+    yield s
+    s.close()
+
+
+class Receiver:
+    """Answers with the queued statuses in turn (then 200) and keeps what verified."""
+
+    def __init__(self, server: HTTPServer, statuses: list[int | tuple[int, dict[str, str]]]) -> None:
+        self.statuses, self.seen, self.secrets = list(statuses), [], []
+        server.expect_request("/hook", method="POST").respond_with_handler(self)
+
+    def __call__(self, request: Request) -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        body = request.get_data(as_text=True)
+        verified = [Webhook(secret).verify(body, headers) for secret in self.secrets]
+        self.seen.append({"headers": headers, "body": json.loads(body), "verified": len(verified)})
+        answer = self.statuses.pop(0) if self.statuses else 200
+        status, extra = answer if isinstance(answer, tuple) else (answer, {})
+        return Response("ok", status=status, headers=extra)
+
+
+def _setup(store: AlertStore, server: HTTPServer, items: list[str]) -> tuple[int, int, str]:
+    key, _ = store.create_key("k")
+    rule = store.create_rule(key.id, "heat", KeywordRule(keyword="heat"), Filters(), city="nyc")
+    endpoint = store.create_endpoint(key.id, "webhook", server.url_for("/hook").replace("127.0.0.1", "localhost"))
+    store.link(rule.id, endpoint.id)
+    store.enqueue(
+        "nyc", "events", "p", [(rule.id, "nyc_311", item, {"unique_key": item, "descriptor": "NO HEAT"}) for item in items], now=NOW
+    )
+    assert endpoint.secret is not None
+    return rule.id, endpoint.id, endpoint.secret
+
+
+def _run(store: AlertStore, now: datetime) -> int:
+    async def go() -> int:
+        async with httpx.AsyncClient(timeout=5) as client:
+            return await deliver_due(store, client, now=now, allow=ALLOW)
+
+    return asyncio.run(go())
+
+
+def test_a_signed_delivery_arrives_once_per_item(store: AlertStore, httpserver: HTTPServer) -> None:
+    receiver = Receiver(httpserver, [])
+    rule_id, _, secret = _setup(store, httpserver, ["A1", "A2"])
+    receiver.secrets = [secret]
+    store.enqueue("nyc", "events", "p2", [(rule_id, "nyc_311", "A1", {"unique_key": "A1"})], now=NOW)  # the same item again
+    assert _run(store, NOW) == 2
+    assert _run(store, NOW + timedelta(hours=1)) == 0  # nothing left to send
+    assert [s["body"]["item_id"] for s in receiver.seen] == ["A1", "A2"]
+    first = receiver.seen[0]
+    assert first["verified"] == 1
+    assert first["body"]["data"] == {"unique_key": "A1", "descriptor": "NO HEAT"}
+    assert first["headers"]["webhook-id"].startswith("msg_")
+    assert first["headers"]["webhook-signature"].startswith("v1,")
+    assert abs(int(first["headers"]["webhook-timestamp"]) - NOW.timestamp()) < 1
+    sent = store.deliveries(status="sent")
+    assert [d.attempts for d in sent] == [1, 1]
+
+
+def test_a_tampered_body_fails_verification(store: AlertStore, httpserver: HTTPServer) -> None:
+    receiver = Receiver(httpserver, [])
+    _, _, secret = _setup(store, httpserver, ["A1"])
+    _run(store, NOW)
+    seen = receiver.seen[0]
+    body = json.dumps({**seen["body"], "item_id": "forged"})
+    with pytest.raises(Exception, match=r"(?i)signature"):
+        Webhook(secret).verify(body, seen["headers"])
+
+
+def test_500_then_200_is_one_success_after_a_retry(store: AlertStore, httpserver: HTTPServer) -> None:
+    receiver = Receiver(httpserver, [500])
+    _, _, secret = _setup(store, httpserver, ["A1"])
+    receiver.secrets = [secret]
+    _run(store, NOW)
+    (pending,) = store.deliveries(status="pending")
+    wait = (pending.next_attempt_at - NOW).total_seconds()
+    assert RETRY_SCHEDULE_S[0] * 0.8 <= wait <= RETRY_SCHEDULE_S[0] * 1.2
+    assert _run(store, NOW + timedelta(seconds=1)) == 0  # not due yet
+    assert _run(store, pending.next_attempt_at) == 1
+    (sent,) = store.deliveries(status="sent")
+    assert sent.attempts == 2
+    assert len(receiver.seen) == 2
+    assert receiver.seen[0]["headers"]["webhook-id"] == receiver.seen[1]["headers"]["webhook-id"]  # a receiver can drop repeats
+
+
+def test_429_honours_retry_after(store: AlertStore, httpserver: HTTPServer) -> None:
+    Receiver(httpserver, [(429, {"Retry-After": "600"})])
+    _setup(store, httpserver, ["A1"])
+    _run(store, NOW)
+    (pending,) = store.deliveries(status="pending")
+    assert (pending.next_attempt_at - NOW).total_seconds() >= 600
+
+
+def test_410_disables_the_endpoint(store: AlertStore, httpserver: HTTPServer) -> None:
+    receiver = Receiver(httpserver, [410])
+    _setup(store, httpserver, ["A1", "A2"])
+    assert _run(store, NOW) == 1  # the second is not tried once the endpoint is gone
+    (dead,) = store.deliveries(status="dead")
+    assert "410" in (dead.last_error or "")
+    assert _run(store, NOW + timedelta(days=1)) == 0
+    assert len(receiver.seen) == 1
+    assert "endpoint.disable" in [e.action for e in store.audit()]
+
+
+@pytest.mark.parametrize("status", [302, 400, 404])
+def test_redirects_and_other_4xx_are_not_retried(store: AlertStore, httpserver: HTTPServer, status: int) -> None:
+    Receiver(httpserver, [(status, {"Location": "http://169.254.169.254/"})])
+    _setup(store, httpserver, ["A1"])
+    _run(store, NOW)
+    (dead,) = store.deliveries(status="dead")
+    assert str(status) in (dead.last_error or "")
+    assert dead.attempts == 1
+
+
+def test_a_private_target_is_refused_and_nothing_is_sent(store: AlertStore, httpserver: HTTPServer) -> None:
+    receiver = Receiver(httpserver, [])
+    _setup(store, httpserver, ["A1"])
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            await deliver_due(store, client, now=NOW)  # no allow-list: localhost is private
+
+    asyncio.run(go())
+    (dead,) = store.deliveries(status="dead")
+    assert "non-public" in (dead.last_error or "")
+    assert receiver.seen == []
+
+
+def test_rotation_signs_with_the_old_and_the_new_secret(store: AlertStore, httpserver: HTTPServer) -> None:
+    receiver = Receiver(httpserver, [])
+    _, endpoint_id, old = _setup(store, httpserver, ["A1"])
+    new = store.rotate_secret(endpoint_id, overlap=timedelta(hours=24), now=NOW - timedelta(hours=1))
+    assert new != old
+    receiver.secrets = [old, new]
+    _run(store, NOW)
+    assert receiver.seen[0]["verified"] == 2
+    assert len(receiver.seen[0]["headers"]["webhook-signature"].split(" ")) == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/h",
+        "http://10.0.0.1/h",
+        "http://100.64.0.1/h",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/h",
+        "http://[::ffff:127.0.0.1]/h",
+        "http://[64:ff9b::7f00:1]/h",
+        "http://0x7f000001/h",
+        "http://localhost/h",
+        "http://metadata.google.internal/h",
+        "http://224.0.0.1/h",
+        "file:///etc/passwd",
+        "http://user:pw@example.org/h",
+    ],
+)
+def test_the_ssrf_guard_refuses(url: str) -> None:
+    with pytest.raises(TargetRefusedError):
+        check_target(url)
+
+
+def test_the_guard_pins_the_checked_address() -> None:
+    target = check_target("http://localhost:8123/h?x=1", allow=ALLOW)
+    assert target.pinned_url == "http://127.0.0.1:8123/h?x=1"
+    assert target.host == "localhost"
+
+
+def test_retries_end_in_a_dead_letter() -> None:
+    assert decide(503, len(RETRY_SCHEDULE_S), NOW).status == "pending"
+    last = decide(503, len(RETRY_SCHEDULE_S) + 1, NOW)
+    assert last.status == "dead"
+    assert "gave up" in (last.reason or "")
+    assert decide(None, 1, NOW, error="timed out").status == "pending"
+    assert decide(204, 1, NOW).status == "sent"
