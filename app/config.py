@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the alerts store (default: SQLite in data_dir/alerts.sqlite; "
         "postgresql+psycopg://... where several processes share it).",
     )
+    webhook_allow: str = Field(
+        "",
+        description="Comma-separated host names a self-hoster trusts as webhook targets although they resolve to private "
+        "addresses (e.g. an internal receiver); every other target must resolve to public addresses only.",
+    )
     geo_dir: Path | None = Field(
         None,
         description="Directory holding boundary files (e.g. the Chicago tracts); files missing there are downloaded "
@@ -61,6 +66,11 @@ class Settings(BaseSettings):
     def source_names(self) -> list[str]:
         """``sources`` as a list of registry names."""
         return [s.strip() for s in self.sources.split(",") if s.strip()]
+
+    @property
+    def webhook_allow_hosts(self) -> frozenset[str]:
+        """:attr:`webhook_allow` as a set of lower-case host names."""
+        return frozenset(h.strip().lower().rstrip(".") for h in self.webhook_allow.split(",") if h.strip())
 
     @property
     def alerts_database_url(self) -> str:

@@ -204,3 +204,13 @@ def test_retries_end_in_a_dead_letter() -> None:
     assert "gave up" in (last.reason or "")
     assert decide(None, 1, NOW, error="timed out").status == "pending"
     assert decide(204, 1, NOW).status == "sent"
+
+
+def test_the_allow_list_setting_names_trusted_hosts() -> None:
+    from app.config import Settings
+
+    allow = Settings(webhook_allow="LocalHost, hooks.lan.").webhook_allow_hosts
+    assert allow == {"localhost", "hooks.lan"}
+    assert check_target("http://localhost:9/h", allow=allow).address == "127.0.0.1"
+    with pytest.raises(TargetRefusedError, match="http or https"):
+        check_target("gopher://localhost/h", allow=allow)  # trusted hosts still need http(s)
