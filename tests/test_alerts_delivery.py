@@ -126,8 +126,11 @@ def test_410_disables_the_endpoint(store: AlertStore, httpserver: HTTPServer) ->
     receiver = Receiver(httpserver, [410])
     _setup(store, httpserver, ["A1", "A2"])
     assert _run(store, NOW) == 1  # the second is not tried once the endpoint is gone
-    (dead,) = store.deliveries(status="dead")
-    assert "410" in (dead.last_error or "")
+    first, second = store.deliveries(status="dead")
+    assert "410" in (first.last_error or "")
+    assert first.attempts == 1
+    assert second.attempts == 0
+    assert "disabled" in (second.last_error or "")
     assert _run(store, NOW + timedelta(days=1)) == 0
     assert len(receiver.seen) == 1
     assert "endpoint.disable" in [e.action for e in store.audit()]
@@ -214,3 +217,18 @@ def test_the_allow_list_setting_names_trusted_hosts() -> None:
     assert check_target("http://localhost:9/h", allow=allow).address == "127.0.0.1"
     with pytest.raises(TargetRefusedError, match="http or https"):
         check_target("gopher://localhost/h", allow=allow)  # trusted hosts still need http(s)
+
+
+def test_a_claim_is_exclusive_and_a_dead_process_lease_runs_out(store: AlertStore, httpserver: HTTPServer) -> None:
+    receiver = Receiver(httpserver, [])
+    _, _, secret = _setup(store, httpserver, ["A1"])
+    receiver.secrets = [secret]
+    taken = store.claim(NOW, kinds=("webhook",), lease=timedelta(minutes=2))
+    assert [d.item_id for d, _ in taken] == ["A1"]
+    assert store.claim(NOW, kinds=("webhook",)) == []  # another process gets nothing meanwhile
+    # the first process dies without settling: after its lease the delivery is sent, not lost
+    assert _run(store, NOW + timedelta(minutes=1)) == 0
+    assert _run(store, NOW + timedelta(minutes=2)) == 1  # (receivers accept timestamps within 5 minutes)
+    (sent,) = store.deliveries(status="sent")
+    assert sent.item_id == "A1"
+    assert len(receiver.seen) == 1

@@ -107,11 +107,12 @@ async def deliver_due(
     """Send every webhook delivery that is due (at most ``limit``) and record each outcome;
     returns how many were attempted."""
     now = now or datetime.now(UTC)
-    due = store.due(now, kinds=("webhook",), limit=limit)
+    due = store.claim(now, kinds=("webhook",), limit=limit)
     gone: set[int] = set()
     tried = 0
     for delivery, endpoint in due:
         if endpoint.id in gone:  # disabled earlier in this batch
+            store.settle(delivery.id, "dead", None, "the endpoint was disabled (410 Gone)", now, attempted=False)
             continue
         tried += 1
         decision = await _send(client, delivery, endpoint, now, allow)

@@ -24,7 +24,7 @@ import structlog
 from alembic import command
 from alembic.config import Config
 from pydantic import TypeAdapter
-from sqlalchemy import Engine, create_engine, delete, event, select
+from sqlalchemy import Engine, create_engine, delete, event, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -297,28 +297,54 @@ class AlertStore:
                 query = query.where(Delivery.status == status)
             return list(s.scalars(query))
 
-    def due(self, now: datetime, *, kinds: tuple[str, ...], limit: int = 100) -> list[tuple[Delivery, Endpoint]]:
-        """Pending deliveries whose time has come, to live endpoints of ``kinds``, oldest first."""
+    def claim(
+        self, now: datetime, *, kinds: tuple[str, ...], limit: int = 100, lease: timedelta = timedelta(minutes=5)
+    ) -> list[tuple[Delivery, Endpoint]]:
+        """Take the deliveries that are due (pending, or ``sending`` whose lease ran out: a
+        process died while sending) to live endpoints of ``kinds``, oldest first, each marked
+        ``sending`` until ``now + lease``. A row is taken by a conditional update, so two
+        processes claiming at once never get the same delivery."""
+        taken: list[tuple[Delivery, Endpoint]] = []
         with self.session() as s:
             rows = s.execute(
                 select(Delivery, Endpoint)
                 .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
-                .where(Delivery.status == "pending", Delivery.next_attempt_at <= now)
+                .where(Delivery.status.in_(("pending", "sending")), Delivery.next_attempt_at <= now)
                 .where(Endpoint.kind.in_(kinds), Endpoint.disabled_reason.is_(None))
                 .order_by(Delivery.next_attempt_at, Delivery.id)
                 .limit(limit)
             ).all()
-            return [(d, e) for d, e in rows]
+            for delivery, endpoint in rows:
+                won = s.execute(
+                    update(Delivery)
+                    .where(
+                        Delivery.id == delivery.id, Delivery.status == delivery.status, Delivery.next_attempt_at == delivery.next_attempt_at
+                    )
+                    .values(status="sending", next_attempt_at=now + lease)
+                    .returning(Delivery.id)
+                ).all()
+                if won:
+                    taken.append((delivery, endpoint))
+        return taken
 
     def settle(
-        self, delivery_id: int, status: str, next_at: datetime | None, reason: str | None, now: datetime, *, disable_endpoint: bool = False
+        self,
+        delivery_id: int,
+        status: str,
+        next_at: datetime | None,
+        reason: str | None,
+        now: datetime,
+        *,
+        disable_endpoint: bool = False,
+        attempted: bool = True,
     ) -> None:
-        """Record one attempt of a delivery: its new status, when to try again, why."""
+        """Record one attempt of a delivery (``attempted=False``: a verdict without one): its new
+        status, when to try again, why."""
         with self.session() as s:
             delivery = s.get(Delivery, delivery_id)
             if delivery is None:
                 return
-            delivery.attempts += 1
+            delivery.attempts += int(attempted)
             delivery.status = status
             delivery.last_error = None if status == "sent" else reason
             if status == "sent":
