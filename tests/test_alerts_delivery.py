@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from pytest_httpserver import HTTPServer
 from standardwebhooks.webhooks import Webhook
@@ -63,11 +62,7 @@ def _setup(store: AlertStore, server: HTTPServer, items: list[str]) -> tuple[int
 
 
 def _run(store: AlertStore, now: datetime) -> int:
-    async def go() -> int:
-        async with httpx.AsyncClient(timeout=5) as client:
-            return await deliver_due(store, client, now=now, allow=ALLOW)
-
-    return asyncio.run(go())
+    return asyncio.run(deliver_due(store, now=now, allow=ALLOW, timeout=5))
 
 
 def test_a_signed_delivery_arrives_once_per_item(store: AlertStore, httpserver: HTTPServer) -> None:
@@ -150,11 +145,7 @@ def test_a_private_target_is_refused_and_nothing_is_sent(store: AlertStore, http
     receiver = Receiver(httpserver, [])
     _setup(store, httpserver, ["A1"])
 
-    async def go() -> None:
-        async with httpx.AsyncClient(timeout=5) as client:
-            await deliver_due(store, client, now=NOW)  # no allow-list: localhost is private
-
-    asyncio.run(go())
+    asyncio.run(deliver_due(store, now=NOW))  # no allow-list: localhost is private
     (dead,) = store.deliveries(status="dead")
     assert "non-public" in (dead.last_error or "")
     assert receiver.seen == []
@@ -185,6 +176,15 @@ def test_rotation_signs_with_the_old_and_the_new_secret(store: AlertStore, https
         "http://localhost/h",
         "http://metadata.google.internal/h",
         "http://224.0.0.1/h",
+        "http://[::127.0.0.1]/h",
+        "http://[::ffff:0:7f00:1]/h",
+        "http://[fec0::1]/h",
+        "http://192.0.0.192/h",
+        "http://[64:ff9b:1:7f00:0:100:808:808]/h",
+        "http://0.0.0.0/h",
+        "http://[::1/h",
+        "http://example.org/a\x01b",
+        "http://bücher.invalid/h",
         "file:///etc/passwd",
         "http://user:pw@example.org/h",
     ],
@@ -224,7 +224,7 @@ def test_a_claim_is_exclusive_and_a_dead_process_lease_runs_out(store: AlertStor
     _, _, secret = _setup(store, httpserver, ["A1"])
     receiver.secrets = [secret]
     taken = store.claim(NOW, kinds=("webhook",), lease=timedelta(minutes=2))
-    assert [d.item_id for d, _ in taken] == ["A1"]
+    assert [d.item_id for d, _, _ in taken] == ["A1"]
     assert store.claim(NOW, kinds=("webhook",)) == []  # another process gets nothing meanwhile
     # the first process dies without settling: after its lease the delivery is sent, not lost
     assert _run(store, NOW + timedelta(minutes=1)) == 0
@@ -232,3 +232,74 @@ def test_a_claim_is_exclusive_and_a_dead_process_lease_runs_out(store: AlertStor
     (sent,) = store.deliveries(status="sent")
     assert sent.item_id == "A1"
     assert len(receiver.seen) == 1
+    # the first process wakes up late: its claim is gone, so its verdict is not written
+    (delivery, _, lease) = taken[0]
+    assert store.settle(delivery.id, lease, "pending", NOW, "late", NOW) is False
+    assert store.deliveries(status="sent")[0].id == delivery.id
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "target"),
+    [
+        (429, {"Retry-After": "\u00b2"}, None),
+        (429, {"Retry-After": "9" * 5000}, None),
+        (429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 -0000"}, None),
+        (200, {}, "http://[::1/"),
+        (200, {}, "http://localhost/" + "a" * 70_000),
+    ],
+)
+def test_no_receiver_or_target_stops_the_queue(
+    store: AlertStore, httpserver: HTTPServer, status: int, headers: dict[str, str], target: str | None
+) -> None:
+    Receiver(httpserver, [(status, headers)])
+    rule_id, endpoint_id, _ = _setup(store, httpserver, ["A1"])
+    if target is not None:
+        with store.session() as s:
+            from app.alerts.models import Endpoint
+
+            s.get(Endpoint, endpoint_id).target = target  # type: ignore[union-attr]  # the row exists
+    key_id = store.rules()[0].key_id
+    healthy = store.create_endpoint(key_id, "webhook", httpserver.url_for("/hook").replace("127.0.0.1", "localhost"))
+    store.link(rule_id, healthy.id)
+    store.enqueue("nyc", "events", "p2", [(rule_id, "nyc_311", "B1", {})], now=NOW)
+    _run(store, NOW)
+    statuses = {(d.endpoint_id, d.item_id): d.status for d in store.deliveries()}
+    assert statuses[(endpoint_id, "A1")] in ("pending", "dead")
+    assert statuses[(healthy.id, "B1")] == "sent"  # the next one in the queue still went out
+    assert "sending" not in statuses.values()
+
+
+def test_a_slow_drip_reply_hits_the_deadline(store: AlertStore) -> None:
+    import socket
+    import threading
+    import time as clock
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def drip() -> None:
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(40):
+            try:
+                conn.sendall(b"x")
+            except OSError:
+                break
+            clock.sleep(0.25)
+        conn.close()
+
+    threading.Thread(target=drip, daemon=True).start()
+    key, _ = store.create_key("k")
+    rule = store.create_rule(key.id, "r", KeywordRule(keyword="heat"), Filters(), city="nyc")
+    endpoint = store.create_endpoint(key.id, "webhook", f"http://localhost:{port}/hook")
+    store.link(rule.id, endpoint.id)
+    store.enqueue("nyc", "events", "p", [(rule.id, "nyc_311", "A1", {})], now=NOW)
+    started = clock.perf_counter()
+    asyncio.run(deliver_due(store, now=NOW, allow=ALLOW, timeout=1.0))
+    assert clock.perf_counter() - started < 4  # 1.5 s deadline, although every read arrives within 1 s
+    (pending,) = store.deliveries(status="pending")
+    assert "timed out" in (pending.last_error or "")
+    server.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -42,14 +43,17 @@ class Decision:
 
 
 def _retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds a ``Retry-After`` asks for (delay or HTTP date), capped at a day; None if unreadable."""
     if value is None:
         return None
-    if value.strip().isdigit():
-        return float(min(int(value.strip()), _MAX_RETRY_AFTER_S))
+    text = value.strip()
+    if re.fullmatch(r"[0-9]{1,9}", text):
+        return float(min(int(text), _MAX_RETRY_AFTER_S))
     try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when
     return max(0.0, min((when - now).total_seconds(), _MAX_RETRY_AFTER_S))
 
 
@@ -85,41 +89,49 @@ def message_body(delivery: Delivery) -> str:
     )
 
 
-async def _send(client: httpx.AsyncClient, delivery: Delivery, endpoint: Endpoint, now: datetime, allow: frozenset[str]) -> Decision:
+async def _send(delivery: Delivery, endpoint: Endpoint, now: datetime, allow: frozenset[str], timeout: float) -> Decision:
+    """One attempt. Whatever a target or receiver does, the answer is a decision, never an
+    exception: one bad endpoint must not stop the queue for everyone else."""
     attempt = delivery.attempts + 1
     try:
         target = await asyncio.to_thread(check_target, endpoint.target, allow)
     except TargetRefusedError as err:
         return Decision("dead", reason=f"target refused: {err}")
     secrets = [s for s in (endpoint.secret, endpoint.previous_secret if (endpoint.previous_until or now) > now else None) if s]
+    # A client per delivery, without keep-alive: a pooled connection is keyed by the pinned
+    # address, so another host on the same address would reuse it without its own TLS check.
+    limits = httpx.Limits(max_keepalive_connections=0)
     try:
-        reply = await send_signed(client, target, secrets, f"msg_{delivery.id}", now, message_body(delivery))
-    except httpx.TimeoutException:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), limits=limits, trust_env=False) as client:
+            reply = await send_signed(
+                client, target, secrets, f"msg_{delivery.id}", datetime.now(UTC), message_body(delivery), timeout * 1.5
+            )
+    except (TimeoutError, httpx.TimeoutException):
         return decide(None, attempt, now, error="timed out")
-    except httpx.HTTPError as err:
+    except httpx.TransportError as err:
         return decide(None, attempt, now, error=f"{type(err).__name__}: {err}")
+    except Exception as err:  # any other failure is this delivery's, recorded, not raised
+        return Decision("dead", reason=f"could not send: {type(err).__name__}: {err}"[:500])
     return decide(reply.status, attempt, now, reply.retry_after)
 
 
 async def deliver_due(
-    store: AlertStore, client: httpx.AsyncClient, *, now: datetime | None = None, allow: frozenset[str] = frozenset(), limit: int = 100
+    store: AlertStore, *, now: datetime | None = None, allow: frozenset[str] = frozenset(), limit: int = 100, timeout: float = 10.0
 ) -> int:
-    """Send every webhook delivery that is due (at most ``limit``) and record each outcome;
-    returns how many were attempted."""
+    """Send webhook deliveries that are due (at most ``limit``), claiming one at a time (so a
+    claim's lease covers only its own send), and record each outcome; returns how many were
+    attempted. ``now`` is the queue's clock (tests move it); signatures carry the real time."""
     now = now or datetime.now(UTC)
-    due = store.claim(now, kinds=("webhook",), limit=limit)
-    gone: set[int] = set()
     tried = 0
-    for delivery, endpoint in due:
-        if endpoint.id in gone:  # disabled earlier in this batch
-            store.settle(delivery.id, "dead", None, "the endpoint was disabled (410 Gone)", now, attempted=False)
-            continue
+    for _ in range(limit):
+        claimed = store.claim(now, kinds=("webhook",), limit=1)
+        if not claimed:
+            break
+        (delivery, endpoint, lease) = claimed[0]
         tried += 1
-        decision = await _send(client, delivery, endpoint, now, allow)
-        if decision.disable_endpoint:
-            gone.add(endpoint.id)
+        decision = await _send(delivery, endpoint, now, allow, timeout)
         store.settle(
-            delivery.id, decision.status, decision.next_attempt_at, decision.reason, now, disable_endpoint=decision.disable_endpoint
+            delivery.id, lease, decision.status, decision.next_attempt_at, decision.reason, now, disable_endpoint=decision.disable_endpoint
         )
         log.info("alerts.delivery", delivery=delivery.id, endpoint=endpoint.id, status=decision.status, reason=decision.reason)
     return tried

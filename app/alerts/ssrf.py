@@ -18,7 +18,14 @@ __all__ = ["Target", "TargetRefusedError", "check_target"]
 
 _METADATA_NAMES = {"metadata", "metadata.google.internal", "metadata.goog", "instance-data", "instance-data.ec2.internal"}
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+#: Refused whatever ``is_global`` says (it lags behind the registries on some Python versions).
+_DENY = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8", "192.0.0.0/24", "198.18.0.0/15", "240.0.0.0/4", "255.255.255.255/32",
+        "::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32", "3fff::/20", "5f00::/16", "fec0::/10",
+    )
+)  # fmt: skip
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -49,7 +56,7 @@ def _embedded(ip: IPAddress) -> list[IPAddress]:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             out.append(ip.ipv4_mapped)
-        if ip in _NAT64 or ip in _NAT64_LOCAL:
+        if ip in _NAT64:
             out.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         if ip.sixtofour is not None:
             out.append(ip.sixtofour)
@@ -59,15 +66,24 @@ def _embedded(ip: IPAddress) -> list[IPAddress]:
 
 
 def _allowed_address(ip: IPAddress) -> bool:
-    return all(a.is_global and not a.is_multicast for a in _embedded(ip))
+    return all(a.is_global and not a.is_multicast and not any(a in net for net in _DENY if net.version == a.version) for a in _embedded(ip))
 
 
 def check_target(url: str, allow: frozenset[str] = frozenset(), resolve: bool = True) -> Target:
     """The checked :class:`Target` of ``url``; raises :class:`TargetRefusedError` naming the rule broken."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018  # parsing the port raises on a bad one
+    except ValueError as err:
+        raise TargetRefusedError(f"the target is not a valid URL: {err}") from err
+    if len(url) > 2048 or any(ord(c) < 33 for c in url.strip()):
+        raise TargetRefusedError("the target URL is too long or holds spaces or control characters")
     if parts.scheme not in ("http", "https"):
         raise TargetRefusedError("the target must be an http or https URL")
-    host = (parts.hostname or "").rstrip(".").lower()
+    try:
+        host = (parts.hostname or "").rstrip(".").lower().encode("idna").decode("ascii")
+    except UnicodeError as err:
+        raise TargetRefusedError(f"the target host is not a valid name: {err}") from err
     if not host:
         raise TargetRefusedError("the target URL has no host")
     if parts.username or parts.password:
@@ -78,7 +94,7 @@ def check_target(url: str, allow: frozenset[str] = frozenset(), resolve: bool = 
         raise TargetRefusedError(f"the target URL has a bad port: {err}") from err
     if host in _METADATA_NAMES:
         raise TargetRefusedError(f"{host} is a cloud metadata service")
-    trusted = host in allow
+    trusted = host in {a.lower().rstrip(".") for a in allow}
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM) if resolve else []
     except (socket.gaierror, UnicodeError) as err:

@@ -245,9 +245,11 @@ class AlertStore:
         """In one transaction: queue one delivery per match and linked endpoint (a pair already
         queued is skipped, so a repeated evaluation never sends twice) and move the cursor to
         ``position``. Returns how many deliveries are new."""
-        for rule_id, _, item_id, payload in matches:
+        for rule_id, source, item_id, payload in matches:
+            if not (0 < len(source) <= 64 and 0 < len(item_id) <= 200):
+                raise ValueError(f"match of rule {rule_id}: source must have 1-64 and item id 1-200 characters")
             try:
-                json.dumps(payload)
+                json.dumps(payload, allow_nan=False)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"payload of rule {rule_id}, item {item_id} is not JSON: {err}") from err
         now = now or datetime.now(UTC)
@@ -299,12 +301,13 @@ class AlertStore:
 
     def claim(
         self, now: datetime, *, kinds: tuple[str, ...], limit: int = 100, lease: timedelta = timedelta(minutes=5)
-    ) -> list[tuple[Delivery, Endpoint]]:
+    ) -> list[tuple[Delivery, Endpoint, datetime]]:
         """Take the deliveries that are due (pending, or ``sending`` whose lease ran out: a
         process died while sending) to live endpoints of ``kinds``, oldest first, each marked
         ``sending`` until ``now + lease``. A row is taken by a conditional update, so two
-        processes claiming at once never get the same delivery."""
-        taken: list[tuple[Delivery, Endpoint]] = []
+        processes claiming at once never get the same delivery. Each comes with its lease end,
+        the token :meth:`settle` needs."""
+        taken: list[tuple[Delivery, Endpoint, datetime]] = []
         with self.session() as s:
             rows = s.execute(
                 select(Delivery, Endpoint)
@@ -324,27 +327,29 @@ class AlertStore:
                     .returning(Delivery.id)
                 ).all()
                 if won:
-                    taken.append((delivery, endpoint))
+                    taken.append((delivery, endpoint, now + lease))
         return taken
 
     def settle(
         self,
         delivery_id: int,
+        lease: datetime,
         status: str,
         next_at: datetime | None,
         reason: str | None,
         now: datetime,
         *,
         disable_endpoint: bool = False,
-        attempted: bool = True,
-    ) -> None:
-        """Record one attempt of a delivery (``attempted=False``: a verdict without one): its new
-        status, when to try again, why."""
+    ) -> bool:
+        """Record one attempt of a delivery claimed with ``lease``: its new status, when to try again, why. Nothing is written when the claim is
+        no longer this one's (its lease ran out and another process took the delivery); returns
+        whether it was written."""
         with self.session() as s:
             delivery = s.get(Delivery, delivery_id)
-            if delivery is None:
-                return
-            delivery.attempts += int(attempted)
+            if delivery is None or delivery.status != "sending" or delivery.next_attempt_at != lease:
+                log.warning("alerts.settle_lost_claim", delivery=delivery_id)
+                return False
+            delivery.attempts += 1
             delivery.status = status
             delivery.last_error = None if status == "sent" else reason
             if status == "sent":
@@ -355,6 +360,11 @@ class AlertStore:
                 endpoint = s.get(Endpoint, delivery.endpoint_id)
                 if endpoint is not None:
                     endpoint.disabled_reason = reason
+                    s.execute(  # what was still queued for it will not be sent: dead, with the reason
+                        update(Delivery)
+                        .where(Delivery.endpoint_id == endpoint.id, Delivery.status == "pending", Delivery.id != delivery_id)
+                        .values(status="dead", last_error=f"the endpoint was disabled: {reason}")
+                    )
                     s.add(
                         AuditEntry(
                             at=now,
@@ -364,6 +374,7 @@ class AlertStore:
                             detail={"reason": reason},
                         )
                     )
+        return True
 
     def rotate_secret(self, endpoint_id: int, *, overlap: timedelta = timedelta(hours=24), now: datetime | None = None) -> str:
         """A new signing secret for a webhook endpoint; the old one signs too until ``overlap`` ends."""

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 import httpx
@@ -13,9 +14,11 @@ from standardwebhooks.webhooks import Webhook
 
 from app.alerts.ssrf import Target
 
-__all__ = ["MAX_RESPONSE_BYTES", "Reply", "send_signed", "signature_header"]
+__all__ = ["DEADLINE_S", "MAX_RESPONSE_BYTES", "Reply", "send_signed", "signature_header"]
 
 MAX_RESPONSE_BYTES = 64 * 1024
+#: Seconds a whole webhook exchange may take (connect, send, read the capped reply).
+DEADLINE_S = 15.0
 
 
 class Reply:
@@ -30,13 +33,23 @@ def signature_header(secrets: list[str], msg_id: str, at: datetime, body: str) -
     return " ".join(Webhook(secret).sign(msg_id, at, body) for secret in secrets)
 
 
-async def send_signed(client: httpx.AsyncClient, target: Target, secrets: list[str], msg_id: str, at: datetime, body: str) -> Reply:
-    """POST ``body`` (JSON) to ``target``, signed with every secret in ``secrets``."""
+async def send_signed(
+    client: httpx.AsyncClient, target: Target, secrets: list[str], msg_id: str, at: datetime, body: str, deadline_s: float = DEADLINE_S
+) -> Reply:
+    """POST ``body`` (JSON) to ``target``, signed with every secret in ``secrets``; the whole
+    exchange ends within ``deadline_s`` (``TimeoutError``), however slowly the receiver answers."""
+    async with asyncio.timeout(deadline_s):
+        return await _post(client, target, secrets, msg_id, at, body)
+
+
+async def _post(client: httpx.AsyncClient, target: Target, secrets: list[str], msg_id: str, at: datetime, body: str) -> Reply:
     default = 443 if target.url.scheme == "https" else 80
+    host = f"[{target.host}]" if ":" in target.host else target.host
     headers = {
         "content-type": "application/json",
         "user-agent": "city-service-heat-alerts",
-        "host": target.host if target.port == default else f"{target.host}:{target.port}",
+        "accept-encoding": "identity",  # the byte cap counts what arrives, not what it inflates to
+        "host": host if target.port == default else f"{host}:{target.port}",
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(at.timestamp())),
         "webhook-signature": signature_header(secrets, msg_id, at, body),
@@ -46,7 +59,7 @@ async def send_signed(client: httpx.AsyncClient, target: Target, secrets: list[s
     response = await client.send(request, stream=True, follow_redirects=False)
     try:
         chunks, size = [], 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():
             chunks.append(chunk)
             size += len(chunk)
             if size >= MAX_RESPONSE_BYTES:
