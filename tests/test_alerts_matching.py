@@ -102,7 +102,7 @@ def _oracle(rules: list[tuple[int, object, Filters]], events: pl.DataFrame) -> s
             elif isinstance(spec, KeywordRule):
                 ok = spec.keyword.lower() in text.lower()
             elif isinstance(spec, PlateRule):
-                ok = spec.plate in normalize_plate(text)
+                ok = any(spec.plate in normalize_plate(field or "") for field in (ev["text"], ev["address"]))
             elif isinstance(spec, AddressRule):
                 ok = ev["address"] is not None and normalize_address(ev["address"]) == normalize_address(spec.address)
             else:
@@ -131,6 +131,12 @@ def test_keywords_are_literal_case_insensitive_and_may_overlap() -> None:
     rules = [(1, KeywordRule(keyword="noise"), Filters()), (2, KeywordRule(keyword="noise - street"), Filters()),
              (3, KeywordRule(keyword="a.b"), Filters()), (4, KeywordRule(keyword="[x]"), Filters()), (5, KeywordRule(keyword="a*b"), Filters())]  # fmt: skip
     assert sorted(match_events(rules, events)["rule_id"].to_list()) == [1, 2, 3, 4]
+
+
+def test_a_plate_never_matches_across_text_and_address() -> None:
+    events = _events(1, 0).with_columns(text=pl.lit("seen: LAB"), address=pl.lit("12 Main St"))
+    assert match_events([(1, PlateRule(plate="AB12"), Filters())], events).height == 0
+    assert match_events([(1, PlateRule(plate="12MAIN"), Filters())], events).height == 1
 
 
 def test_radius_boundary_and_unlocated_events() -> None:

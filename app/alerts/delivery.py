@@ -12,7 +12,7 @@ import asyncio
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
@@ -40,6 +40,7 @@ class Decision:
     next_attempt_at: datetime | None = None
     disable_endpoint: bool = False
     reason: str | None = None
+    code: int | None = None  # the receiver's HTTP status, when it answered
 
 
 def _retry_after(value: str | None, now: datetime) -> float | None:
@@ -59,6 +60,10 @@ def _retry_after(value: str | None, now: datetime) -> float | None:
 
 def decide(status: int | None, attempts: int, now: datetime, retry_after: str | None = None, error: str | None = None) -> Decision:
     """The decision after attempt number ``attempts`` answered ``status`` (None: no answer)."""
+    return replace(_decide(status, attempts, now, retry_after, error), code=status)
+
+
+def _decide(status: int | None, attempts: int, now: datetime, retry_after: str | None, error: str | None) -> Decision:
     if status is not None and 200 <= status < 300:
         return Decision("sent")
     if status == 410:
@@ -131,7 +136,14 @@ async def deliver_due(
         tried += 1
         decision = await _send(delivery, endpoint, now, allow, timeout)
         store.settle(
-            delivery.id, lease, decision.status, decision.next_attempt_at, decision.reason, now, disable_endpoint=decision.disable_endpoint
+            delivery.id,
+            lease,
+            decision.status,
+            decision.next_attempt_at,
+            decision.reason,
+            now,
+            disable_endpoint=decision.disable_endpoint,
+            code=decision.code,
         )
         log.info("alerts.delivery", delivery=delivery.id, endpoint=endpoint.id, status=decision.status, reason=decision.reason)
     return tried

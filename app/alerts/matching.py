@@ -131,11 +131,10 @@ def _keyword_text() -> pl.Expr:
 
 
 def _plate_text() -> pl.Expr:
-    return (
-        pl.concat_str([pl.col("text").fill_null(""), pl.col("address").fill_null("")], separator="\n")
-        .str.to_uppercase()
-        .str.replace_all(r"[^0-9A-Z]", "")
-    )
+    """Text and address, each upper-cased to letters and digits, joined by ``|`` (which no plate
+    holds, so a plate never matches across the two fields)."""
+    fields = [pl.col(c).fill_null("").str.to_uppercase().str.replace_all(r"[^0-9A-Z]", "") for c in ("text", "address")]
+    return pl.concat_str(fields, separator="|")
 
 
 def _patterns(rules: list[tuple[int, str]], events: pl.DataFrame, text: pl.Expr) -> pl.DataFrame:

@@ -340,6 +340,7 @@ class AlertStore:
         now: datetime,
         *,
         disable_endpoint: bool = False,
+        code: int | None = None,
     ) -> bool:
         """Record one attempt of a delivery claimed with ``lease``: its new status, when to try again, why. Nothing is written when the claim is
         no longer this one's (its lease ran out and another process took the delivery); returns
@@ -351,6 +352,7 @@ class AlertStore:
                 return False
             delivery.attempts += 1
             delivery.status = status
+            delivery.last_status = code
             delivery.last_error = None if status == "sent" else reason
             if status == "sent":
                 delivery.sent_at = now
