@@ -15,10 +15,10 @@ import polars as pl
 
 from app.alerts.matching import match_events
 from app.alerts.rules import AddressRule, AreaRule, Filters, KeywordRule, PlateRule, PolygonRule, RadiusRule
+from bench.run import Figures
 
 __all__ = ["alert_figures", "bench_events", "bench_rules"]
 
-Figures = dict[str, tuple[float, str]]
 _CATS = ["Noise - Residential", "Illegal Parking", "HEAT/HOT WATER", "Blocked Driveway", "Street Condition", "Water System"]
 _WORDS = ["loud music", "banging", "no heat", "double parked", "pothole", "leak", "dog", "party", "car alarm", "hydrant"]
 _STREETS = ["BROADWAY", "W 42 ST", "FLATBUSH AVE", "GRAND CONCOURSE", "QUEENS BLVD", "VICTORY BLVD"]

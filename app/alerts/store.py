@@ -255,7 +255,10 @@ class AlertStore:
         now = now or datetime.now(UTC)
         with self.session() as s:
             links: dict[int, list[int]] = {}
-            for rule_id, endpoint_id in s.execute(select(RuleEndpoint.rule_id, RuleEndpoint.endpoint_id)):
+            wanted = sorted({m[0] for m in matches})
+            for rule_id, endpoint_id in s.execute(
+                select(RuleEndpoint.rule_id, RuleEndpoint.endpoint_id).where(RuleEndpoint.rule_id.in_(wanted))
+            ):
                 links.setdefault(rule_id, []).append(endpoint_id)
             rows = [
                 {
@@ -273,8 +276,8 @@ class AlertStore:
                 for endpoint_id in links.get(rule_id, [])
             ]
             added = 0
+            insert = postgresql.insert if self.url.get_backend_name() == "postgresql" else sqlite.insert
             for at in range(0, len(rows), 1_000):
-                insert = postgresql.insert if self.url.get_backend_name() == "postgresql" else sqlite.insert
                 statement = (
                     insert(Delivery)
                     .values(rows[at : at + 1_000])
