@@ -28,8 +28,8 @@ def warm(app: FastAPI) -> None:
     every level are cached, and numba compiles datashader's aggregation. Memos live on the app's
     store's snapshot, which is why this takes the app rather than opening a store of its own.
     The page opens on the store's default city (NYC when it holds it, else its first city), so a
-    store of Chicago, a UK H3 region or an Open311 city alone warms that. Skipped in 'dp' mode: a
-    release there spends privacy budget, which only a visitor should do."""
+    store of Chicago, a UK H3 region or an Open311 city alone warms that (in 'dp' mode too: every
+    number is read from the snapshot's release, which was charged once when it was published)."""
     from bokeh.document import Document
 
     from app.data.cities import default_city
@@ -41,10 +41,10 @@ def warm(app: FastAPI) -> None:
     settings, store = app.state.settings, app.state.store
     snapshot = store.current()
     city = default_city(snapshot, Lens.param["city"].default) if snapshot is not None else None
-    if snapshot is None or city is None or settings.privacy_mode == "dp":
+    if snapshot is None or city is None:
         return
     started = time.perf_counter()
-    build_dashboard(store, settings, app.state.ledger).server_doc(Document())
+    build_dashboard(store, settings).server_doc(Document())
     lens = Lens(snapshot=snapshot, privacy_mode=settings.privacy_mode, privacy_k=settings.privacy_k)
     lens.city = city  # the page's default city (the store may hold no NYC at all)
     tiles = Tilegram(lens=lens)

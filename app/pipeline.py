@@ -22,12 +22,13 @@ import structlog
 from app.config import Settings, get_settings
 from app.data.demo import DemoCity, DemoSpec, floor_hour
 from app.data.demo_feed import DEMO_SOURCE, DemoSource, Source
-from app.data.geography import load_geography
+from app.data.geography import LEVELS, load_geography
 from app.data.ingest import IngestReport, ingest_source
 from app.data.registry import SourceSpec, city_timezone, get_source
 from app.data.snapshot import Snapshot, query, read_events, read_units
 from app.data.store import Store
-from app.engine.grains import GRAINS, bin_expr, grain_rank, parse_grains
+from app.engine.grains import DEFAULT_GRAINS, GRAINS, bin_expr, check_grains, grain_rank, parse_grains
+from app.engine.ledger import LEDGER_FILE, BudgetLedger
 from app.engine.privacy import Policy
 from app.engine.publish import Published, publish_city
 from app.engine.scores import DEFAULT_MIN_Z, DEFAULT_Q
@@ -158,13 +159,17 @@ def recompute_anomalies(
     policy = Policy(settings.privacy_mode, settings.privacy_k, epsilon=settings.privacy_epsilon)
     horizon = horizon or _horizon(con, city)
     t0 = time.perf_counter()
-    published = _publish_coarsening(events, units, tz, policy, horizon, parse_grains(settings.grains))
+    spent: dict[str, float] = {}
+    if policy.mode == "dp":
+        published = _publish_dp(events, units, city, tz, policy, horizon, parse_grains(settings.grains), settings, spent)
+    else:
+        published = _publish_coarsening(events, units, tz, policy, horizon, parse_grains(settings.grains))
     meta: dict[str, object] = {
         "mode": policy.mode,
         "k": policy.k,
         "epsilon": policy.epsilon if policy.mode == "dp" else None,
         "grains": json.dumps(
-            {"grains": published.grains, "complete_until": {k: v.isoformat() for k, v in published.complete_until.items()}}
+            {"grains": published.grains, "complete_until": {k: v.isoformat() for k, v in published.complete_until.items()}, **spent}
         ),
         "timezone": tz,
         "history_start": published.history_start,
@@ -203,6 +208,31 @@ def _publish_coarsening(
                 raise
             log.warning("release.coarsened", reason=str(err), grains=coarser)
             grains = coarser
+
+
+def _publish_dp(
+    events: pl.DataFrame,
+    units: pl.DataFrame,
+    city: str,
+    tz: str,
+    policy: Policy,
+    horizon: datetime | None,
+    grains: dict[str, str] | None,
+    settings: Settings,
+    spent: dict[str, float],
+) -> Published:
+    """The ``dp`` publish: the ledger's released bins re-served, the new ones noised, recorded and
+    charged before anything is published (:class:`app.engine.ledger.BudgetExceeded` leaves the
+    city's previous release in place). ``spent`` receives the ε at the city's most-charged instant
+    and the budget, which the snapshot carries (the server never opens the ledger)."""
+    present = [lvl for lvl in LEVELS if units.filter(pl.col("level") == lvl).height]
+    chosen = check_grains(grains or DEFAULT_GRAINS, present)
+    with BudgetLedger(settings.data_dir / LEDGER_FILE, budget=settings.privacy_budget) as ledger:
+        published = publish_city(events, units, tz, policy, horizon=horizon, grains=chosen, stored=ledger.published(city, chosen))
+        if published.dp is not None:
+            ledger.record(city, published.grains, published.dp.new, published.dp.new_bins, published.dp.epsilon)
+        spent.update(epsilon_spent=ledger.peak(city), privacy_budget=ledger.budget)
+    return published
 
 
 def _horizon(con: duckdb.DuckDBPyConnection, city: str) -> datetime | None:

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.data.demo import DemoSpec
 from app.data.snapshot import Snapshot
 from app.data.store import Store
+from app.engine.ledger import LEDGER_FILE, BudgetExceeded, BudgetLedger
 from app.pipeline import build_demo
 from conftest import TINY_GRAINS
 
@@ -350,13 +351,16 @@ def test_readme_lists_every_public_route(openapi: dict[str, Any]) -> None:
 
 
 # ---- differential privacy mode -------------------------------------------------------------------
-def test_a_dp_publish_is_refused_with_what_to_set_instead(tmp_path: Path) -> None:
-    """A publish-time dp release is not built: a dp server refuses to publish rather than release
-    numbers nothing audited."""
-    settings = Settings(data_dir=tmp_path, scheduler_enabled=False, privacy_mode="dp", grains=TINY_GRAINS)
-    with pytest.raises(ValueError, match="CSH_PRIVACY_MODE=suppress"):
+def test_a_dp_publish_over_the_budget_is_refused_and_records_nothing(tmp_path: Path) -> None:
+    """A dp publish that would take an instant over the budget publishes nothing and charges nothing."""
+    settings = Settings(
+        data_dir=tmp_path, scheduler_enabled=False, privacy_mode="dp", privacy_epsilon=1.0, privacy_budget=0.5, grains=TINY_GRAINS
+    )
+    with pytest.raises(BudgetExceeded, match=r"budget 0\.5"):
         build_demo(Store(tmp_path), DemoSpec(seed=3, end=datetime(2026, 11, 1, tzinfo=UTC), days=8, size=2_000), settings=settings)
     assert Store(tmp_path).current() is None
+    with BudgetLedger(tmp_path / LEDGER_FILE) as ledger:
+        assert ledger.peak("nyc") == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.engine.privacy import BudgetExceeded, BudgetLedger, Policy, _bridges, dp_noise_variance, dp_release
+from app.engine.ledger import BudgetExceeded, BudgetLedger
+from app.engine.privacy import Policy, _bridges, dp_noise_variance, dp_release
 
 DAY0 = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
 

@@ -26,7 +26,6 @@ from app.data.registry import load_registry
 from app.data.snapshot import Snapshot
 from app.data.store import Store
 from app.engine.lens import ALL, Lens
-from app.engine.privacy import BudgetLedger
 from app.pipeline import build_demo, refresh
 from app.views.anomaly_table import COLUMNS, AnomalyTable
 from app.views.base import level_words
@@ -677,19 +676,6 @@ def test_age_and_privacy_texts() -> None:
     assert age_text(None, now) == UNKNOWN
     assert privacy_text("none", 11, 1.0).startswith("Privacy: none")
     assert "ε spent: unknown" in privacy_text("dp", 11, 1.0)
-
-
-def test_provenance_of_a_dp_server_shows_the_snapshots_rule_and_spends_nothing(tiny_store: Store, tmp_path: Path) -> None:
-    """A dp release is not published (a dp publish is refused): a lens asked for dp with a ledger
-    reads the snapshot's suppress release, says so, and charges no budget."""
-    with BudgetLedger(tmp_path / "ledger.duckdb", budget=10.0) as ledger:
-        lens = Lens(snapshot=tiny_store.current(), privacy_mode="dp", epsilon=0.5, ledger=ledger)
-        texts = [str(m.object) for m in ProvenancePanel(lens=lens).__panel__().select(pn.pane.Markdown) if "Snapshot" in str(m.object)]
-        assert len(texts) == 1
-        assert "Privacy: suppress" in texts[0]
-        assert "ε" not in texts[0]
-        lens.category = "HEAT/HOT WATER"
-        assert ledger.peak("nyc") == 0
 
 
 def test_heat_hover_counts_follow_the_window_and_ignore_thresholds(lens: Lens) -> None:

@@ -126,7 +126,6 @@ def get_lens(
         privacy_mode=settings.privacy_mode,
         privacy_k=settings.privacy_k,
         epsilon=settings.privacy_epsilon,
-        ledger=getattr(request.app.state, "ledger", None),
     )
     lens.city = city  # after the snapshot: the lens offers the snapshot's cities once it has one
     if until is not None:

@@ -10,8 +10,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app.engine.privacy import BudgetExceeded
-
 __all__ = ["NoSnapshotError", "install_error_handlers", "unprocessable"]
 
 
@@ -36,11 +34,6 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": errors, "message": summary})
 
 
-async def _budget_handler(request: Request, exc: Exception) -> JSONResponse:
-    # Not a bad input (the request is well formed): the data it needs may not be released again.
-    return JSONResponse(status_code=403, content={"detail": "privacy budget exhausted", "message": str(exc)})
-
-
 async def _no_snapshot_handler(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         status_code=503,
@@ -52,5 +45,4 @@ async def _no_snapshot_handler(request: Request, exc: Exception) -> JSONResponse
 def install_error_handlers(app: FastAPI) -> None:
     """Register the 422, 403 (privacy budget) and 503 handlers on ``app``."""
     app.add_exception_handler(RequestValidationError, _validation_handler)
-    app.add_exception_handler(BudgetExceeded, _budget_handler)
     app.add_exception_handler(NoSnapshotError, _no_snapshot_handler)

@@ -16,7 +16,6 @@ from app.api.errors import install_error_handlers
 from app.api.routes import api_router
 from app.config import Settings, get_settings
 from app.data.store import Store
-from app.engine.privacy import LEDGER_FILE, BudgetLedger
 from app.scheduler import create_scheduler
 
 __all__ = ["create_app"]
@@ -28,8 +27,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app over ``settings.data_dir``; the scheduler starts with the lifespan."""
     settings = settings or get_settings()
     store = Store(settings.data_dir, keep=settings.keep_snapshots)
-    # One ledger per data directory: every 'dp' release of this server is charged to it.
-    ledger = BudgetLedger(settings.data_dir / LEDGER_FILE, budget=settings.privacy_budget) if settings.privacy_mode == "dp" else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,7 +47,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store
-    app.state.ledger = ledger
     install_error_handlers(app)
     app.include_router(api_router)
 
@@ -64,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     from app.views.page import build_dashboard  # Panel/Bokeh import cost only where the page is served
 
-    add_applications({"/dashboard": lambda: build_dashboard(store, settings, ledger)}, app=app, title="City Service Heat")
+    add_applications({"/dashboard": lambda: build_dashboard(store, settings)}, app=app, title="City Service Heat")
     for route in app.routes:  # the page is not part of the JSON API's contract
         if isinstance(route, APIRoute) and route.path.startswith("/dashboard"):
             route.include_in_schema = False

@@ -193,7 +193,8 @@ class Snapshot:
 
     def release_meta(self, city: str) -> dict[str, Any]:
         """How ``city``'s release was made: mode, k, epsilon, grains per level, time zone, history
-        start and horizon (empty when the snapshot has no release for it)."""
+        start and horizon, and under ``dp`` ``epsilon_spent`` (at the city's most-charged instant,
+        after this release) and ``privacy_budget`` (empty when the snapshot has no release for it)."""
 
         def read() -> dict[str, Any]:
             rows = self._query("SELECT * FROM release_meta WHERE city = $city", {"city": city}).to_dicts()
@@ -203,6 +204,8 @@ class Snapshot:
             packed = json.loads(meta["grains"]) if isinstance(meta["grains"], str) else meta["grains"]
             meta["grains"] = packed["grains"]
             meta["complete_until"] = {k: datetime.fromisoformat(v) for k, v in packed["complete_until"].items()}
+            meta["epsilon_spent"] = packed.get("epsilon_spent")
+            meta["privacy_budget"] = packed.get("privacy_budget")
             return meta
 
         return self.memo(("release_meta", city), read)

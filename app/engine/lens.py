@@ -22,7 +22,7 @@ from app.engine.bins import ALL_CATEGORIES, filter_events
 from app.engine.drivers import explain_published
 from app.engine.grains import DEFAULT_GRAINS, GRAINS, bin_expr, floor_bin, grain_rank, next_bin
 from app.engine.narratives import narrate
-from app.engine.privacy import BudgetLedger, Policy
+from app.engine.privacy import Policy
 from app.engine.scores import DEFAULT_Q
 from app.engine.scoring import BASELINE_DAYS
 
@@ -84,7 +84,6 @@ class Lens(param.Parameterized):
         default=[], item_type=str, doc="Selected units at the lens level (tiles, map or keyboard); empty means all. One shared selection."
     )
     epsilon = param.Number(default=1.0, bounds=(0.01, 10.0), doc="Privacy-loss parameter of a 'dp' release (read from the snapshot).")
-    ledger = param.ClassSelector(class_=BudgetLedger, allow_None=True, doc="Budget ledger of 'dp' releases (shown in the provenance).")
 
     def __init__(self, **params: Any) -> None:
         self._window_city: str | None = None
@@ -154,6 +153,13 @@ class Lens(param.Parameterized):
         cutoff = self._meta().get("complete_until") or {}
         value = cutoff.get(level or self.level)
         return value if isinstance(value, datetime) else None
+
+    def privacy_spent(self) -> tuple[float | None, float | None]:
+        """Under ``dp``: the ε spent at the city's most-charged instant after this snapshot's
+        release, and the budget (both None when the snapshot does not say)."""
+        meta = self._meta()
+        spent, budget = meta.get("epsilon_spent"), meta.get("privacy_budget")
+        return (float(spent) if spent is not None else None, float(budget) if budget is not None else None)
 
     @property
     def policy(self) -> Policy:

@@ -12,10 +12,11 @@ Modes (:class:`Policy`):
     graph of one cube here (:func:`_cube_graph`, :func:`_bridges`).
 ``dp``
     differential privacy: integer discrete-Laplace noise from OpenDP on every cell of every level,
-    post-processed to consistent non-negative integers (:func:`dp_release`), with a persisted
-    budget ledger that re-serves released bins for free and refuses to overspend
-    (:class:`BudgetLedger`). A publish-time ``dp`` release is not built yet
-    (:func:`app.engine.publish.publish_city` refuses the mode).
+    post-processed to consistent non-negative integers, with a persisted budget ledger that
+    re-serves released bins for free and refuses to overspend
+    (:class:`app.engine.ledger.BudgetLedger`). The publish-time release is
+    :func:`app.engine.dp_publish.dp_layers` (every level at its grain, per category);
+    :func:`dp_release` is the same for one category on one bin grid.
 
 Why suppression is audited exactly
 ----------------------------------
@@ -44,13 +45,12 @@ program per cell).
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, Literal
+from datetime import datetime
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -60,25 +60,21 @@ from app.data.geography import LEVELS
 from app.engine.bins import ALL_CATEGORIES
 
 __all__ = [
-    "LEDGER_FILE",
-    "BudgetExceeded",
-    "BudgetLedger",
     "Mode",
     "Policy",
+    "distribute",
     "dp_epsilon",
     "dp_noise_variance",
     "dp_release",
+    "opendp_noise",
+    "seeded_noise",
 ]
 
 Mode = Literal["none", "suppress", "dp"]
 
-#: File name of the budget ledger inside a data directory.
-LEDGER_FILE = "privacy_ledger.duckdb"
-
-#: Length of one bin of each time-bin name (the ledger charges per bin).
-_BIN_STEP: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
-
 _I64 = npt.NDArray[np.int64]
+#: Values below which noise is drawn on one thread.
+_NOISE_CHUNK = 100_000
 _BOOL = npt.NDArray[np.bool_]
 _F64 = npt.NDArray[np.float64]
 
@@ -311,13 +307,19 @@ def _cube_graph(cube: pl.DataFrame, levels: Sequence[str] | None) -> _CubeGraph:
 
 
 # ---- differential privacy ------------------------------------------------------------------------
-def _opendp_noise(values: _I64, scale: float) -> _I64:
-    """``values`` plus discrete Laplace noise of ``scale`` from OpenDP (one call per vector)."""
+def opendp_noise(values: _I64, scale: float) -> _I64:
+    """``values`` plus discrete Laplace noise of ``scale`` from OpenDP. OpenDP's exact sampler takes
+    ~10 µs a value and releases the GIL, so a long vector is noised in chunks on every core."""
     import opendp.prelude as dp
 
     dp.enable_features("contrib")
     meas = dp.m.make_laplace(dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int), scale=scale)
-    return np.asarray(meas(values.tolist()), dtype=np.int64)
+    workers = max(1, min(os.cpu_count() or 1, values.shape[0] // _NOISE_CHUNK))
+    if workers == 1:
+        return np.asarray(meas(values.tolist()), dtype=np.int64)
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(lambda part: np.asarray(meas(part.tolist()), dtype=np.int64), np.array_split(values, workers * 4)))
+    return np.concatenate(parts)
 
 
 def dp_epsilon(policy: Policy, n_levels: int) -> float:
@@ -330,7 +332,7 @@ def dp_epsilon(policy: Policy, n_levels: int) -> float:
     return float(meas.map(n_levels))
 
 
-def _seeded_noise(values: _I64, scale: float, seed: int) -> _I64:
+def seeded_noise(values: _I64, scale: float, seed: int) -> _I64:
     """The same distribution from numpy (difference of two geometrics): reproducible, for tests
     only: a seeded, non-cryptographic generator is no privacy protection."""
     rng = np.random.default_rng(seed)
@@ -354,15 +356,16 @@ def _hierarchy(units: pl.DataFrame) -> tuple[list[str], pl.DataFrame]:
     return [c.removesuffix("_id") for c in cols], frame
 
 
-def _distribute(children: pl.DataFrame, threshold: int) -> pl.DataFrame:
+def distribute(children: pl.DataFrame, threshold: int, by: Sequence[str] = ()) -> pl.DataFrame:
     """Integer children adding up exactly to their parent's value ``parent``.
 
-    ``children``: ``unit_id, parent_id, bin_start, noisy, parent``. The parent's value is split in
+    ``children``: ``unit_id, parent_id, bin_start, noisy, parent`` (and the columns ``by``, which
+    also key a parent's value, e.g. ``category``). The parent's value is split in
     proportion to the clipped noisy values (equal shares when all are 0) and rounded by largest
     remainder (ties by unit id), in exact integer arithmetic. With a threshold t >= 1 only children
     with noisy >= t share, and a share below t drops out (its mass goes to its siblings; if none is
     left the largest child takes all), so every child is 0 or >= t."""
-    key = ["parent_id", "bin_start"]
+    key = ["parent_id", "bin_start", *by]
     frame = children.sort([*key, "unit_id"]).with_columns(w=pl.col("noisy").clip(lower_bound=0).cast(pl.Int64))
     if threshold >= 1:
         frame = frame.with_columns(member=(pl.col("w") >= threshold) & (pl.col("parent") > 0))
@@ -392,7 +395,7 @@ def _distribute(children: pl.DataFrame, threshold: int) -> pl.DataFrame:
         _rem=pl.when(pl.col("member") & (pl.col("_wsum") > 0)).then(prod % pl.col("_wsum")).otherwise(-1),
     )
     frame = frame.with_columns(_deficit=pl.col("parent") - pl.col("_floor").sum().over(key))
-    frame = frame.sort([*key, "_rem", "unit_id"], descending=[False, False, True, False])
+    frame = frame.sort([*key, "_rem", "unit_id"], descending=[*(False for _ in key), True, False])
     frame = frame.with_columns(_pos=pl.int_range(pl.len()).over(key))
     bump = pl.col("member") & (pl.col("_pos") < pl.col("_deficit"))
     return frame.with_columns(count=pl.col("_floor") + bump.cast(pl.Int64)).drop(
@@ -441,7 +444,7 @@ def dp_release(
     cells = pl.concat(per_level).sort("level", "unit_id", "bin_start")
     truth = cells["true"].to_numpy().astype(np.int64)
     scale = policy.noise_scale(len(levels))
-    noisy = _opendp_noise(truth, scale) if rng_seed is None else _seeded_noise(truth, scale, rng_seed)
+    noisy = opendp_noise(truth, scale) if rng_seed is None else seeded_noise(truth, scale, rng_seed)
     cells = cells.with_columns(noisy=pl.Series(noisy, dtype=pl.Int64)).drop("true")
 
     t = policy.dp_threshold
@@ -453,7 +456,7 @@ def dp_release(
     for lvl in reversed(levels[:-1]):
         parent_values = above.select(pl.col("unit_id").alias("parent_id"), "bin_start", parent="count")
         kids = cells.filter(pl.col("level") == lvl).join(parent_values, on=["parent_id", "bin_start"], how="left")
-        above = _distribute(kids, t).drop("parent")
+        above = distribute(kids, t).drop("parent")
         done.append(above)
     out = pl.concat([d.select("level", "unit_id", "parent_id", "bin_start", "count", "noisy") for d in done])
     rank = {lvl: i for i, lvl in enumerate(levels)}
@@ -462,254 +465,3 @@ def dp_release(
     )
     out = out.with_columns(_lvl=pl.col("level").replace_strict(rank, return_dtype=pl.Int64)).sort("_lvl", "unit_id", "bin_start")
     return out.select("level", "unit_id", "parent_id", "bin_start", "count", "thresholded")
-
-
-class BudgetExceeded(RuntimeError):  # noqa: N818  # name fixed by the API routes that catch it
-    """A ``dp`` release would push the privacy loss of some instant of a city over the budget."""
-
-    def __init__(self, city: str, bin_start: datetime, spent: float, epsilon: float, budget: float) -> None:
-        self.city, self.bin_start, self.spent, self.epsilon, self.budget = city, bin_start, spent, epsilon, budget
-        super().__init__(
-            f"privacy budget of {city!r} exhausted at bin {bin_start.isoformat()}: "
-            f"ε spent {spent:g} + requested {epsilon:g} > budget {budget:g}"
-        )
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS releases (
-    city VARCHAR NOT NULL, category VARCHAR NOT NULL, time_bin VARCHAR NOT NULL,
-    bin_start TIMESTAMP NOT NULL, bin_end TIMESTAMP NOT NULL,
-    epsilon DOUBLE NOT NULL, released_at TIMESTAMP NOT NULL,
-    PRIMARY KEY (city, category, time_bin, bin_start)
-);
-CREATE TABLE IF NOT EXISTS release_cells (
-    city VARCHAR NOT NULL, category VARCHAR NOT NULL, time_bin VARCHAR NOT NULL, bin_start TIMESTAMP NOT NULL,
-    level VARCHAR NOT NULL, unit_id VARCHAR NOT NULL, parent_id VARCHAR, count BIGINT NOT NULL, thresholded BOOLEAN NOT NULL
-);
-"""
-
-
-def _naive(ts: datetime) -> datetime:
-    return ts.astimezone(UTC).replace(tzinfo=None)
-
-
-class BudgetLedger:
-    """The persisted record of every ``dp`` release, and the guard of the privacy budget.
-
-    A small DuckDB file holds, per ``(city, category, time_bin, bin_start)``, the ε charged and the
-    released (post-processed) values. A repeated query re-serves the stored values, which costs
-    nothing (post-processing of a past release), so only bins never released before are charged.
-    ``category`` is the key of the released series and must identify the whole query predicate.
-
-    The budget is per (city, instant): the ε of all releases whose bins cover an instant adds up
-    (sequential composition across categories and bin widths; disjoint bins compose in parallel),
-    and a release is refused whole (:class:`BudgetExceeded`, nothing recorded) when any of its bins
-    would take some instant over ``budget``. Stored values are never refreshed: late events for an
-    already released bin are not reflected (refreshing would cost budget again).
-
-    The ledger keeps its DuckDB file open until :meth:`close` (DuckDB's file lock makes it the one
-    writing process); each release runs in one transaction, under a lock for threads.
-    """
-
-    def __init__(self, path: Path | str, budget: float = 10.0) -> None:
-        import duckdb
-
-        self.path = Path(path)
-        self.budget = float(budget)
-        self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(str(self.path))
-        self._con.execute(_SCHEMA)
-
-    def close(self) -> None:
-        """Release the DuckDB file (and its lock)."""
-        with self._lock:
-            self._con.close()
-
-    def __enter__(self) -> BudgetLedger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _session(self) -> Iterator[Any]:
-        """The ledger's connection, one thread at a time (a DuckDB connection is not thread-safe)."""
-        with self._lock:
-            yield self._con
-
-    def spent(self, city: str, at: datetime | None = None) -> float:
-        """ε charged to ``city``: in total (for display) or, with ``at``, by the releases covering
-        that instant (the number the budget bounds)."""
-        with self._session() as con:
-            if at is None:
-                row = con.execute("SELECT coalesce(sum(epsilon), 0) FROM releases WHERE city = ?", [city]).fetchone()
-            else:
-                row = con.execute(
-                    "SELECT coalesce(sum(epsilon), 0) FROM releases WHERE city = ? AND bin_start <= ? AND bin_end > ?",
-                    [city, _naive(at), _naive(at)],
-                ).fetchone()
-        return float(row[0]) if row else 0.0
-
-    def peak(self, city: str) -> float:
-        """The largest ε charged to any instant of ``city``: the number the budget bounds."""
-        with self._session() as con:
-            rows = con.execute("SELECT bin_start, bin_end, epsilon FROM releases WHERE city = ?", [city]).fetchall()
-        if not rows:
-            return 0.0
-        points = sorted({r[0] for r in rows} | {r[1] for r in rows})
-        index = {p: i for i, p in enumerate(points)}
-        delta = np.zeros(len(points))
-        for start, end, eps in rows:
-            delta[index[start]] += eps
-            delta[index[end]] -= eps
-        return float(np.cumsum(delta).max())
-
-    def stored(self, city: str, category: str, time_bin: str, bins: Sequence[datetime] | None = None) -> pl.DataFrame:
-        """The stored release cells of a series (of ``bins`` only, when given): the columns of
-        :func:`dp_release`."""
-        with self._session() as con:
-            return self._stored(con, city, category, time_bin, bins)
-
-    def charge(self, city: str, category: str, time_bin: str, released: pl.DataFrame, epsilon: float) -> None:
-        """Record ``released`` (cells of :func:`dp_release`, bins never released before) at
-        ``epsilon`` per bin, or raise :class:`BudgetExceeded` and record nothing."""
-        with self._session() as con:
-            con.begin()
-            try:
-                self._charge(con, city, category, time_bin, released, epsilon)
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
-
-    def release(
-        self,
-        city: str,
-        category: str,
-        time_bin: str,
-        counts: pl.DataFrame,
-        units: pl.DataFrame,
-        bins: Sequence[datetime] | pl.Series,
-        policy: Policy,
-    ) -> pl.DataFrame:
-        """The ``dp`` release of ``bins`` of one series: stored bins as stored, new bins released
-        by :func:`dp_release` and charged, all in one transaction (refused whole when over budget).
-
-        Output: the columns of :func:`dp_release`, for every requested bin."""
-        if policy.mode != "dp":
-            raise ValueError(f"the ledger releases 'dp' only, not {policy.mode!r}")
-        wanted = sorted({b.astimezone(UTC) for b in bins})
-        levels, _ = _hierarchy(units)
-        with self._session() as con:
-            con.begin()
-            try:
-                old = self._stored(con, city, category, time_bin, wanted)
-                have = set(old["bin_start"].unique().to_list())
-                new_bins = [b for b in wanted if b not in have]
-                if new_bins:
-                    epsilon = dp_epsilon(policy, len(levels))
-                    self._check(con, city, time_bin, new_bins, epsilon)
-                    fresh = dp_release(counts, units, new_bins, policy)
-                    self._charge(con, city, category, time_bin, fresh, epsilon)
-                    old = pl.concat([old, fresh])
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
-        rank = {lvl: i for i, lvl in enumerate(levels)}
-        old = old.with_columns(_lvl=pl.col("level").replace_strict(rank, default=len(rank), return_dtype=pl.Int64))
-        return old.sort("_lvl", "unit_id", "bin_start").drop("_lvl")
-
-    # ---- internals (callers hold the lock and the transaction) ----
-    @staticmethod
-    def _stored(con: Any, city: str, category: str, time_bin: str, bins: Sequence[datetime] | None) -> pl.DataFrame:
-        sql = (
-            "SELECT level, unit_id, parent_id, bin_start, count, thresholded FROM release_cells "
-            "WHERE city = ? AND category = ? AND time_bin = ?"
-        )
-        params: list[object] = [city, category, time_bin]
-        if bins is not None:
-            sql += " AND bin_start IN (SELECT unnest(?::TIMESTAMP[]))"
-            params.append([_naive(b) for b in bins])
-        frame: pl.DataFrame = con.sql(sql, params=params).pl()
-        schema = pl.Schema(
-            {
-                "level": pl.String(),
-                "unit_id": pl.String(),
-                "parent_id": pl.String(),
-                "bin_start": pl.Datetime("us"),
-                "count": pl.Int64(),
-                "thresholded": pl.Boolean(),
-            }
-        )
-        frame = frame.cast(schema) if frame.height else pl.DataFrame(schema=schema)
-        return frame.with_columns(pl.col("bin_start").dt.replace_time_zone("UTC"))
-
-    def _check(self, con: Any, city: str, time_bin: str, bins: Sequence[datetime], epsilon: float) -> None:
-        """Raise :class:`BudgetExceeded` when adding ``epsilon`` on ``bins`` takes some instant of
-        ``city`` over the budget: the loss at an instant is the sum of ε of the releases covering
-        it, a step function whose maximum over a bin is found by a sweep over interval ends."""
-        step = _BIN_STEP[time_bin]
-        starts = [_naive(b) for b in bins]
-        lo, hi = min(starts), max(starts) + step
-        rows = con.execute(
-            "SELECT bin_start, bin_end, epsilon FROM releases WHERE city = ? AND bin_start < ? AND bin_end > ?", [city, hi, lo]
-        ).fetchall()
-        new_s = np.array(starts, dtype="datetime64[us]")
-        new_e = new_s + np.timedelta64(int(step / timedelta(microseconds=1)), "us")
-        old_s = np.array([r[0] for r in rows], dtype="datetime64[us]")
-        old_e = np.array([r[1] for r in rows], dtype="datetime64[us]")
-        eps = np.array([r[2] for r in rows], dtype=np.float64)
-        points = np.unique(np.concatenate([new_s, new_e, old_s, old_e]))
-        delta = np.zeros(points.shape[0], np.float64)
-        np.add.at(delta, np.searchsorted(points, old_s), eps)
-        np.add.at(delta, np.searchsorted(points, old_e), -eps)
-        loss = np.cumsum(delta)  # loss on [points[j], points[j + 1])
-        for s, e, b in zip(np.searchsorted(points, new_s), np.searchsorted(points, new_e), bins, strict=True):
-            peak = float(loss[s:e].max()) if e > s else 0.0
-            if peak + epsilon > self.budget + 1e-9:
-                raise BudgetExceeded(city, b, peak, epsilon, self.budget)
-
-    def _charge(self, con: Any, city: str, category: str, time_bin: str, released: pl.DataFrame, epsilon: float) -> None:
-        bins = sorted(set(released["bin_start"].to_list()))
-        if not bins:
-            return
-        placeholders = [_naive(b) for b in bins]
-        dup = con.execute(
-            "SELECT count(*) FROM releases WHERE city = ? AND category = ? AND time_bin = ? AND bin_start IN (SELECT unnest(?::TIMESTAMP[]))",
-            [city, category, time_bin, placeholders],
-        ).fetchone()
-        if dup and dup[0]:
-            raise ValueError(f"bins of {city}/{category}/{time_bin} already released: re-serve them, do not charge twice")
-        self._check(con, city, time_bin, bins, epsilon)
-        step = _BIN_STEP[time_bin]
-        now = datetime.now(UTC).replace(tzinfo=None)
-        heads = pl.DataFrame(
-            {
-                "city": city,
-                "category": category,
-                "time_bin": time_bin,
-                "bin_start": placeholders,
-                "bin_end": [b + step for b in placeholders],
-                "epsilon": epsilon,
-                "released_at": now,
-            }
-        )
-        cells = released.select(
-            city=pl.lit(city),
-            category=pl.lit(category),
-            time_bin=pl.lit(time_bin),
-            bin_start=pl.col("bin_start").dt.convert_time_zone("UTC").dt.replace_time_zone(None),
-            level="level",
-            unit_id="unit_id",
-            parent_id="parent_id",
-            count=pl.col("count").cast(pl.Int64),
-            thresholded="thresholded",
-        )
-        con.register("_new_heads", heads.to_arrow())
-        con.register("_new_cells", cells.to_arrow())
-        con.execute("INSERT INTO releases SELECT * FROM _new_heads")
-        con.execute("INSERT INTO release_cells SELECT * FROM _new_cells")
-        con.unregister("_new_heads")
-        con.unregister("_new_cells")

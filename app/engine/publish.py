@@ -20,6 +20,7 @@ import structlog
 
 from app.data.geography import LEVELS, tract_parents
 from app.engine.bins import ALL_CATEGORIES
+from app.engine.dp_publish import DpRelease, dp_layers, noise_variance
 from app.engine.fill import fill_withheld
 from app.engine.grains import DEFAULT_GRAINS, GRAINS, bin_expr, bin_range, check_grains, choose_grains, coarser_grains, floor_bin, next_bin
 from app.engine.layers import hourly_base, layer_cells, level_layer
@@ -47,6 +48,7 @@ class Published:
     history_start: datetime | None = None
     horizon: datetime | None = None
     complete_until: dict[str, datetime] = field(default_factory=dict)  # per level: first unpublished bin
+    dp: DpRelease | None = None  # 'dp': the bins noised now (to record in the ledger before publishing)
 
 
 def publishable_shares(
@@ -89,13 +91,20 @@ def publish_city(
     policy: Policy,
     horizon: datetime | None = None,
     grains: Mapping[str, str] | None = DEFAULT_GRAINS,
+    stored: Mapping[str, pl.DataFrame] | None = None,
+    rng_seed: int | None = None,
 ) -> Published:
     """The release and scores of one city's current events (see the module docstring).
 
     ``horizon``: the instant up to which the data are complete (default: the newest event).
     ``grains``: the grain of each level, or None to choose them from the data
-    (:func:`app.engine.grains.choose_grains`: the finest grain whose cells are mostly publishable)."""
+    (:func:`app.engine.grains.choose_grains`: the finest grain whose cells are mostly publishable;
+    not under ``dp``, where a choice made from the raw data would leak: the default grains then).
+    ``stored``: under ``dp``, the ledger's released cells per level (re-served, never noised again);
+    ``rng_seed``: seeded ``dp`` noise, for tests only (see :func:`app.engine.dp_publish.dp_layers`)."""
     present = [lvl for lvl in LEVELS if units.filter(pl.col("level") == lvl).height]
+    if grains is None and policy.mode == "dp":
+        grains = DEFAULT_GRAINS
     if grains is None:
         shares, cell_shares = publishable_shares(events, units, tz, policy.k, present)
         grains = choose_grains(shares, present, cell_shares)
@@ -109,29 +118,37 @@ def publish_city(
     horizon = horizon or newest
     # History starts at the first event's hour: the hours of a first day before it are missing data,
     # not zeros (a day or week bin that starts before it is released but enters no baseline).
-    history = floor_bin(first, "hour", tz)
+    # Under dp the history starts at the first event's week: its grid (which cells get noise) then
+    # says only in which week the data begin.
+    history = floor_bin(first, "week" if policy.mode == "dp" else "hour", tz)
     clock = _Clock()
     layers = layer_cells(events, tract_parents(units), grains, tz, present)
     clock.lap("layers")
+    below: dict[str, str | None] = dict.fromkeys(present)
+    if policy.mode != "dp":  # dp has no pair blocks: a bin is published once it is complete
+        for i, (seg, _) in enumerate(segs := segments(present, grains)):
+            if i:
+                below[seg[0]] = segs[i - 1][1]
+    cutoff = {lvl: complete_until(horizon, grains[lvl], below[lvl], tz) for lvl in present}
+    dp = None
     if policy.mode == "suppress":
         released = suppress_layers(layers, units.select("level", "unit_id", "parent_id"), grains, policy.k, tz, present)
     elif policy.mode == "none":
         released = layers.with_columns(suppressed=pl.lit(False))
     else:
-        raise ValueError(
-            "privacy mode 'dp' cannot publish a snapshot yet: a publish-time dp release (one noisy release per snapshot, "
-            "charged once per cell-instant) is not built; set CSH_PRIVACY_MODE=suppress"
+        dp = dp_layers(
+            layers, units.select("level", "unit_id", "parent_id"), grains, tz, present, history, cutoff, policy, stored or {}, rng_seed
         )
+        released = dp.released
     clock.lap("release")
-    below = dict.fromkeys(present)
-    for i, (seg, _) in enumerate(segs := segments(present, grains)):
-        if i:
-            below[seg[0]] = segs[i - 1][1]
-    cutoff = {lvl: complete_until(horizon, grains[lvl], below[lvl], tz) for lvl in present}
-    filled = fill_withheld(released, grains, tz, present, policy.k)
+    if dp is None:
+        filled = fill_withheld(released, grains, tz, present, policy.k)
+    else:  # nothing is withheld: the noisy counts are the baselines' input
+        filled = released.with_columns(filled=pl.col("count").cast(pl.Float64))
     clock.lap("fill")
     n_cats = events["category"].n_unique() + 1
     fill_variance = STAND_IN_VARIANCE if policy.mode == "suppress" else 0.0
+    noise = noise_variance(policy, len(present))
     scores = []
     for level in present:
         mine = filled.filter(pl.col("level") == level)
@@ -139,7 +156,8 @@ def publish_city(
         for grain in coarser_grains(grains[level]):
             cells = mine if grain == grains[level] else _coarser(mine, grain, tz)
             until = cutoff[level] if grain == grains[level] else floor_bin(cutoff[level], grain, tz)
-            spec = ScoreSpec(grain, tz, history, n_units, n_cats, until, fill_variance=fill_variance)
+            spans = _SPAN[grain] // _SPAN[grains[level]]  # released cells summed into one bin of this grain
+            spec = ScoreSpec(grain, tz, history, n_units, n_cats, until, fill_variance=fill_variance, noise_variance=noise * spans)
             scored = score_layer(cells.select("unit_id", "category", "bin_start", "count", "suppressed", "filled"), spec)
             scores.append(scored.with_columns(level=pl.lit(level), grain=pl.lit(grain)))
             clock.lap(f"scores {level}@{grain}")
@@ -155,7 +173,12 @@ def publish_city(
         history,
         horizon,
         cutoff,
+        dp,
     )
+
+
+#: Hours in a bin of each grain (how many finer cells a coarser bin sums, for the noise it carries).
+_SPAN = {"hour": 1, "day": 24, "week": 168}
 
 
 class _Clock:

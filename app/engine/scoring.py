@@ -64,6 +64,9 @@ class ScoreSpec:
     #: (the release only says it is small): the stand-ins of a trailing window add it, times their
     #: sum, to the uncertainty of the level. 0 when nothing is withheld.
     fill_variance: float = 0.0
+    #: Variance of the noise in every released cell (``dp``; 0 otherwise): the observed cell carries
+    #: it once and the expected value, a mean of trailing cells, shrunk by the weight of the window.
+    noise_variance: float = 0.0
 
 
 def _norm_isf(p: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -242,9 +245,10 @@ def _expectations(grid: pl.DataFrame, cells: pl.DataFrame, spec: ScoreSpec) -> p
     ph = pl.col("phi").fill_null(1.0)
     stand_ins = f.pow(2) * pl.col("stand_ins") * spec.fill_variance / b.pow(2)
     shape = (f * a / b).pow(2) * ph * pl.col("rel_var").fill_null(0.0)  # the seasonal factor's own uncertainty
+    noise = spec.noise_variance * (1.0 + f.pow(2) * nb / b.pow(2))
     return rows.with_columns(
         expected=pl.when(nb > 0).then(f * a / b),
-        variance=pl.when(nb > 0).then(ph * f * a / b + f.pow(2) * a / b.pow(2) + stand_ins + shape),
+        variance=pl.when(nb > 0).then(ph * f * a / b + f.pow(2) * a / b.pow(2) + stand_ins + shape + noise),
     ).drop("slot", "factor", "rel_var", "u", "s", "phi", "epoch", "floor", "stand_ins")
 
 

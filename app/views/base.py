@@ -13,9 +13,9 @@ __all__ = ["KIND_LABELS", "LENS_STATE", "LensView", "level_words"]
 #: What the kinds checkboxes call each event kind.
 KIND_LABELS = {"request": "Service requests", "incident": "Incidents", "closure": "Road closures"}
 
-#: Lens parameters whose change re-renders a view of released numbers: every parameter but the
-#: ledger (an object, not state) and ``name``, derived so a new parameter cannot be forgotten.
-LENS_STATE = tuple(name for name in Lens.param if name not in ("name", "ledger"))
+#: Lens parameters whose change re-renders a view of released numbers: every parameter but
+#: ``name``, derived so a new parameter cannot be forgotten.
+LENS_STATE = tuple(name for name in Lens.param if name != "name")
 
 
 class LensView(pn.viewable.Viewer):

@@ -25,7 +25,6 @@ from app.config import Settings
 from app.data.cities import city_kinds, city_name, default_city, level_names
 from app.data.store import Store
 from app.engine.lens import KINDS, Lens
-from app.engine.privacy import BudgetLedger
 from app.views.announce import LiveRegion
 from app.views.anomaly_table import AnomalyTable
 from app.views.base import KIND_LABELS, LENS_STATE, LensView, level_words
@@ -331,9 +330,8 @@ def dashboard_page(lens: Lens, notice: str = "") -> BasicTemplate:
     return _template(main=[body], sidebar=[Controls(lens=lens)])
 
 
-def build_dashboard(store: Store, settings: Settings, ledger: BudgetLedger | None = None) -> BasicTemplate:
-    """A fresh lens and page for one browser session; a clear notice when nothing is published yet.
-    ``ledger`` is the server's 'dp' budget ledger (required in 'dp' mode)."""
+def build_dashboard(store: Store, settings: Settings) -> BasicTemplate:
+    """A fresh lens and page for one browser session; a clear notice when nothing is published yet."""
     snapshot = store.current()
     city = default_city(snapshot, Lens.param["city"].default) if snapshot is not None else None
     if snapshot is None or city is None:
@@ -343,7 +341,6 @@ def build_dashboard(store: Store, settings: Settings, ledger: BudgetLedger | Non
         privacy_mode=settings.privacy_mode,
         privacy_k=settings.privacy_k,
         epsilon=settings.privacy_epsilon,
-        ledger=ledger,
     )
     lens.city = city  # after the snapshot: the lens offers the snapshot's cities once it has one
     if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:  # a live browser session

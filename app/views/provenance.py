@@ -2,13 +2,12 @@
 
 A reader of a public dashboard needs to know who published each dataset, under which licence, how
 fresh it is and how the counts were protected before they can cite or trust a figure. Everything
-here is read from the snapshot (its ``ingest_state`` and meta), the source registry and the budget
-ledger; nothing is added to the data layer, and a fact none of them records is shown as "unknown".
+here is read from the snapshot (its ``ingest_state``, meta and release facts, incl. the ε a ``dp``
+release has spent) and the source registry; nothing is added to the data layer, and a fact none of them records is shown as "unknown".
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +22,6 @@ from app.data.demo_feed import DEMO_SOURCE, DemoSource
 from app.data.registry import SourceSpec, load_registry
 from app.data.snapshot import Snapshot
 from app.engine.lens import Lens
-from app.engine.privacy import BudgetExceeded
 from app.views.base import LensView
 
 __all__ = [
@@ -40,8 +38,6 @@ __all__ = [
 
 UNKNOWN = "unknown"
 _SMALL = {"font-size": "0.85em", "color": "#555"}
-#: Lens parameters a 'dp' release depends on: each may charge the ledger, so the ε shown follows them.
-_RELEASE_PARAMS = ("city", "level", "since", "until", "category", "kinds", "time_bin", "min_z", "q", "selection")
 
 
 @dataclass(frozen=True)
@@ -171,7 +167,7 @@ def privacy_text(mode: str, k: int, epsilon: float, spent: float | None = None, 
         return f"Privacy: suppress (counts 1 to {k - 1} withheld, with complements, k = {k})"
     if mode == "dp":
         if spent is None or budget is None:
-            charged = "ε spent: unknown (no budget ledger)"
+            charged = "ε spent: unknown (the snapshot does not say)"
         else:
             charged = f"ε spent: {spent:g} of the budget {budget:g} at {city}'s most-charged instant"
         return f"Privacy: differential privacy (noisy counts, ε = {epsilon:g} per release) · {charged}"
@@ -201,17 +197,14 @@ class ProvenancePanel(LensView):
 
     def _privacy(self) -> str:
         lens = self.bound
-        if lens.privacy_mode != "dp" or lens.ledger is None:
+        if lens.privacy_mode != "dp":
             return privacy_text(lens.privacy_mode, lens.privacy_k, lens.epsilon)
-        # The release this page shows (memoised: the table asks for the same one) is charged before
-        # the ledger is read, whichever view renders first; an exhausted budget is the table's to report.
-        with contextlib.suppress(BudgetExceeded):
-            lens.anomalies()
-        return privacy_text("dp", lens.privacy_k, lens.epsilon, lens.ledger.peak(lens.city), lens.ledger.budget, lens.city)
+        spent, budget = lens.privacy_spent()
+        return privacy_text("dp", lens.privacy_k, lens.epsilon, spent, budget, lens.city)
 
     def __panel__(self) -> pn.viewable.Viewable:
         p = self.bound.param
-        deps = [p.snapshot, p.privacy_mode, p.privacy_k, p.epsilon, p.ledger, *(p[n] for n in _RELEASE_PARAMS)]
+        deps = [p.snapshot, p.city, p.privacy_mode, p.privacy_k, p.epsilon]
         summary = pn.pane.Markdown(pn.bind(self._summary, *deps), styles=_SMALL, margin=(0, 10))
         sources = pn.pane.Markdown(pn.bind(self._sources, p.snapshot, p.city), styles=_SMALL, margin=(0, 10))
         return pn.Column(summary, sources, sizing_mode="stretch_width")

@@ -263,9 +263,7 @@ def restore_url_state(lens: Lens, query: Mapping[str, str]) -> None:
     """Show exactly the view of a history entry's query: what it leaves out is the default (a fresh
     lens of the same snapshot and rule), not whatever the session shows now, so Back to a bare
     link also clears the category or selection chosen since."""
-    target = Lens(
-        snapshot=lens.snapshot, privacy_mode=lens.privacy_mode, privacy_k=lens.privacy_k, epsilon=lens.epsilon, ledger=lens.ledger
-    )
+    target = Lens(snapshot=lens.snapshot, privacy_mode=lens.privacy_mode, privacy_k=lens.privacy_k, epsilon=lens.epsilon)
     apply_url_state(target, query)
     apply_url_state(lens, url_state(target))
     lens.selection = list(target.selection)

@@ -31,5 +31,5 @@ def lens_out(lens: Lens) -> WindowOut:
 def privacy_out(lens: Lens) -> PrivacyOut:
     """The release rule applied."""
     dp = lens.privacy_mode == "dp"
-    spent = lens.ledger.peak(lens.city) if dp and lens.ledger is not None else None
+    spent = lens.privacy_spent()[0] if dp else None
     return PrivacyOut(mode=lens.privacy_mode, k=lens.privacy_k, epsilon=lens.epsilon if dp else None, epsilon_spent=spent)
