@@ -140,6 +140,9 @@ class AnomalyRule(_Spec):
     unit_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=500)
     min_z: float = Field(3.0, ge=0, le=50)
     max_q: float = Field(0.05, gt=0, le=1)
+    effects: list[Literal["volume", "mix", "volume+mix"]] = Field(
+        default_factory=list, description="only anomalies of these effects (a category's rise in volume or in its share); empty: all"
+    )
 
 
 RuleSpec = Annotated[RadiusRule | AddressRule | KeywordRule | PlateRule | PolygonRule | AreaRule | AnomalyRule, Field(discriminator="kind")]

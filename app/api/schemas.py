@@ -108,7 +108,7 @@ class AnomalyOut(BaseModel):
     level: str = Field(description="Level the anomaly is shown at.")
     unit_id: str
     name: str | None
-    category: str = Field(description="Category; '*' means all categories (the 'dp' mode scores the lens selection).")
+    category: str = Field(description="Category; '*' means all categories.")
     window_start: datetime
     window_end: datetime
     observed: int = Field(description="Released count of the cell.")
@@ -116,7 +116,7 @@ class AnomalyOut(BaseModel):
     variance: float = Field(description="Baseline predictive variance (over-dispersion and estimation uncertainty included).")
     zscore: float
     p: float = Field(description="Exact negative-binomial upper-tail p-value.")
-    q: float = Field(description="Benjamini-Hochberg q-value over every cell tested in the window.")
+    q: float = Field(description="Benjamini-Hochberg q-value over the cells of this level and bin (all units x categories), fixed at publish.")
     baseline_start: datetime
     baseline_end: datetime
     effect: str = Field(description="'volume' (events added), 'mix' (taken from other categories, total unchanged) or 'volume+mix'.")

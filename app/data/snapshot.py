@@ -44,6 +44,20 @@ SELECT 'closure', kind, tract_id, CASE WHEN tract_id IS NULL THEN area_id END, s
 """
 
 
+#: Rows of every kind stored after an instant, as the alerts match them (their provider record in ``attrs``).
+_NEW_ROWS_SQL = """
+SELECT id AS event_id, source, 'request' AS kind, category, ts, descriptor AS text, lon, lat, tract_id, area_id, attrs, valid_from
+FROM request WHERE city = $city AND valid_to IS NULL AND valid_from > $after
+UNION ALL
+SELECT id, source, 'incident', type, ts, NULL, lon, lat, tract_id, area_id, attrs, valid_from
+FROM incident WHERE city = $city AND valid_to IS NULL AND valid_from > $after
+UNION ALL
+SELECT id, source, 'closure', kind, start_ts, description, lon, lat, tract_id, area_id, attrs, valid_from
+FROM closure WHERE city = $city AND valid_to IS NULL AND valid_from > $after
+ORDER BY valid_from, event_id
+"""
+
+
 def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB file with the session time zone pinned to UTC (ICU is built in)."""
     con = duckdb.connect(str(path), read_only=read_only)
@@ -157,6 +171,24 @@ class Snapshot:
     def events(self, city: str) -> pl.DataFrame:
         """All current events of ``city`` as one frame with :data:`EVENT_SCHEMA`, loaded once."""
         return self.memo(("events", city), lambda: read_events(self._con, city))
+
+    def rows_stored_after(self, city: str, after: datetime) -> pl.DataFrame:
+        """Current rows of ``city`` stored (``valid_from``) after ``after``, oldest first: ``event_id,
+        source, kind, category, ts, text, lon, lat, tract_id, area_id, attrs`` (the provider's
+        record as JSON text), ``valid_from``. What the alerts match; not memoised (one read per
+        evaluation)."""
+        frame = self._query(_NEW_ROWS_SQL, {"city": city, "after": after})
+        return frame.with_columns(pl.col("attrs").cast(pl.String)) if frame.height else frame
+
+    def newest_stored(self, city: str) -> datetime | None:
+        """When the newest current row of ``city`` was stored (the alerts' cursor starts there)."""
+        row = self._query(
+            "SELECT max(v) AS v FROM (SELECT max(valid_from) AS v FROM request WHERE city = $city UNION ALL "
+            "SELECT max(valid_from) FROM incident WHERE city = $city UNION ALL SELECT max(valid_from) FROM closure WHERE city = $city)",
+            {"city": city},
+        )
+        value = row["v"][0] if row.height else None
+        return value if isinstance(value, datetime) else None
 
     def anomalies(self, city: str) -> pl.DataFrame:
         """Anomalies stored with this snapshot (computed by the pipeline at publish time)."""
