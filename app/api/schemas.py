@@ -116,7 +116,9 @@ class AnomalyOut(BaseModel):
     variance: float = Field(description="Baseline predictive variance (over-dispersion and estimation uncertainty included).")
     zscore: float
     p: float = Field(description="Exact negative-binomial upper-tail p-value.")
-    q: float = Field(description="Benjamini-Hochberg q-value over the cells of this level and bin (all units x categories), fixed at publish.")
+    q: float = Field(
+        description="Benjamini-Hochberg q-value over the cells of this level and bin (all units x categories), fixed at publish."
+    )
     baseline_start: datetime
     baseline_end: datetime
     effect: str = Field(description="'volume' (events added), 'mix' (taken from other categories, total unchanged) or 'volume+mix'.")
