@@ -27,8 +27,9 @@ from app.data.ingest import IngestReport, ingest_source
 from app.data.registry import SourceSpec, city_timezone, get_source
 from app.data.snapshot import Snapshot, query, read_events, read_units
 from app.data.store import Store
+from app.engine.dp_publish import series_key
 from app.engine.grains import DEFAULT_GRAINS, GRAINS, bin_expr, check_grains, grain_rank, parse_grains
-from app.engine.ledger import LEDGER_FILE, BudgetLedger
+from app.engine.ledger import LEDGER_FILE, BudgetExceeded, BudgetLedger
 from app.engine.privacy import Policy
 from app.engine.publish import Published, publish_city
 from app.engine.scores import DEFAULT_MIN_Z, DEFAULT_Q
@@ -55,6 +56,8 @@ def build_demo(store: Store, spec: DemoSpec, force: bool = False, settings: Sett
     with store.writer() as con:
         for table in ("request", "incident", "closure", "anomaly", "geo_unit", "ingest_state", "snapshot_meta"):
             con.execute(f"DELETE FROM {table}")
+        # a new demo dataset: the noisy bins of the one it replaces must not be re-served for it
+        ((settings or get_settings()).data_dir / LEDGER_FILE).unlink(missing_ok=True)
         store.upsert(con, "geo_unit", geo.units)
         for kind, frame in frames.items():
             store.upsert(con, kind, frame.drop("planted"))
@@ -139,10 +142,15 @@ async def ingest_live(
 
 
 def publish(store: Store, cities: set[str], built_by: str, settings: Settings | None = None) -> Snapshot:
-    """Publish the release and scores of ``cities`` in the working database, then a snapshot."""
+    """Publish the release and scores of ``cities`` in the working database, then a snapshot. A
+    ``dp`` city whose new release would go over the privacy budget keeps its previous release
+    (nothing of the refused one is recorded or written) and the other cities are published."""
     with store.writer() as con:
         for city in sorted(cities):
-            recompute_anomalies(con, city, settings)
+            try:
+                recompute_anomalies(con, city, settings)
+            except BudgetExceeded as err:
+                log.error("release.refused", city=city, reason=str(err))
     return store.publish({"built_by": built_by})
 
 
@@ -228,9 +236,10 @@ def _publish_dp(
     present = [lvl for lvl in LEVELS if units.filter(pl.col("level") == lvl).height]
     chosen = check_grains(grains or DEFAULT_GRAINS, present)
     with BudgetLedger(settings.data_dir / LEDGER_FILE, budget=settings.privacy_budget) as ledger:
-        published = publish_city(events, units, tz, policy, horizon=horizon, grains=chosen, stored=ledger.published(city, chosen))
+        series = series_key(policy, chosen, present)
+        published = publish_city(events, units, tz, policy, horizon=horizon, grains=chosen, stored=ledger.published(city, series, chosen))
         if published.dp is not None:
-            ledger.record(city, published.grains, published.dp.new, published.dp.new_bins, published.dp.epsilon)
+            ledger.record(city, series, published.grains, published.dp.new, published.dp.new_bins, published.dp.epsilon)
         spent.update(epsilon_spent=ledger.peak(city), privacy_budget=ledger.budget)
     return published
 

@@ -5,7 +5,8 @@ post-processing of the noisy release only."""
 from __future__ import annotations
 
 import itertools
-from datetime import timedelta
+import math
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import panel as pn
@@ -20,7 +21,7 @@ from app.config import Settings
 from app.data.geography import tract_parents
 from app.data.store import Store
 from app.engine.bins import ALL_CATEGORIES
-from app.engine.dp_publish import level_epsilon, noise_variance
+from app.engine.dp_publish import level_epsilon, noise_variance, series_key
 from app.engine.grains import DEFAULT_GRAINS, bin_expr, bin_range
 from app.engine.layers import layer_cells
 from app.engine.ledger import LEDGER_FILE, BudgetExceeded, BudgetLedger
@@ -45,11 +46,12 @@ def city() -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def publish(events: pl.DataFrame, units: pl.DataFrame, ledger: BudgetLedger | None = None, seed: int = 7) -> Published:
     """One dp publish of ``events``; with a ledger, through it (re-served bins, then recorded)."""
-    stored = ledger.published("x", DEFAULT_GRAINS) if ledger is not None else None
+    series = series_key(POLICY, DEFAULT_GRAINS, LEVELS)
+    stored = ledger.published("x", series, DEFAULT_GRAINS) if ledger is not None else None
     pub = publish_city(events, units, SPEC.tz, POLICY, stored=stored, rng_seed=seed)
     if ledger is not None:
         assert pub.dp is not None
-        ledger.record("x", pub.grains, pub.dp.new, pub.dp.new_bins, pub.dp.epsilon)
+        ledger.record("x", series, pub.grains, pub.dp.new, pub.dp.new_bins, pub.dp.epsilon)
     return pub
 
 
@@ -124,7 +126,7 @@ def test_bins_are_noised_once_re_served_and_charged_once_per_instant(tmp_path: P
         assert second.dp is not None
         assert all(f.join(old, on=key, how="inner").height == 0 for f in second.dp.new.values())
         with pytest.raises(ValueError, match="already released"):
-            ledger.record("x", second.grains, second.dp.new, second.dp.new_bins, second.dp.epsilon)
+            ledger.record("x", second.dp.series, second.grains, second.dp.new, second.dp.new_bins, second.dp.epsilon)
 
 
 def test_scores_are_post_processing_of_the_release(tmp_path: Path, city: tuple[pl.DataFrame, pl.DataFrame]) -> None:
@@ -143,8 +145,32 @@ def test_scores_are_post_processing_of_the_release(tmp_path: Path, city: tuple[p
     # equal up to the order of float sums
     assert_frame_equal(second.scores.sort(key).select(cols), first.scores.sort(key).select(cols), rel_tol=1e-9, abs_tol=1e-12)
     scored = first.scores.filter(pl.col("scored"))
+    # noise alone is not an anomaly (a negative binomial with the noise's variance would call a noisy
+    # 1 against 0.03 expected z = 4): nothing noise-sized is flagged, and no more than exact counts
+    # of the same city flag
+    flagged = scored.filter((pl.col("q") <= 0.05) & (pl.col("zscore") >= 3.0))
+    assert flagged.filter(pl.col("observed") < 3 * math.sqrt(noise_variance(POLICY, 4))).height == 0
+    exact = publish_city(events, units, SPEC.tz, Policy("none")).scores
+    assert flagged.height <= exact.filter(pl.col("scored") & (pl.col("q") <= 0.05) & (pl.col("zscore") >= 3.0)).height
     assert scored.height > 0
     assert scored["variance"].min() > noise_variance(POLICY, 4)
+
+
+def test_another_epsilon_is_a_new_release_of_every_level(tmp_path: Path, city: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    """Bins of one configuration are never re-served under another (their noise scale and their
+    consistency belong to it): a changed ε noises and charges everything again."""
+    units, events = city
+    other = Policy("dp", epsilon=2.0)
+    with BudgetLedger(tmp_path / "ledger.duckdb") as ledger:
+        first = publish(events, units, ledger)
+        series = series_key(other, DEFAULT_GRAINS, LEVELS)
+        assert series != series_key(POLICY, DEFAULT_GRAINS, LEVELS)
+        assert all(f.height == 0 for f in ledger.published("x", series, DEFAULT_GRAINS).values())
+        again = publish_city(events, units, SPEC.tz, other, stored=ledger.published("x", series, DEFAULT_GRAINS), rng_seed=3)
+        assert again.dp is not None
+        assert sum(f.height for f in again.dp.new.values()) == first.release.height
+        ledger.record("x", series, again.grains, again.dp.new, again.dp.new_bins, again.dp.epsilon)
+        assert ledger.peak("x") == pytest.approx(3.0, rel=1e-6)
 
 
 def test_an_overspending_publish_records_nothing(tmp_path: Path, city: tuple[pl.DataFrame, pl.DataFrame]) -> None:
@@ -153,25 +179,35 @@ def test_an_overspending_publish_records_nothing(tmp_path: Path, city: tuple[pl.
         with pytest.raises(BudgetExceeded, match=r"budget 0\.75"):
             publish(events, units, ledger)
         assert ledger.peak("x") == 0.0
-        assert all(f.height == 0 for f in ledger.published("x", DEFAULT_GRAINS).values())
+        assert all(f.height == 0 for f in ledger.published("x", series_key(POLICY, DEFAULT_GRAINS, LEVELS), DEFAULT_GRAINS).values())
 
 
 def test_a_dp_server_publishes_serves_and_spends_once(tmp_path: Path) -> None:
     """Through the user's path: a dp demo build, a second publish of the same data (re-served, not
-    charged again), the API and the provenance panel reading the ε spent from the snapshot."""
-    settings = Settings(data_dir=tmp_path, privacy_mode="dp", privacy_epsilon=1.0, grains=TINY_GRAINS, scheduler_enabled=False)
+    charged again), one over the budget (refused: the previous release stays), the API and the
+    provenance panel reading the ε spent from the snapshot, and no exact count or event time."""
+    settings = Settings(
+        data_dir=tmp_path, privacy_mode="dp", privacy_epsilon=1.0, privacy_budget=1.5, grains=TINY_GRAINS, scheduler_enabled=False
+    )
     store = Store(tmp_path)
     first = build_demo(store, TINY_SPEC, settings=settings)
     meta = first.release_meta("nyc")
     assert meta["mode"] == "dp"
     assert meta["epsilon_spent"] == pytest.approx(1.0)
-    assert meta["privacy_budget"] == 10.0
+    assert meta["privacy_budget"] == 1.5
     assert (tmp_path / LEDGER_FILE).exists()
     second = pipeline.publish(store, {"nyc"}, built_by="test", settings=settings)
     assert second.id != first.id
     assert second.release_meta("nyc")["epsilon_spent"] == pytest.approx(1.0)
     cols = first.release("nyc").columns
     assert second.release("nyc").sort(cols).equals(first.release("nyc").sort(cols))
+    # other grains are a new release of every level: 1 more per instant, over the budget of 1.5
+    coarser = settings.model_copy(update={"grains": "tract=week,neighborhood=week,borough=day,city=day"})
+    third = pipeline.publish(store, {"nyc"}, built_by="test", settings=coarser)
+    assert third.release_meta("nyc")["grains"] == second.release_meta("nyc")["grains"]
+    assert third.release("nyc").sort(cols).equals(first.release("nyc").sort(cols))
+    with BudgetLedger(tmp_path / LEDGER_FILE) as ledger:
+        assert ledger.peak("nyc") == pytest.approx(1.0)
     with TestClient(create_app(settings)) as client:
         for path in ("/heat", "/anomalies"):
             res = client.get(path, params={"city": "nyc", "level": "neighborhood", "min_z": 0, "q": 1})
@@ -182,7 +218,14 @@ def test_a_dp_server_publishes_serves_and_spends_once(tmp_path: Path) -> None:
             assert privacy["epsilon_spent"] == pytest.approx(1.0)
         found = client.get("/anomalies", params={"city": "nyc", "level": "borough", "min_z": 0, "q": 1}).json()
         assert found["items"], "a dp release is scored"
+        health = client.get("/healthz").json()
+        assert health["snapshot"]["rows"] is None  # exact counts would undo the noise
+        assert all(s["rows_total"] is None for s in health["sources"])
+        (nyc,) = [c for c in client.get("/cities").json()["cities"] if c["id"] == "nyc"]
+        assert datetime.fromisoformat(nyc["first_event"]) == meta["history_start"]
+        assert datetime.fromisoformat(nyc["last_event"]) == meta["horizon"]
     lens = Lens(snapshot=store.current())
     assert lens.privacy_mode == "dp"
     texts = [str(m.object) for m in ProvenancePanel(lens=lens).__panel__().select(pn.pane.Markdown) if "Snapshot" in str(m.object)]
-    assert "ε spent: 1 of the budget 10 at nyc's most-charged instant" in texts[0]
+    assert "ε spent: 1 of the budget 1.5 at nyc's most-charged instant" in texts[0]
+    assert "rows: withheld (differential privacy)" in texts[0]

@@ -162,8 +162,12 @@ class CityOut(BaseModel):
     levels: list[LevelOut] = Field(description="Admin levels, finest first.")
     kinds: list[str] = Field(description="Event kinds the city has events of: request, incident, closure.")
     categories: int = Field(description="Number of distinct categories (complaint types, offences, closure kinds).")
-    first_event: datetime | None = Field(description="Time of the oldest event (UTC); null without events.")
-    last_event: datetime | None = Field(description="Time of the newest event (UTC); null without events.")
+    first_event: datetime | None = Field(
+        description="Time of the oldest event (UTC; under 'dp' the start of its local week); null without events."
+    )
+    last_event: datetime | None = Field(
+        description="Time of the newest event (UTC; under 'dp' the release's horizon); null without events."
+    )
 
 
 class CitiesOut(BaseModel):
@@ -180,7 +184,7 @@ class SnapshotOut(BaseModel):
     id: str
     created_at: datetime
     age_s: float
-    rows: dict[str, int]
+    rows: dict[str, int] | None = Field(description="Current rows per kind (null under 'dp': exact counts are not published).")
 
 
 class SourceOut(BaseModel):
@@ -196,8 +200,10 @@ class SourceOut(BaseModel):
     )
     last_error: str | None = Field(None, description="The last failure, if the source is failing.")
     drift: dict[str, list[str]] | None = Field(None, description="Schema drift seen on the last poll: new, vanished and retyped fields.")
-    rows_total: int = Field(0, description="Rows ingested from this source so far.")
-    unlocated_total: int = Field(0, description="Of those, rows kept without a usable location.")
+    rows_total: int | None = Field(
+        0, description="Rows ingested from this source so far (null under 'dp': exact counts are not published)."
+    )
+    unlocated_total: int | None = Field(0, description="Of those, rows kept without a usable location (null under 'dp').")
 
 
 class HealthOut(BaseModel):

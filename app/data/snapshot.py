@@ -149,6 +149,12 @@ class Snapshot:
                  UNION ALL SELECT 'anomaly', count(*) FROM anomaly"""
         return {t: int(n) for t, n in self._query(sql).iter_rows()}
 
+    @property
+    def exact_counts_public(self) -> bool:
+        """False when some city's release is ``dp``: raw row counts and exact event times (health,
+        provenance, city facts) would then reveal what the noise protects, so they are withheld."""
+        return not any(self.release_meta(city).get("mode") == "dp" for city in self.cities())
+
     def cities(self) -> list[str]:
         """Cities that have geography in this snapshot."""
         return self.memo(("cities",), lambda: self._query("SELECT DISTINCT city FROM geo_unit ORDER BY city")["city"].to_list())

@@ -37,7 +37,7 @@ from app.engine.bins import ALL_CATEGORIES
 from app.engine.grains import bin_expr, bin_range, next_bin
 from app.engine.privacy import Policy, distribute, dp_noise_variance, opendp_noise, seeded_noise
 
-__all__ = ["REST", "DpRelease", "dp_layers", "level_epsilon", "noise_variance"]
+__all__ = ["REST", "DpRelease", "dp_layers", "level_epsilon", "noise_variance", "series_key"]
 
 #: Prefix of the rest pseudo-unit of a parent (noised and split like a child, never published).
 REST = "~rest:"
@@ -53,6 +53,15 @@ class DpRelease:
     new: dict[str, pl.DataFrame]  # per level: cells of the bins released now (the ledger records them)
     new_bins: dict[str, list[tuple[datetime, datetime]]]  # per level: those bins' [start, end)
     epsilon: float  # charged per bin of a level
+    series: str  # the release's configuration (:func:`series_key`)
+
+
+def series_key(policy: Policy, grains: Mapping[str, str], levels: Sequence[str]) -> str:
+    """The configuration a stored release belongs to: ε and every level's grain. A publish re-serves
+    only cells of its own configuration; another one (a changed ε, grain or set of levels) is a
+    new release of every level, charged again, so its noise scale and its consistency never mix
+    with the old one's."""
+    return f"eps={policy.epsilon:g};" + ",".join(f"{lvl}={grains[lvl]}" for lvl in levels)
 
 
 def level_epsilon(policy: Policy, n_levels: int) -> float:
@@ -87,7 +96,7 @@ def dp_layers(
     the bins of each level from ``history`` to ``cutoff[level]`` (see the module docstring).
 
     ``units``: the city's ``level, unit_id, parent_id``. ``stored``: per level, the cells the ledger
-    holds for it at its grain (``level, unit_id, parent_id, category, bin_start, count``).
+    holds for it in this configuration (:func:`series_key`) (``level, unit_id, parent_id, category, bin_start, count``).
     ``rng_seed`` switches to a seeded numpy generator of the same noise, for tests only."""
     if policy.epsilon <= 0:
         raise ValueError("dp needs epsilon > 0")
@@ -139,7 +148,7 @@ def dp_layers(
         done[level] = pl.concat([have, fresh])
         parent_level = level
     released = pl.concat([done[lvl] for lvl in levels]).with_columns(suppressed=pl.lit(False))
-    return DpRelease(released, new, new_bins, level_epsilon(policy, len(levels)))
+    return DpRelease(released, new, new_bins, level_epsilon(policy, len(levels)), series_key(policy, grains, levels))
 
 
 def _dense(units: pl.DataFrame, cats: Sequence[str], bins: Sequence[datetime]) -> pl.DataFrame:

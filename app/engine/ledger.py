@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS releases (
     PRIMARY KEY (city, category, time_bin, bin_start)
 );
 CREATE TABLE IF NOT EXISTS publish_cells (
-    city VARCHAR NOT NULL, level VARCHAR NOT NULL, grain VARCHAR NOT NULL, bin_start TIMESTAMP NOT NULL,
+    city VARCHAR NOT NULL, series VARCHAR NOT NULL, level VARCHAR NOT NULL, grain VARCHAR NOT NULL, bin_start TIMESTAMP NOT NULL,
     unit_id VARCHAR NOT NULL, parent_id VARCHAR, category VARCHAR NOT NULL, count BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS release_cells (
@@ -198,16 +198,17 @@ class BudgetLedger:
         return old.sort("_lvl", "unit_id", "bin_start").drop("_lvl")
 
     # ---- publish-time releases (app.engine.dp_publish) ----
-    def published(self, city: str, grains: Mapping[str, str]) -> dict[str, pl.DataFrame]:
-        """Per level, the cells of every bin released so far at its grain: ``level, unit_id,
+    def published(self, city: str, series: str, grains: Mapping[str, str]) -> dict[str, pl.DataFrame]:
+        """Per level, the cells of every bin released so far in ``series`` (the release's
+        configuration, :func:`app.engine.dp_publish.series_key`) at its grain: ``level, unit_id,
         parent_id, category, bin_start, count`` (what a publish re-serves and never noises again)."""
         out: dict[str, pl.DataFrame] = {}
         with self._session() as con:
             for level, grain in grains.items():
                 frame: pl.DataFrame = con.sql(
                     "SELECT level, unit_id, parent_id, category, bin_start, count FROM publish_cells "
-                    "WHERE city = ? AND level = ? AND grain = ?",
-                    params=[city, level, grain],
+                    "WHERE city = ? AND series = ? AND level = ? AND grain = ?",
+                    params=[city, series, level, grain],
                 ).pl()
                 out[level] = frame.cast(_PUBLISH_SCHEMA) if frame.height else pl.DataFrame(schema=_PUBLISH_SCHEMA)
         return {lvl: f.with_columns(pl.col("bin_start").dt.replace_time_zone("UTC")) for lvl, f in out.items()}
@@ -215,6 +216,7 @@ class BudgetLedger:
     def record(
         self,
         city: str,
+        series: str,
         grains: Mapping[str, str],
         new: Mapping[str, pl.DataFrame],
         new_bins: Mapping[str, Sequence[tuple[datetime, datetime]]],
@@ -223,7 +225,11 @@ class BudgetLedger:
         """Record the cells of bins released now, charging ``epsilon`` per bin of each level, in one
         transaction; raise :class:`BudgetExceeded` (recording nothing) when some instant of ``city``
         would go over the budget, or ``ValueError`` when a bin was recorded before."""
-        heads = [(f"publish:{level}", grains[level], _naive(start), _naive(end)) for level, bins in new_bins.items() for start, end in bins]
+        heads = [
+            (f"publish:{series}:{level}", grains[level], _naive(start), _naive(end))
+            for level, bins in new_bins.items()
+            for start, end in bins
+        ]
         if not heads:
             return
         with self._session() as con:
@@ -242,6 +248,7 @@ class BudgetLedger:
                 for level, cells in new.items():
                     rows = cells.select(
                         city=pl.lit(city),
+                        series=pl.lit(series),
                         level=pl.lit(level),
                         grain=pl.lit(grains[level]),
                         bin_start=pl.col("bin_start").dt.convert_time_zone("UTC").dt.replace_time_zone(None),

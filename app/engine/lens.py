@@ -208,10 +208,14 @@ class Lens(param.Parameterized):
         return filter_events(self.snapshot.events(self.city), since or start, end, cats, self.kinds, self.selected_tracts())
 
     def newest_event(self) -> datetime | None:
-        """Time of the city's newest event (how fresh the data is; not a count)."""
+        """Time of the city's newest event (how fresh the data is; not a count); under ``dp`` the
+        release's horizon (an exact event time would tell one event's time)."""
         if self.snapshot is None:
             return None
         snap, city = self.snapshot, self.city
+        if self.privacy_mode == "dp":
+            horizon = self._meta().get("horizon")
+            return horizon if isinstance(horizon, datetime) else None
         newest = snap.memo(("newest-event", city), lambda: snap.events(city)["ts"].max())
         return newest if isinstance(newest, datetime) else None
 

@@ -12,7 +12,8 @@ A cell's expected value, variance, p, z and q depend only on that cell and the h
 * **Variance**: quasi-Poisson noise, the level's own estimation error (Gamma-Poisson), the
   seasonal factor's (about one over the events of its slot in the fit window, so a slot seen once
   in a short history counts for less) and the stand-ins' (below).
-* **p** is the exact negative-binomial tail; **z = Phi^-1(1 - p)**, so z and p always agree (a
+* **p** is the exact negative-binomial tail (under ``dp``, where a count carries noise of known
+  variance, a normal tail with continuity correction); **z = Phi^-1(1 - p)**, so z and p always agree (a
   Gaussian z at 0.01 expected events is meaningless); ``p_low``/``z_low`` give the lower tail
   (dips).
 * **q** is Benjamini-Hochberg over the fixed family of that level and bin: every unit x category
@@ -278,8 +279,15 @@ def _test(grid: pl.DataFrame, spec: ScoreSpec, star_code: int) -> pl.DataFrame:
     var = grid["variance"].fill_null(1.0).to_numpy()
     p = np.full(grid.height, np.nan)
     p_low = np.full(grid.height, np.nan)
-    p[scored] = nb_upper_p(x[scored], mu[scored], var[scored])
-    p_low[scored] = _nb_lower_p(x[scored], mu[scored], var[scored])
+    if spec.noise_variance > 0:
+        # dp: the count is a true count plus noise of known variance, not a negative binomial (whose
+        # tail thins at a small mean as its variance grows): a normal tail with continuity correction.
+        sd = np.sqrt(var[scored])
+        p[scored] = stats.norm.sf((x[scored] - 0.5 - mu[scored]) / sd)
+        p_low[scored] = stats.norm.cdf((x[scored] + 0.5 - mu[scored]) / sd)
+    else:
+        p[scored] = nb_upper_p(x[scored], mu[scored], var[scored])
+        p_low[scored] = _nb_lower_p(x[scored], mu[scored], var[scored])
     grid = grid.with_columns(
         p=pl.Series(p).fill_nan(None),
         p_low=pl.Series(p_low).fill_nan(None),

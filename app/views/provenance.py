@@ -89,14 +89,20 @@ def _status(row: Mapping[str, Any]) -> str:
 
 
 def source_lines(
-    state: pl.DataFrame, meta: Mapping[str, str], registry: Mapping[str, SourceSpec], now: datetime, city: str | None = None
+    state: pl.DataFrame,
+    meta: Mapping[str, str],
+    registry: Mapping[str, SourceSpec],
+    now: datetime,
+    city: str | None = None,
+    exact: bool = True,
 ) -> list[SourceLine]:
     """One line per source of the snapshot's ``ingest_state`` (of ``city`` when the source's city
     is known), with publisher, dataset id and licence from the registry.
 
     The demo feed is not in the registry: its dataset is described by the spec the snapshot meta
     records. Row totals are those the real-source ingest keeps per source; the demo build does not
-    keep any, so its rows are "unknown" here (the snapshot line counts the tables).
+    keep any, so its rows are "unknown" here (the snapshot line counts the tables). Without
+    ``exact`` (a ``dp`` snapshot) row totals are withheld.
     """
     demo = DemoSource.from_meta(dict(meta))
     lines = []
@@ -106,7 +112,7 @@ def source_lines(
         if spec is not None:
             source_city: str | None = spec.city
             publisher, dataset, licence = spec.publisher or UNKNOWN, spec.dataset or UNKNOWN, spec.licence or UNKNOWN
-            rows = f"{int(row.get('rows_total') or 0):,}"
+            rows = f"{int(row.get('rows_total') or 0):,}" if exact else "withheld (dp)"
         elif name == DEMO_SOURCE and demo is not None:
             source_city = demo.city
             s = demo.spec
@@ -142,10 +148,13 @@ def sources_markdown(lines: list[SourceLine]) -> str:
 
 def snapshot_text(snap: Snapshot, city: str, now: datetime, newest: datetime | None) -> str:
     """Which snapshot is shown, how old it is, how many current rows it holds and its newest event."""
-    counts = snap.memo(("row-counts",), snap.row_counts)
-    rows = ", ".join(
-        f"{counts.get(t, 0):,} {label}" for t, label in (("request", "requests"), ("incident", "incidents"), ("closure", "closures"))
-    )
+    if snap.exact_counts_public:
+        counts = snap.memo(("row-counts",), snap.row_counts)
+        rows = ", ".join(
+            f"{counts.get(t, 0):,} {label}" for t, label in (("request", "requests"), ("incident", "incidents"), ("closure", "closures"))
+        )
+    else:
+        rows = "withheld (differential privacy)"
     return (
         f"Snapshot `{snap.id}` · built {_utc_minute(snap.created_at)} ({age_text(snap.created_at, now)} ago) · "
         f"rows: {rows} · newest {city_name(city)} event: {_utc_minute(newest if isinstance(newest, datetime) else None)}"
@@ -185,7 +194,9 @@ class ProvenancePanel(LensView):
         if lens.snapshot is None:
             return ""
         snap = lens.snapshot
-        return sources_markdown(source_lines(snap.ingest_state(), snap.meta, _registry(), datetime.now(UTC), lens.city))
+        return sources_markdown(
+            source_lines(snap.ingest_state(), snap.meta, _registry(), datetime.now(UTC), lens.city, snap.exact_counts_public)
+        )
 
     def _summary(self, *_: Any) -> str:
         """The snapshot line and, below it, the release rule (with the ε spent in 'dp' mode)."""

@@ -25,6 +25,7 @@ def healthz(store: Annotated[Store, Depends(get_store)], response: Response) -> 
         response.status_code = 503
         return HealthOut(status="starting", snapshot=None, sources=[])
     now = datetime.now(UTC)
+    exact = snap.exact_counts_public  # not under dp: exact counts would undo the noise
     sources = [
         SourceOut(
             source=row["source"],
@@ -35,12 +36,14 @@ def healthz(store: Annotated[Store, Depends(get_store)], response: Response) -> 
             breaker="open" if row.get("breaker_opened_at") else "closed",
             last_error=row.get("last_error"),
             drift=json.loads(row["drift"]) if row.get("drift") else None,
-            rows_total=row.get("rows_total") or 0,
-            unlocated_total=row.get("unlocated_total") or 0,
+            rows_total=(row.get("rows_total") or 0) if exact else None,
+            unlocated_total=(row.get("unlocated_total") or 0) if exact else None,
         )
         for row in snap.ingest_state().iter_rows(named=True)
     ]
-    snapshot = SnapshotOut(id=snap.id, created_at=snap.created_at, age_s=(now - snap.created_at).total_seconds(), rows=snap.row_counts())
+    snapshot = SnapshotOut(
+        id=snap.id, created_at=snap.created_at, age_s=(now - snap.created_at).total_seconds(), rows=snap.row_counts() if exact else None
+    )
     degraded = any(s.breaker == "open" or s.drift for s in sources)
     return HealthOut(status="degraded" if degraded else "ok", snapshot=snapshot, sources=sources)
 
