@@ -13,6 +13,9 @@ import socrata_fake as sf
 from fastapi.testclient import TestClient
 from pytest_httpserver import HTTPServer
 
+from app.alerts.evaluate import STREAM, alert_events
+from app.alerts.rules import AreaRule, Filters
+from app.alerts.store import AlertStore
 from app.api.main import create_app
 from app.config import Settings, get_settings
 from app.data.demo import DemoSpec, floor_hour
@@ -22,6 +25,7 @@ from app.data.sources.http import RetryPolicy
 from app.data.sources.socrata import SocrataAdapter
 from app.data.store import Store
 from app.pipeline import build_demo, refresh
+from app.scheduler import refresh_and_warm
 from conftest import SHARED_DATA
 
 
@@ -126,3 +130,33 @@ def test_cli_keeps_the_rows_and_says_so_when_no_release_can_be_protected(
     assert store.current() is None  # nothing published
     with store.writer() as con:
         assert con.execute("SELECT count(*) FROM closure").fetchone() == (1428,)
+
+
+def test_each_tick_queues_the_alerts_of_the_rows_it_brought(tmp_path: Path) -> None:
+    """The poll job evaluates the rules against every new snapshot: the first tick starts the
+    watch, the next queues one delivery per new row in the watched borough, and a tick that brings
+    nothing queues nothing."""
+    end = floor_hour(datetime.now(UTC)) - timedelta(hours=6)
+    store = Store(tmp_path)
+    build_demo(store, DemoSpec(seed=3, end=end, days=10, size=5_000), settings=Settings(data_dir=tmp_path))
+    alerts = AlertStore(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
+    key, _ = alerts.create_key("test")
+    rule = alerts.create_rule(key.id, "manhattan", AreaRule(level="borough", unit_id="MN"), Filters(), city="nyc")
+    alerts.link(rule.id, alerts.create_endpoint(key.id, "webhook", "https://example.org/hook").id)
+    refresh_and_warm(store, [], alerts, now=end + timedelta(hours=2))
+    assert alerts.cursor("nyc", STREAM) is not None
+    assert alerts.deliveries(key.id) == []
+    watched = store.current()
+    assert watched is not None
+    start = watched.newest_stored("nyc")
+    refresh_and_warm(store, [], alerts, now=end + timedelta(hours=5))
+    snap = store.current()
+    assert snap is not None
+    assert start is not None
+    rows = alert_events(snap.rows_stored_after("nyc", start), snap.units("nyc"))
+    want = set(rows.filter(pl.col("borough") == "MN")["event_id"].to_list())
+    got = [d.item_id for d in alerts.deliveries(key.id)]
+    assert len(want) > 0
+    assert sorted(got) == sorted(want)  # each new Manhattan row once, nothing from before the watch
+    refresh_and_warm(store, [], alerts, now=end + timedelta(hours=5))
+    assert len(alerts.deliveries(key.id)) == len(got)

@@ -26,7 +26,16 @@ from app.alerts.store import AlertStore, Match
 from app.data.geography import tract_parents
 from app.data.snapshot import Snapshot
 
-__all__ = ["ADDRESS_FIELDS", "OVERLAP", "STREAM", "alert_events", "anomaly_stream", "evaluate_anomalies", "evaluate_events"]
+__all__ = [
+    "ADDRESS_FIELDS",
+    "OVERLAP",
+    "STREAM",
+    "alert_events",
+    "anomaly_stream",
+    "evaluate_anomalies",
+    "evaluate_events",
+    "evaluate_snapshot",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +123,12 @@ def evaluate_events(store: AlertStore, snapshot: Snapshot, city: str, now: datet
     added = store.enqueue(city, STREAM, moved, matches, now=now)
     log.info("alerts.evaluated", city=city, rows=rows.height, rules=len(rules), matches=len(matches), queued=added)
     return added
+
+
+def evaluate_snapshot(store: AlertStore, snapshot: Snapshot, now: datetime | None = None) -> int:
+    """Event and anomaly rules of every city of a newly published snapshot (what the scheduler
+    runs after each publish); returns how many deliveries are new."""
+    return sum(evaluate_events(store, snapshot, city, now) + evaluate_anomalies(store, snapshot, city, now) for city in snapshot.cities())
 
 
 def anomaly_stream(level: str) -> str:

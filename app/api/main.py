@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from panel.io.fastapi import add_applications
 
+from app.alerts.store import AlertStore
 from app.api.errors import install_error_handlers
 from app.api.routes import api_router
 from app.config import Settings, get_settings
@@ -30,7 +31,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler = create_scheduler(store, settings) if settings.scheduler_enabled else None
+        alerts = None
+        if settings.scheduler_enabled:  # the scheduler evaluates rules and sends deliveries
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            alerts = AlertStore(settings.alerts_database_url)
+        scheduler = create_scheduler(store, settings, alerts) if settings.scheduler_enabled else None
         if scheduler is not None:
             scheduler.start()
         try:
@@ -38,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
+            if alerts is not None:
+                alerts.close()
 
     app = FastAPI(
         title="City Service Heat",
