@@ -35,6 +35,7 @@ import polars as pl
 
 from app.engine.bins import ALL_CATEGORIES
 from app.engine.grains import bin_expr, bin_range, next_bin
+from app.engine.layers import LAYER_SCHEMA
 from app.engine.privacy import Policy, distribute, dp_noise_variance, opendp_noise, seeded_noise
 
 __all__ = ["REST", "DpRelease", "dp_layers", "level_epsilon", "noise_variance", "series_key"]
@@ -42,7 +43,7 @@ __all__ = ["REST", "DpRelease", "dp_layers", "level_epsilon", "noise_variance", 
 #: Prefix of the rest pseudo-unit of a parent (noised and split like a child, never published).
 REST = "~rest:"
 
-_CELL_COLS = ["level", "unit_id", "parent_id", "category", "bin_start", "count"]
+_CELL_COLS = list(LAYER_SCHEMA.names())  # a stored cell has a layer cell's columns
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def dp_layers(
     parent_level: str | None = None
     for n, level in enumerate(reversed(list(levels))):
         grain = grains[level]
-        have = stored.get(level, _empty()).filter(pl.col("bin_start") < cutoff[level]).select(_CELL_COLS)
+        have = stored.get(level, pl.DataFrame(schema=LAYER_SCHEMA)).filter(pl.col("bin_start") < cutoff[level]).select(_CELL_COLS)
         have_bins = set(have["bin_start"].unique().to_list())
         bins = [b for b in bin_range(history, cutoff[level], grain, tz) if b not in have_bins]
         new_bins[level] = [(b, next_bin(b, grain, tz)) for b in bins]
@@ -174,17 +175,4 @@ def _rest_truth(layers: pl.DataFrame, level: str, parent_level: str, grain: str,
         raise ValueError(f"inconsistent layers: {level} cells add up to more than their {parent_level} parent")
     return rest.filter(pl.col("count") > 0).select(
         unit_id=pl.lit(REST) + pl.col("parent_id"), category="category", bin_start="bin_start", count="count"
-    )
-
-
-def _empty() -> pl.DataFrame:
-    return pl.DataFrame(
-        schema={
-            "level": pl.String,
-            "unit_id": pl.String,
-            "parent_id": pl.String,
-            "category": pl.String,
-            "bin_start": pl.Datetime("us", "UTC"),
-            "count": pl.Int64,
-        }
     )
