@@ -1,0 +1,173 @@
+"""The evaluation cursors and the delivery queue of the alerts store (a part of
+:class:`app.alerts.store.AlertStore`): matches and the cursor move commit together; due deliveries
+are claimed under a lease and settled by the claimant only."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app.alerts.models import AuditEntry, Delivery, Endpoint, EvaluationCursor, Rule, RuleEndpoint
+from app.alerts.store_base import StoreBase
+
+__all__ = ["DeliveryQueue", "Match"]
+
+log = structlog.get_logger(__name__)
+
+#: A match to enqueue: ``(rule_id, source, item_id, payload)``.
+Match = tuple[int, str, str, dict[str, Any]]
+
+
+class DeliveryQueue(StoreBase):
+    """Cursors and deliveries."""
+
+    def cursor(self, city: str, stream: str) -> str | None:
+        """How far ``stream`` of ``city`` has been matched (None: never)."""
+        with self.session() as s:
+            row = s.get(EvaluationCursor, (city, stream))
+            return None if row is None else row.position
+
+    def enqueue(self, city: str, stream: str, position: str, matches: list[Match], now: datetime | None = None) -> int:
+        """In one transaction: queue one delivery per match and linked endpoint (a pair already
+        queued is skipped, so a repeated evaluation never sends twice) and move the cursor to
+        ``position``. Returns how many deliveries are new."""
+        for rule_id, source, item_id, payload in matches:
+            if not (0 < len(source) <= 64 and 0 < len(item_id) <= 200):
+                raise ValueError(f"match of rule {rule_id}: source must have 1-64 and item id 1-200 characters")
+            try:
+                json.dumps(payload, allow_nan=False)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"payload of rule {rule_id}, item {item_id} is not JSON: {err}") from err
+        now = now or datetime.now(UTC)
+        with self.session() as s:
+            links: dict[int, list[int]] = {}
+            wanted = sorted({m[0] for m in matches})
+            for rule_id, endpoint_id in s.execute(
+                select(RuleEndpoint.rule_id, RuleEndpoint.endpoint_id).where(RuleEndpoint.rule_id.in_(wanted))
+            ):
+                links.setdefault(rule_id, []).append(endpoint_id)
+            rows = [
+                {
+                    "rule_id": rule_id,
+                    "endpoint_id": endpoint_id,
+                    "source": source,
+                    "item_id": item_id,
+                    "payload": payload,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for rule_id, source, item_id, payload in matches
+                for endpoint_id in links.get(rule_id, [])
+            ]
+            added = 0
+            insert = postgresql.insert if self.url.get_backend_name() == "postgresql" else sqlite.insert
+            for at in range(0, len(rows), 1_000):
+                statement = (
+                    insert(Delivery)
+                    .values(rows[at : at + 1_000])
+                    .on_conflict_do_nothing(index_elements=["rule_id", "endpoint_id", "source", "item_id"])
+                    .returning(Delivery.id)
+                )
+                added += len(s.execute(statement).all())
+            cursor = s.get(EvaluationCursor, (city, stream))
+            if cursor is None:
+                s.add(EvaluationCursor(city=city, stream=stream, position=position, updated_at=now))
+            else:
+                cursor.position, cursor.updated_at = position, now
+        return added
+
+    def deliveries(self, key_id: int | None = None, status: str | None = None) -> list[Delivery]:
+        """Queued and finished deliveries (of one key's rules, of one status), oldest first."""
+        with self.session() as s:
+            query = select(Delivery).order_by(Delivery.id)
+            if key_id is not None:
+                query = query.join(Rule, Rule.id == Delivery.rule_id).where(Rule.key_id == key_id)
+            if status is not None:
+                query = query.where(Delivery.status == status)
+            return list(s.scalars(query))
+
+    def claim(
+        self, now: datetime, *, kinds: tuple[str, ...], limit: int = 100, lease: timedelta = timedelta(minutes=5)
+    ) -> list[tuple[Delivery, Endpoint, datetime]]:
+        """Take the deliveries that are due (pending, or ``sending`` whose lease ran out: a
+        process died while sending) to live endpoints of ``kinds``, oldest first, each marked
+        ``sending`` until ``now + lease``. A row is taken by a conditional update, so two
+        processes claiming at once never get the same delivery. Each comes with its lease end,
+        the token :meth:`settle` needs."""
+        taken: list[tuple[Delivery, Endpoint, datetime]] = []
+        with self.session() as s:
+            rows = s.execute(
+                select(Delivery, Endpoint)
+                .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
+                .where(Delivery.status.in_(("pending", "sending")), Delivery.next_attempt_at <= now)
+                .where(Endpoint.kind.in_(kinds), Endpoint.disabled_reason.is_(None))
+                .order_by(Delivery.next_attempt_at, Delivery.id)
+                .limit(limit)
+            ).all()
+            for delivery, endpoint in rows:
+                won = s.execute(
+                    update(Delivery)
+                    .where(
+                        Delivery.id == delivery.id, Delivery.status == delivery.status, Delivery.next_attempt_at == delivery.next_attempt_at
+                    )
+                    .values(status="sending", next_attempt_at=now + lease)
+                    .returning(Delivery.id)
+                ).all()
+                if won:
+                    taken.append((delivery, endpoint, now + lease))
+        return taken
+
+    def settle(
+        self,
+        delivery_id: int,
+        lease: datetime,
+        status: str,
+        next_at: datetime | None,
+        reason: str | None,
+        now: datetime,
+        *,
+        disable_endpoint: bool = False,
+        code: int | None = None,
+    ) -> bool:
+        """Record one attempt of a delivery claimed with ``lease``: its new status, when to try again, why. Nothing is written when the claim is
+        no longer this one's (its lease ran out and another process took the delivery); returns
+        whether it was written."""
+        with self.session() as s:
+            delivery = s.get(Delivery, delivery_id)
+            if delivery is None or delivery.status != "sending" or delivery.next_attempt_at != lease:
+                log.warning("alerts.settle_lost_claim", delivery=delivery_id)
+                return False
+            delivery.attempts += 1
+            delivery.status = status
+            delivery.last_status = code
+            delivery.last_error = None if status == "sent" else reason
+            if status == "sent":
+                delivery.sent_at = now
+            if next_at is not None:
+                delivery.next_attempt_at = next_at
+            if disable_endpoint:
+                endpoint = s.get(Endpoint, delivery.endpoint_id)
+                if endpoint is not None:
+                    endpoint.disabled_reason = reason
+                    s.execute(  # what was still queued for it will not be sent: dead, with the reason
+                        update(Delivery)
+                        .where(Delivery.endpoint_id == endpoint.id, Delivery.status == "pending", Delivery.id != delivery_id)
+                        .values(status="dead", last_error=f"the endpoint was disabled: {reason}")
+                    )
+                    s.add(
+                        AuditEntry(
+                            at=now,
+                            key_id=endpoint.key_id,
+                            action="endpoint.disable",
+                            subject=f"endpoint:{endpoint.id}",
+                            detail={"reason": reason},
+                        )
+                    )
+        return True
