@@ -24,7 +24,7 @@ from app.alerts.ssrf import TargetRefusedError, check_target
 from app.alerts.store import AlertStore
 from app.alerts.webhook import send_signed
 
-__all__ = ["RETRY_SCHEDULE_S", "Decision", "decide", "deliver_due", "message_body"]
+__all__ = ["RETRY_SCHEDULE_S", "Decision", "decide", "deliver_due", "message_body", "send_test"]
 
 log = structlog.get_logger(__name__)
 #: Seconds before attempt 2, 3, ...: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 24 h.
@@ -94,10 +94,17 @@ def message_body(delivery: Delivery) -> str:
     )
 
 
-async def _send(delivery: Delivery, endpoint: Endpoint, now: datetime, allow: frozenset[str], timeout: float) -> Decision:
-    """One attempt. Whatever a target or receiver does, the answer is a decision, never an
-    exception: one bad endpoint must not stop the queue for everyone else."""
-    attempt = delivery.attempts + 1
+async def send_test(endpoint: Endpoint, *, allow: frozenset[str] = frozenset(), timeout: float = 10.0) -> Decision:
+    """Send one test message to ``endpoint`` now (outside the queue) and say how it went, as a
+    delivery attempt would (``status`` ``sent`` or why not, the receiver's ``code``)."""
+    body = json.dumps({"type": "alert.test", "endpoint_id": endpoint.id, "data": {"message": "a test from City Service Heat"}})
+    now = datetime.now(UTC)
+    return await _send(endpoint, f"msg_test_{endpoint.id}_{int(now.timestamp())}", body, 1, now, allow, timeout)
+
+
+async def _send(endpoint: Endpoint, msg_id: str, body: str, attempt: int, now: datetime, allow: frozenset[str], timeout: float) -> Decision:
+    """Attempt number ``attempt``. Whatever a target or receiver does, the answer is a decision,
+    never an exception: one bad endpoint must not stop the queue for everyone else."""
     try:
         target = await asyncio.to_thread(check_target, endpoint.target, allow)
     except TargetRefusedError as err:
@@ -109,7 +116,7 @@ async def _send(delivery: Delivery, endpoint: Endpoint, now: datetime, allow: fr
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), limits=limits, trust_env=False) as client:
             reply = await send_signed(
-                client, target, secrets, f"msg_{delivery.id}", datetime.now(UTC), message_body(delivery), timeout * 1.5
+                client, target, secrets, msg_id, datetime.now(UTC), body, timeout * 1.5
             )
     except (TimeoutError, httpx.TimeoutException):
         return decide(None, attempt, now, error="timed out")
@@ -134,7 +141,7 @@ async def deliver_due(
             break
         (delivery, endpoint, lease) = claimed[0]
         tried += 1
-        decision = await _send(delivery, endpoint, now, allow, timeout)
+        decision = await _send(endpoint, f"msg_{delivery.id}", message_body(delivery), delivery.attempts + 1, now, allow, timeout)
         store.settle(
             delivery.id,
             lease,
