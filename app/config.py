@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -56,6 +56,24 @@ class Settings(BaseSettings):
         description="Comma-separated host names a self-hoster trusts as webhook targets although they resolve to private "
         "addresses (e.g. an internal receiver); every other target must resolve to public addresses only.",
     )
+    public_url: str | None = Field(
+        None,
+        description="The server's address as its users reach it (e.g. https://heat.example.org), used in the pause and "
+        "unsubscribe links of alerts; default http://<host>:<port>.",
+    )
+    alerts_link_secret: SecretStr | None = Field(
+        None,
+        description="Secret that signs pause and unsubscribe links (at least 32 characters); default: a random one "
+        "made on first start and kept in data_dir/alerts_link.key.",
+    )
+    smtp_host: str | None = Field(None, description="SMTP server that sends alert emails (unset: email endpoints are refused).")
+    smtp_port: int = Field(587, ge=1, le=65535, description="Port of the SMTP server.")
+    smtp_from: str | None = Field(None, description="Sender address of alert emails.")
+    smtp_username: str | None = Field(None, description="SMTP login, if the server needs one.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password (never logged).")
+    smtp_security: Literal["none", "starttls", "tls"] = Field(
+        "starttls", description="How the SMTP connection is protected: STARTTLS, implicit TLS or none (a local relay)."
+    )
     geo_dir: Path | None = Field(
         None,
         description="Directory holding boundary files (e.g. the Chicago tracts); files missing there are downloaded "
@@ -76,6 +94,11 @@ class Settings(BaseSettings):
     def alerts_database_url(self) -> str:
         """The alerts store's URL: ``alerts_url``, else the embedded SQLite file in ``data_dir``."""
         return self.alerts_url or f"sqlite:///{(self.data_dir / 'alerts.sqlite').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        """:attr:`public_url`, else the address the server binds to."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def snapshots_dir(self) -> Path:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from app.alerts.delivery import deliver_due
+from app.alerts.delivery import Channels, deliver_due
 from app.alerts.evaluate import evaluate_snapshot
 from app.alerts.store import AlertStore
 from app.config import Settings
@@ -56,7 +56,7 @@ def create_scheduler(store: Store, settings: Settings, alerts: AlertStore | None
             deliver_due,
             "interval",
             args=[alerts],
-            kwargs={"allow": settings.webhook_allow_hosts},
+            kwargs={"channels": Channels.from_settings(settings)},
             seconds=DELIVERY_SECONDS,
             id="deliver",
             max_instances=1,

@@ -1,6 +1,11 @@
-"""Sending queued deliveries and deciding what each answer means.
+"""Sending queued deliveries through their channel (signed webhook, email, Discord) and deciding
+what each answer means.
 
-Only 2xx is success. Timeouts, connection errors, 429 (its ``Retry-After`` honoured) and 5xx are
+Before a due delivery goes, its rule's pacing applies (:mod:`app.alerts.pacing`): quiet hours
+hold it, a daily cap stops it, a paused rule or an unsubscribed endpoint keeps it unsent (with the
+reason; retryable). Digest rules' items are first gathered into one delivery a day.
+
+Only 2xx (an accepted email) is success. Timeouts, connection errors, 429 (its ``Retry-After`` honoured) and 5xx are
 retried on :data:`RETRY_SCHEDULE_S` with jitter, then the delivery is dead with its reason (visible,
 and retryable by hand); 410 Gone disables the endpoint; a redirect or any other 4xx is not retried.
 A delivery keeps one message id for all its attempts, so after a crash between sending and
@@ -16,20 +21,53 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
+import aiosmtplib
 import httpx
 import structlog
 
-from app.alerts.models import Delivery, Endpoint
+from app.alerts.discord import discord_body
+from app.alerts.links import LinkSigner, signer_from_settings
+from app.alerts.mail import MailSettings, compose, send_mail
+from app.alerts.messages import Message, digest_message, item_message
+from app.alerts.models import Delivery, Endpoint, Rule
+from app.alerts.pacing import digest_time, pace
 from app.alerts.ssrf import TargetRefusedError, check_target
 from app.alerts.store import AlertStore
-from app.alerts.webhook import send_signed
+from app.alerts.webhook import post_pinned, send_signed
+from app.config import Settings
 
-__all__ = ["RETRY_SCHEDULE_S", "Decision", "decide", "deliver_due", "message_body", "send_test"]
+__all__ = ["RETRY_SCHEDULE_S", "Channels", "Decision", "decide", "deliver_due", "gather_digests", "message_body", "send_test"]
 
 log = structlog.get_logger(__name__)
 #: Seconds before attempt 2, 3, ...: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 24 h.
 RETRY_SCHEDULE_S = (5, 300, 1800, 7200, 18000, 36000, 86400)
 _MAX_RETRY_AFTER_S = 86400
+
+
+@dataclass(frozen=True)
+class Channels:
+    """How to reach receivers: trusted private hosts, the per-attempt timeout, the SMTP server
+    (None: email endpoints cannot be sent to) and the signer of pause and unsubscribe links."""
+
+    allow: frozenset[str] = frozenset()
+    timeout: float = 10.0
+    mail: MailSettings | None = None
+    links: LinkSigner | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Channels:
+        """The channels the settings configure (``CSH_SMTP_*``, ``CSH_WEBHOOK_ALLOW``, the link secret)."""
+        mail = None
+        if settings.smtp_host and settings.smtp_from:
+            mail = MailSettings(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                sender=settings.smtp_from,
+                username=settings.smtp_username,
+                password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+                security=settings.smtp_security,
+            )
+        return cls(allow=settings.webhook_allow_hosts, mail=mail, links=signer_from_settings(settings))
 
 
 @dataclass(frozen=True)
@@ -81,10 +119,11 @@ def _decide(status: int | None, attempts: int, now: datetime, retry_after: str |
 
 
 def message_body(delivery: Delivery) -> str:
-    """The JSON a receiver gets: the rule, the item and the provider's own record."""
+    """The JSON a webhook receiver gets: the rule, the item and the provider's own record (a
+    digest: ``type`` ``alert.digest`` and its items in ``data.items``)."""
     return json.dumps(
         {
-            "type": "alert.match",
+            "type": "alert.digest" if delivery.source == "digest" else "alert.match",
             "rule_id": delivery.rule_id,
             "source": delivery.source,
             "item_id": delivery.item_id,
@@ -94,30 +133,59 @@ def message_body(delivery: Delivery) -> str:
     )
 
 
-async def send_test(endpoint: Endpoint, *, allow: frozenset[str] = frozenset(), timeout: float = 10.0) -> Decision:
+def _messages(delivery: Delivery, rule_name: str) -> tuple[Message, list[Message]]:
+    """What a person reads of ``delivery``: one message, or a digest and its items."""
+    payload = delivery.payload
+    if delivery.source == "digest":
+        items = payload.get("items")
+        return digest_message(items if isinstance(items, list) else [], rule_name, str(payload.get("day")))
+    return item_message(payload, rule_name), []
+
+
+async def send_test(
+    endpoint: Endpoint, *, allow: frozenset[str] = frozenset(), timeout: float = 10.0, channels: Channels | None = None
+) -> Decision:
     """Send one test message to ``endpoint`` now (outside the queue) and say how it went, as a
     delivery attempt would (``status`` ``sent`` or why not, the receiver's ``code``)."""
-    body = json.dumps({"type": "alert.test", "endpoint_id": endpoint.id, "data": {"message": "a test from City Service Heat"}})
+    channels = channels or Channels(allow=allow, timeout=timeout)
     now = datetime.now(UTC)
-    return await _send(endpoint, f"msg_test_{endpoint.id}_{int(now.timestamp())}", body, 1, now, allow, timeout)
+    test = Delivery(
+        id=0,
+        rule_id=0,
+        endpoint_id=endpoint.id,
+        source="test",
+        item_id=f"test/{int(now.timestamp())}",
+        payload={"type": "test", "message": "a test from City Service Heat: this endpoint is reachable"},
+        attempts=0,
+    )
+    return await _send(test, endpoint, "a test rule", f"msg_test_{endpoint.id}_{int(now.timestamp())}", now, channels)
 
 
-async def _send(endpoint: Endpoint, msg_id: str, body: str, attempt: int, now: datetime, allow: frozenset[str], timeout: float) -> Decision:
-    """Attempt number ``attempt``. Whatever a target or receiver does, the answer is a decision,
-    never an exception: one bad endpoint must not stop the queue for everyone else."""
+async def _send(delivery: Delivery, endpoint: Endpoint, rule_name: str, msg_id: str, now: datetime, channels: Channels) -> Decision:
+    """One attempt through the endpoint's channel. Whatever a target or receiver does, the answer
+    is a decision, never an exception: one bad endpoint must not stop the queue for everyone else."""
+    attempt = delivery.attempts + 1
     try:
-        target = await asyncio.to_thread(check_target, endpoint.target, allow)
+        if endpoint.kind == "email":
+            return await _send_email(delivery, endpoint, rule_name, msg_id, attempt, now, channels)
+        target = await asyncio.to_thread(check_target, endpoint.target, channels.allow)
     except TargetRefusedError as err:
         return Decision("dead", reason=f"target refused: {err}")
-    secrets = [s for s in (endpoint.secret, endpoint.previous_secret if (endpoint.previous_until or now) > now else None) if s]
     # A client per delivery, without keep-alive: a pooled connection is keyed by the pinned
     # address, so another host on the same address would reuse it without its own TLS check.
     limits = httpx.Limits(max_keepalive_connections=0)
     try:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), limits=limits, trust_env=False) as client:
-            reply = await send_signed(
-                client, target, secrets, msg_id, datetime.now(UTC), body, timeout * 1.5
-            )
+        async with httpx.AsyncClient(timeout=httpx.Timeout(channels.timeout), limits=limits, trust_env=False) as client:
+            if endpoint.kind == "discord":
+                message, items = _messages(delivery, rule_name)
+                pause = channels.links.url("pause", delivery.rule_id, endpoint.id) if channels.links and delivery.rule_id else None
+                async with asyncio.timeout(channels.timeout * 1.5):
+                    reply = await post_pinned(client, target, discord_body(message, items, pause), {})
+            else:
+                secrets = [s for s in (endpoint.secret, endpoint.previous_secret if (endpoint.previous_until or now) > now else None) if s]
+                reply = await send_signed(
+                    client, target, secrets, msg_id, datetime.now(UTC), message_body(delivery), channels.timeout * 1.5
+                )
     except (TimeoutError, httpx.TimeoutException):
         return decide(None, attempt, now, error="timed out")
     except httpx.TransportError as err:
@@ -127,21 +195,94 @@ async def _send(endpoint: Endpoint, msg_id: str, body: str, attempt: int, now: d
     return decide(reply.status, attempt, now, reply.retry_after)
 
 
+async def _send_email(
+    delivery: Delivery, endpoint: Endpoint, rule_name: str, msg_id: str, attempt: int, now: datetime, channels: Channels
+) -> Decision:
+    if channels.mail is None:
+        return Decision("dead", reason="email is not configured on this server (set CSH_SMTP_HOST and CSH_SMTP_FROM)")
+    if channels.links is None:
+        return Decision("dead", reason="email needs unsubscribe links: the server has no link signer")
+    message, items = _messages(delivery, rule_name)
+    links = {a: channels.links.url(a, delivery.rule_id, endpoint.id) for a in ("pause", "unsubscribe")}
+    domain = channels.mail.sender.rpartition("@")[2] or "localhost"
+    email = compose(endpoint.target, channels.mail.sender, message, items, links, f"<{msg_id}@{domain}>")
+    try:
+        async with asyncio.timeout(channels.mail.timeout * 1.5):
+            outcome = await send_mail(channels.mail, email)
+    except (TimeoutError, aiosmtplib.SMTPTimeoutError):
+        return decide(None, attempt, now, error="the SMTP server timed out")
+    except (aiosmtplib.SMTPException, OSError) as err:
+        return decide(None, attempt, now, error=f"SMTP: {type(err).__name__}: {err}"[:500])
+    if outcome.code is not None and 200 <= outcome.code < 300:
+        return Decision("sent", code=outcome.code)
+    if outcome.permanent:
+        return Decision(
+            "dead",
+            disable_endpoint=True,
+            reason=f"the address was refused ({outcome.code} {outcome.text}): the endpoint was disabled",
+            code=outcome.code,
+        )
+    return replace(decide(None, attempt, now, error=f"SMTP {outcome.code} {outcome.text}"), code=outcome.code)
+
+
+def gather_digests(store: AlertStore, now: datetime) -> int:
+    """Make today's digest of every digest rule whose local digest time has passed; returns how many."""
+    made = 0
+    for rule in store.digest_rules():
+        assert rule.digest_at is not None
+        day, at = digest_time(now, rule.timezone, rule.digest_at)
+        if now >= at:
+            made += store.gather_digest(rule.id, day, at, now)
+    return made
+
+
+def _paced(rule: Rule | None, linked: bool, sent_today: int, now: datetime) -> Decision | None:
+    """Why a due delivery does not go now (a decision that is not an attempt), else None."""
+    if rule is None:
+        return Decision("dead", reason="the rule no longer exists")
+    if not linked:
+        return Decision("dead", reason="not sent: the endpoint was unsubscribed from this rule")
+    if rule.paused:
+        return Decision("paused", reason="not sent: the rule is paused (retry to send it anyway)")
+    step = pace(now, rule.timezone, rule.quiet_start, rule.quiet_end, rule.daily_cap, sent_today)
+    if step.action == "hold":
+        return Decision("held", next_attempt_at=step.until, reason=step.reason)
+    if step.action == "cap":
+        return Decision("capped", reason=step.reason)
+    return None
+
+
 async def deliver_due(
-    store: AlertStore, *, now: datetime | None = None, allow: frozenset[str] = frozenset(), limit: int = 100, timeout: float = 10.0
+    store: AlertStore,
+    *,
+    now: datetime | None = None,
+    allow: frozenset[str] = frozenset(),
+    limit: int = 100,
+    timeout: float = 10.0,
+    channels: Channels | None = None,
 ) -> int:
-    """Send webhook deliveries that are due (at most ``limit``), claiming one at a time (so a
-    claim's lease covers only its own send), and record each outcome; returns how many were
-    attempted. ``now`` is the queue's clock (tests move it); signatures carry the real time."""
+    """Gather due digests, then send deliveries that are due (at most ``limit``), claiming one at
+    a time (so a claim's lease covers only its own send), and record each outcome; returns how
+    many were claimed. ``now`` is the queue's clock (tests move it); signatures carry the real
+    time. ``channels`` (default: webhooks and Discord to public hosts and ``allow``)."""
+    channels = channels or Channels(allow=allow, timeout=timeout)
     now = now or datetime.now(UTC)
+    await asyncio.to_thread(gather_digests, store, now)
     tried = 0
     for _ in range(limit):
-        claimed = store.claim(now, kinds=("webhook",), limit=1)
+        claimed = store.claim(now, kinds=("webhook", "email", "discord"), limit=1)
         if not claimed:
             break
         (delivery, endpoint, lease) = claimed[0]
         tried += 1
-        decision = await _send(endpoint, f"msg_{delivery.id}", message_body(delivery), delivery.attempts + 1, now, allow, timeout)
+        rule, linked, sent_today = store.pacing(delivery.rule_id, endpoint.id, now)
+        held = _paced(rule, linked, sent_today, now)
+        if held is not None:
+            store.settle(delivery.id, lease, held.status, held.next_attempt_at, held.reason, now, attempted=False)
+            log.info("alerts.delivery_paced", delivery=delivery.id, status=held.status, reason=held.reason)
+            continue
+        assert rule is not None
+        decision = await _send(delivery, endpoint, rule.name, f"msg_{delivery.id}", now, channels)
         store.settle(
             delivery.id,
             lease,

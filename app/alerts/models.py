@@ -111,7 +111,7 @@ class Delivery(Base):
     source: Mapped[str] = mapped_column(String(64))
     item_id: Mapped[str] = mapped_column(String(200))
     payload: Mapped[dict[str, object]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | held | sent | dead | digest
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending|sending|held|sent|dead|capped|paused|digest|digested
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(_utc(), index=True)
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)

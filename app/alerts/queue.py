@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.alerts.models import AuditEntry, Delivery, Endpoint, EvaluationCursor, Rule, RuleEndpoint
+from app.alerts.pacing import local_day_start
 from app.alerts.store_base import StoreBase
 
 __all__ = ["DeliveryQueue", "Match"]
@@ -47,6 +48,7 @@ class DeliveryQueue(StoreBase):
         with self.session() as s:
             links: dict[int, list[int]] = {}
             wanted = sorted({m[0] for m in matches})
+            digests = set(s.scalars(select(Rule.id).where(Rule.id.in_(wanted), Rule.digest_at.is_not(None))))
             for rule_id, endpoint_id in s.execute(
                 select(RuleEndpoint.rule_id, RuleEndpoint.endpoint_id).where(RuleEndpoint.rule_id.in_(wanted))
             ):
@@ -58,7 +60,7 @@ class DeliveryQueue(StoreBase):
                     "source": source,
                     "item_id": item_id,
                     "payload": payload,
-                    "status": "pending",
+                    "status": "digest" if rule_id in digests else "pending",
                     "attempts": 0,
                     "next_attempt_at": now,
                     "created_at": now,
@@ -106,7 +108,7 @@ class DeliveryQueue(StoreBase):
             rows = s.execute(
                 select(Delivery, Endpoint)
                 .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
-                .where(Delivery.status.in_(("pending", "sending")), Delivery.next_attempt_at <= now)
+                .where(Delivery.status.in_(("pending", "held", "sending")), Delivery.next_attempt_at <= now)
                 .where(Endpoint.kind.in_(kinds), Endpoint.disabled_reason.is_(None))
                 .order_by(Delivery.next_attempt_at, Delivery.id)
                 .limit(limit)
@@ -135,8 +137,10 @@ class DeliveryQueue(StoreBase):
         *,
         disable_endpoint: bool = False,
         code: int | None = None,
+        attempted: bool = True,
     ) -> bool:
-        """Record one attempt of a delivery claimed with ``lease``: its new status, when to try again, why. Nothing is written when the claim is
+        """Record one attempt (or, ``attempted=False``, a hold or cap) of a delivery claimed with
+        ``lease``: its new status, when to try again, why. Nothing is written when the claim is
         no longer this one's (its lease ran out and another process took the delivery); returns
         whether it was written."""
         with self.session() as s:
@@ -144,9 +148,10 @@ class DeliveryQueue(StoreBase):
             if delivery is None or delivery.status != "sending" or delivery.next_attempt_at != lease:
                 log.warning("alerts.settle_lost_claim", delivery=delivery_id)
                 return False
-            delivery.attempts += 1
+            if attempted:  # a hold or a cap is not an attempt: it keeps its status and retry count
+                delivery.attempts += 1
+                delivery.last_status = code
             delivery.status = status
-            delivery.last_status = code
             delivery.last_error = None if status == "sent" else reason
             if status == "sent":
                 delivery.sent_at = now
@@ -171,3 +176,72 @@ class DeliveryQueue(StoreBase):
                         )
                     )
         return True
+
+    def pacing(self, rule_id: int, endpoint_id: int, now: datetime) -> tuple[Rule | None, bool, int]:
+        """A delivery's rule, whether the rule still delivers to the endpoint (not unsubscribed),
+        and how many of its deliveries this endpoint was sent since local midnight (the rule's zone)."""
+        with self.session() as s:
+            rule = s.get(Rule, rule_id)
+            if rule is None:
+                return None, False, 0
+            linked = s.get(RuleEndpoint, (rule_id, endpoint_id)) is not None
+            since = local_day_start(now, rule.timezone)
+            sent = s.scalar(
+                select(func.count())
+                .select_from(Delivery)
+                .where(
+                    Delivery.rule_id == rule_id, Delivery.endpoint_id == endpoint_id, Delivery.status == "sent", Delivery.sent_at >= since
+                )
+            )
+            return rule, linked, int(sent or 0)
+
+    def digest_rules(self) -> list[Rule]:
+        """Rules that gather their alerts into a daily digest."""
+        with self.session() as s:
+            return list(s.scalars(select(Rule).where(Rule.digest_at.is_not(None)).order_by(Rule.id)))
+
+    def gather_digest(self, rule_id: int, day: str, cutoff: datetime, now: datetime) -> int:
+        """In one transaction, per endpoint of the rule: the items waiting for its digest (queued
+        before ``cutoff``) become one delivery ``digest/<day>`` carrying them, and are marked
+        ``digested``. A day's digest is made once (the queue's unique key); items that arrive
+        after it wait for the next one. Returns how many digests were made."""
+        made = 0
+        with self.session() as s:
+            waiting = list(
+                s.scalars(
+                    select(Delivery)
+                    .where(Delivery.rule_id == rule_id, Delivery.status == "digest", Delivery.created_at <= cutoff)
+                    .order_by(Delivery.id)
+                )
+            )
+            by_endpoint: dict[int, list[Delivery]] = {}
+            for item in waiting:
+                by_endpoint.setdefault(item.endpoint_id, []).append(item)
+            for endpoint_id, items in by_endpoint.items():
+                exists = s.scalar(
+                    select(Delivery.id).where(
+                        Delivery.rule_id == rule_id,
+                        Delivery.endpoint_id == endpoint_id,
+                        Delivery.source == "digest",
+                        Delivery.item_id == f"digest/{day}",
+                    )
+                )
+                if exists is not None:
+                    continue
+                digest = Delivery(
+                    rule_id=rule_id,
+                    endpoint_id=endpoint_id,
+                    source="digest",
+                    item_id=f"digest/{day}",
+                    payload={"type": "digest", "rule_id": rule_id, "day": day, "items": [i.payload for i in items]},
+                    status="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+                s.add(digest)
+                s.flush()
+                for item in items:
+                    item.status, item.last_error = "digested", f"sent in digest {digest.id}"
+                made += 1
+        return made

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy import select
 
-from app.alerts.models import ApiKey, AuditEntry
+from app.alerts.links import Link
+from app.alerts.models import ApiKey, AuditEntry, Rule, RuleEndpoint
 from app.alerts.queue import DeliveryQueue, Match
 from app.alerts.rule_book import ENDPOINT_KINDS, RuleBook
 
@@ -91,3 +92,32 @@ class AlertStore(RuleBook, DeliveryQueue):
             if key_id is not None:
                 query = query.where(AuditEntry.key_id == key_id)
             return list(s.scalars(query))
+
+    # -- signed links ---------------------------------------------------------------------------
+
+    def follow_link(self, link: Link, now: datetime | None = None) -> str:
+        """Do what a signed link asks (pause or resume its rule, or unsubscribe its endpoint from
+        the rule) and say what was done; doing it again changes nothing more."""
+        now = now or datetime.now(UTC)
+        with self.session() as s:
+            rule = s.get(Rule, link.rule_id)
+            if rule is None:
+                return "This rule no longer exists: nothing more will be sent for it."
+            subject = f"rule:{rule.id}"
+            if link.action == "unsubscribe":
+                joined = s.get(RuleEndpoint, (rule.id, link.endpoint_id))
+                if joined is not None:
+                    s.delete(joined)
+                    self._audit(s, now, rule.key_id, "link.unsubscribe", subject, {"endpoint": link.endpoint_id})
+                return f"Unsubscribed: the rule “{rule.name}” sends nothing more to this address."
+            paused = link.action == "pause"
+            if rule.paused != paused:
+                rule.paused, rule.updated_at = paused, now
+                self._audit(s, now, rule.key_id, f"link.{link.action}", subject, {"endpoint": link.endpoint_id})
+            return f"The rule “{rule.name}” is {'paused: no alerts are sent until it is resumed' if paused else 'active again'}."
+
+    def link_subject(self, link: Link) -> str | None:
+        """The name of the rule a link is about (None when it no longer exists)."""
+        with self.session() as s:
+            rule = s.get(Rule, link.rule_id)
+            return None if rule is None else rule.name

@@ -14,7 +14,7 @@ from standardwebhooks.webhooks import Webhook
 
 from app.alerts.ssrf import Target
 
-__all__ = ["DEADLINE_S", "MAX_RESPONSE_BYTES", "Reply", "send_signed", "signature_header"]
+__all__ = ["DEADLINE_S", "MAX_RESPONSE_BYTES", "Reply", "post_pinned", "send_signed", "signature_header"]
 
 MAX_RESPONSE_BYTES = 64 * 1024
 #: Seconds a whole webhook exchange may take (connect, send, read the capped reply).
@@ -43,6 +43,17 @@ async def send_signed(
 
 
 async def _post(client: httpx.AsyncClient, target: Target, secrets: list[str], msg_id: str, at: datetime, body: str) -> Reply:
+    headers = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signature_header(secrets, msg_id, at, body),
+    }
+    return await post_pinned(client, target, body, headers)
+
+
+async def post_pinned(client: httpx.AsyncClient, target: Target, body: str, headers: dict[str, str]) -> Reply:
+    """POST JSON ``body`` to the checked address of ``target`` (its host in ``Host`` and TLS SNI),
+    without following redirects, reading at most :data:`MAX_RESPONSE_BYTES` of the answer."""
     default = 443 if target.url.scheme == "https" else 80
     host = f"[{target.host}]" if ":" in target.host else target.host
     headers = {
@@ -50,9 +61,7 @@ async def _post(client: httpx.AsyncClient, target: Target, secrets: list[str], m
         "user-agent": "city-service-heat-alerts",
         "accept-encoding": "identity",  # the byte cap counts what arrives, not what it inflates to
         "host": host if target.port == default else f"{host}:{target.port}",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": signature_header(secrets, msg_id, at, body),
+        **headers,
     }
     extensions = {"sni_hostname": target.host} if target.url.scheme == "https" else {}
     request = client.build_request("POST", target.pinned_url, content=body.encode(), headers=headers, extensions=extensions)
