@@ -14,7 +14,9 @@ from typing import Any
 import polars as pl
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+from sqlalchemy import text
 
+from app.alerts.store import AlertStore
 from app.config import Settings
 from app.data.demo import DemoSpec
 from app.data.snapshot import Snapshot, connect, query
@@ -22,6 +24,7 @@ from app.data.store import Store
 from app.pipeline import build_demo
 from bench.serve import served
 from tests.browser import ARGS, CHROMIUM, Problems, open_page
+from tests.postgres import postgres_server
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The fixed demo used by tests: small, but with 35 days so a 28-day baseline exists.
@@ -161,3 +164,29 @@ def dashboard(chromium: Browser, live_server: str) -> Iterator[tuple[Page, Probl
         yield page, problems
     finally:
         page.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (skips with the reason where none can run)."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def alert_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AlertStore]:
+    """A fresh alerts store on SQLite (WAL) and, as a second case, on its own PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
+    else:
+        base = request.getfixturevalue("pg_url")
+        name = f"alerts_{abs(hash(request.node.nodeid)) % 10**9}"
+        admin = AlertStore(base, migrate=False)
+        with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as con:
+            con.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            con.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.close()
+        url = base.rsplit("/", 1)[0] + f"/{name}"
+    s = AlertStore(url)
+    yield s
+    s.close()

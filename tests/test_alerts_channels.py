@@ -13,7 +13,6 @@ import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,10 +80,8 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[AlertStore]:
-    s = AlertStore(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
-    yield s
-    s.close()
+def store(alert_store: AlertStore) -> AlertStore:
+    return alert_store  # SQLite and PostgreSQL
 
 
 def _channels(port: int = 25) -> Channels:

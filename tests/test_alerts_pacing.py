@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -58,10 +56,8 @@ class Hook:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[AlertStore]:
-    s = AlertStore(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
-    yield s
-    s.close()
+def store(alert_store: AlertStore) -> AlertStore:
+    return alert_store  # SQLite and PostgreSQL
 
 
 def _rule(store: AlertStore, server: HTTPServer, **options: Any) -> int:

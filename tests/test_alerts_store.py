@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -18,33 +17,13 @@ from sqlalchemy import inspect, text
 from app.alerts.models import Base
 from app.alerts.rules import Filters, KeywordRule, RadiusRule
 from app.alerts.store import KEY_PREFIX, AlertStore, hash_token
-from tests.postgres import postgres_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with postgres_server() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AlertStore]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
-    else:
-        base = request.getfixturevalue("pg_url")
-        name = f"alerts_{abs(hash(request.node.nodeid)) % 10**9}"
-        admin = AlertStore(base, migrate=False)
-        with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as con:
-            con.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            con.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.close()
-        url = base.rsplit("/", 1)[0] + f"/{name}"
-    s = AlertStore(url)
-    yield s
-    s.close()
+@pytest.fixture
+def store(alert_store: AlertStore) -> AlertStore:
+    return alert_store
 
 
 def test_migrations_build_the_schema_the_models_declare(store: AlertStore) -> None:
