@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,10 @@ import pytest
 import socrata_fake as sf
 from fastapi.testclient import TestClient
 from pytest_httpserver import HTTPServer
+from standardwebhooks.webhooks import Webhook
+from werkzeug import Request, Response
 
+from app.alerts.delivery import deliver_due
 from app.alerts.evaluate import STREAM, alert_events
 from app.alerts.rules import AreaRule, Filters
 from app.alerts.store import AlertStore
@@ -132,31 +136,50 @@ def test_cli_keeps_the_rows_and_says_so_when_no_release_can_be_protected(
         assert con.execute("SELECT count(*) FROM closure").fetchone() == (1428,)
 
 
-def test_each_tick_queues_the_alerts_of_the_rows_it_brought(tmp_path: Path) -> None:
-    """The poll job evaluates the rules against every new snapshot: the first tick starts the
-    watch, the next queues one delivery per new row in the watched borough, and a tick that brings
-    nothing queues nothing."""
+def test_each_tick_brings_one_signed_delivery_per_new_row(tmp_path: Path, httpserver: HTTPServer) -> None:
+    """The poll job evaluates the rules against every new snapshot and the delivery job sends to a
+    real receiver that verifies each signature: the first tick starts the watch, the next brings
+    exactly one delivery per new row in the watched borough, and a tick that brings nothing (its
+    re-read overlaps the last) sends nothing again."""
     end = floor_hour(datetime.now(UTC)) - timedelta(hours=6)
     store = Store(tmp_path)
     build_demo(store, DemoSpec(seed=3, end=end, days=10, size=5_000), settings=Settings(data_dir=tmp_path))
     alerts = AlertStore(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
     key, _ = alerts.create_key("test")
     rule = alerts.create_rule(key.id, "manhattan", AreaRule(level="borough", unit_id="MN"), Filters(), city="nyc")
-    alerts.link(rule.id, alerts.create_endpoint(key.id, "webhook", "https://example.org/hook").id)
+    endpoint = alerts.create_endpoint(key.id, "webhook", httpserver.url_for("/hook").replace("127.0.0.1", "localhost"))
+    alerts.link(rule.id, endpoint.id)
+    assert endpoint.secret is not None
+    seen: list[str] = []
+
+    def receive(request: Request) -> Response:
+        body = request.get_data(as_text=True)
+        Webhook(endpoint.secret).verify(body, {k.lower(): v for k, v in request.headers.items()})  # raises on a bad signature
+        seen.append(json.loads(body)["item_id"])
+        return Response("ok", status=200)
+
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(receive)
+
+    def deliver() -> None:
+        asyncio.run(deliver_due(alerts, allow=frozenset({"localhost"}), limit=10_000, timeout=5))
+
     refresh_and_warm(store, [], alerts, now=end + timedelta(hours=2))
+    deliver()
     assert alerts.cursor("nyc", STREAM) is not None
-    assert alerts.deliveries(key.id) == []
+    assert seen == []
     watched = store.current()
     assert watched is not None
     start = watched.newest_stored("nyc")
     refresh_and_warm(store, [], alerts, now=end + timedelta(hours=5))
+    deliver()
     snap = store.current()
     assert snap is not None
     assert start is not None
     rows = alert_events(snap.rows_stored_after("nyc", start), snap.units("nyc"))
     want = set(rows.filter(pl.col("borough") == "MN")["event_id"].to_list())
-    got = [d.item_id for d in alerts.deliveries(key.id)]
     assert len(want) > 0
-    assert sorted(got) == sorted(want)  # each new Manhattan row once, nothing from before the watch
+    assert sorted(seen) == sorted(want)  # each new Manhattan row once, nothing from before the watch
     refresh_and_warm(store, [], alerts, now=end + timedelta(hours=5))
-    assert len(alerts.deliveries(key.id)) == len(got)
+    deliver()
+    assert sorted(seen) == sorted(want)
+    assert {d.status for d in alerts.deliveries(key.id)} == {"sent"}
