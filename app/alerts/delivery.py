@@ -115,9 +115,7 @@ async def _send(endpoint: Endpoint, msg_id: str, body: str, attempt: int, now: d
     limits = httpx.Limits(max_keepalive_connections=0)
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), limits=limits, trust_env=False) as client:
-            reply = await send_signed(
-                client, target, secrets, msg_id, datetime.now(UTC), body, timeout * 1.5
-            )
+            reply = await send_signed(client, target, secrets, msg_id, datetime.now(UTC), body, timeout * 1.5)
     except (TimeoutError, httpx.TimeoutException):
         return decide(None, attempt, now, error="timed out")
     except httpx.TransportError as err:
