@@ -578,3 +578,42 @@ def _fuzz(api: Api) -> None:
                 assert r.json()["message"]
 
     check()
+
+
+def test_a_bucket_refills_at_its_rate_and_forgets_the_least_recent_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.api import ratelimit
+    from app.api.ratelimit import TokenBuckets
+
+    now = [0.0]
+    buckets = TokenBuckets(rate_per_minute=6, burst=2, clock=lambda: now[0])  # a token every 10 s
+    assert [buckets.take("a").allowed for _ in range(3)] == [True, True, False]
+    refused = buckets.take("a")
+    assert (refused.retry_after_s, refused.reset_s, refused.remaining) == (10, 20, 0)
+    now[0] = 9.9
+    assert not buckets.take("a").allowed
+    now[0] = 10.0
+    assert buckets.take("a").allowed
+    assert not buckets.take("a").allowed
+    now[0] = 1000.0
+    assert buckets.take("a").remaining == 1  # refilled to the burst, never past it
+    monkeypatch.setattr(ratelimit, "MAX_BUCKETS", 2)
+    for client in ("b", "c"):
+        buckets.take(client)
+    assert set(buckets._buckets) == {"b", "c"}
+
+
+def test_ids_out_of_range_are_422s_and_the_store_closes_with_the_app(tiny_dir: Path, tmp_path: Path) -> None:
+    app = create_app(_settings(tiny_dir, tmp_path / "alerts.sqlite"))
+    with TestClient(app) as c:
+        api = _key(c, "desk")
+        for method, url in (
+            ("get", "/rules/0"),
+            ("get", f"/rules/{2**40}"),
+            ("delete", "/endpoints/-1"),
+            ("post", f"/deliveries/{2**63}/retry"),
+        ):
+            r = getattr(api, method)(url)
+            assert r.status_code == 422, (url, r.text)
+        assert api.get("/deliveries", params={"rule_id": 2**40}).status_code == 422
+        assert app.state.alerts is not None
+    assert app.state.alerts is None  # closed at shutdown
