@@ -25,6 +25,7 @@ from app.pipeline import build_demo
 from bench.serve import served
 from tests.browser import ARGS, CHROMIUM, Problems, open_page
 from tests.postgres import postgres_server
+from tests.smtp_inbox import Inbox, smtp_inbox
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The fixed demo used by tests: small, but with 35 days so a 28-day baseline exists.
@@ -190,3 +191,10 @@ def alert_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Aler
     s = AlertStore(url)
     yield s
     s.close()
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    """A real local SMTP server: its inbox and port."""
+    with smtp_inbox() as server:
+        yield server

@@ -6,17 +6,11 @@ endpoint, a temporary refusal and Discord's 429 are retried)."""
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import json
-import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -25,6 +19,7 @@ from app.alerts.links import LinkSigner
 from app.alerts.mail import MailSettings
 from app.alerts.rules import Filters, KeywordRule
 from app.alerts.store import AlertStore
+from tests.smtp_inbox import Inbox, free_port
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SECRET = "s" * 40
@@ -42,41 +37,6 @@ PAYLOAD: dict[str, Any] = {
     "lat": 40.73,
     "record": RECORD,
 }
-
-
-class Inbox:
-    """An SMTP handler that keeps each message, or refuses recipients with ``refuse`` (e.g. ``550 ...``)."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.refuse: str | None = None
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:  # noqa: N802  # aiosmtpd's hook name
-        if self.refuse:
-            return self.refuse
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802  # aiosmtpd's hook name
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        self.messages.append(message)
-        return "250 Message accepted"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    inbox, port = Inbox(), _free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
 
 
 @pytest.fixture
@@ -172,7 +132,7 @@ def test_email_without_a_configured_server_is_a_dead_letter_saying_so(store: Ale
 
 def test_an_unreachable_smtp_server_is_retried(store: AlertStore) -> None:
     _queue(store, "email", "tenant@example.org", ["1"])
-    _run(store, _channels(_free_port()))  # nothing listens there
+    _run(store, _channels(free_port()))  # nothing listens there
     (pending,) = store.deliveries(status="pending")
     assert pending.attempts == 1
     assert "SMTP" in (pending.last_error or "")

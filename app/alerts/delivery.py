@@ -123,7 +123,7 @@ def message_body(delivery: Delivery) -> str:
     digest: ``type`` ``alert.digest`` and its items in ``data.items``)."""
     return json.dumps(
         {
-            "type": "alert.digest" if delivery.source == "digest" else "alert.match",
+            "type": {"digest": "alert.digest", "test": "alert.test"}.get(delivery.source, "alert.match"),
             "rule_id": delivery.rule_id,
             "source": delivery.source,
             "item_id": delivery.item_id,

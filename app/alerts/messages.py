@@ -37,6 +37,8 @@ def _text(value: Any, limit: int = 300) -> str:
 def item_message(payload: dict[str, Any], rule_name: str) -> Message:
     """The message of one queued item (an event or an anomaly payload, see
     :mod:`app.alerts.evaluate`)."""
+    if payload.get("type") == "test":
+        return Message("A test from City Service Heat", _text(payload.get("message")))
     if payload.get("type") == "anomaly":
         unit = payload.get("unit_name") or payload.get("unit_id")
         facts = [

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse
 
 from app.alerts.links import BadLinkError, Link, signer_from_settings
 from app.alerts.messages import render_link_page
-from app.alerts.store import AlertStore
+from app.api.alerts_deps import AlertsDep
 
 router = APIRouter(tags=["alerts"])
 
@@ -35,18 +35,13 @@ def _read(request: Request, token: str) -> Link | HTMLResponse:
         return HTMLResponse(page, status_code=422, headers=_HEADERS)
 
 
-def _alerts(request: Request) -> AlertStore:
-    alerts: AlertStore = request.app.state.alerts
-    return alerts
-
-
 @router.get("/links/{token}", response_class=HTMLResponse, summary="What a pause or unsubscribe link does")
-async def show_link(request: Request, token: Token) -> HTMLResponse:
+async def show_link(request: Request, token: Token, alerts: AlertsDep) -> HTMLResponse:
     """A page naming the rule and the action, with a button that does it (``POST``)."""
     link = _read(request, token)
     if isinstance(link, HTMLResponse):
         return link
-    name = await run_in_threadpool(_alerts(request).link_subject, link)
+    name = await run_in_threadpool(alerts.link_subject, link)
     if name is None:
         return HTMLResponse(
             render_link_page("Nothing to do", "This rule no longer exists: nothing more will be sent for it."), headers=_HEADERS
@@ -56,10 +51,10 @@ async def show_link(request: Request, token: Token) -> HTMLResponse:
 
 
 @router.post("/links/{token}", response_class=HTMLResponse, summary="Follow a pause or unsubscribe link (one-click)")
-async def follow_link(request: Request, token: Token) -> HTMLResponse:
+async def follow_link(request: Request, token: Token, alerts: AlertsDep) -> HTMLResponse:
     """Do what the link says; the answer says what was done."""
     link = _read(request, token)
     if isinstance(link, HTMLResponse):
         return link
-    done = await run_in_threadpool(_alerts(request).follow_link, link)
+    done = await run_in_threadpool(alerts.follow_link, link)
     return HTMLResponse(render_link_page("Done", done), headers=_HEADERS)
