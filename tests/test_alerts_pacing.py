@@ -112,6 +112,9 @@ def test_a_daily_cap_stops_sends_for_the_local_day(store: AlertStore, httpserver
     _queue(store, rule_id, ["E"], tomorrow)
     _run(store, tomorrow)
     assert [b["item_id"] for b in hook.bodies] == ["A", "B", "E"]
+    store.retry(store.rules()[0].key_id, capped.id, tomorrow)  # a capped alert retried the next day goes out
+    _run(store, tomorrow)
+    assert [b["item_id"] for b in hook.bodies] == ["A", "B", "E", "C"]
 
 
 def test_a_daily_digest_gathers_the_day_once(store: AlertStore, httpserver: HTTPServer) -> None:

@@ -362,7 +362,7 @@ def test_a_dead_delivery_can_be_retried(api: Api) -> None:
     assert delivery.id in [d["id"] for d in pending]
     again = api.post(f"/deliveries/{delivery.id}/retry")
     assert again.status_code == 409
-    assert "only a dead delivery" in again.json()["detail"]
+    assert "only a dead, capped or paused delivery" in again.json()["detail"]
     assert store.audit(api.key_id)[-1].action == "delivery.retry"
 
 

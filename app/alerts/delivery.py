@@ -243,7 +243,7 @@ def _paced(rule: Rule | None, linked: bool, sent_today: int, now: datetime) -> D
     if not linked:
         return Decision("dead", reason="not sent: the endpoint was unsubscribed from this rule")
     if rule.paused:
-        return Decision("paused", reason="not sent: the rule is paused (retry to send it anyway)")
+        return Decision("paused", reason="not sent: the rule is paused (resume it, then retry to send it)")
     step = pace(now, rule.timezone, rule.quiet_start, rule.quiet_end, rule.daily_cap, sent_today)
     if step.action == "hold":
         return Decision("held", next_attempt_at=step.until, reason=step.reason)

@@ -72,5 +72,5 @@ def pace(now: datetime, zone: str, quiet_start: str | None, quiet_end: str | Non
     if until is not None:
         return Pace("hold", until, f"quiet hours ({quiet_start}-{quiet_end} {zone}): held until they end")
     if daily_cap is not None and sent_today >= daily_cap:
-        return Pace("cap", reason=f"the rule's daily cap of {daily_cap} was reached; not sent (retry to send it anyway)")
+        return Pace("cap", reason=f"not sent: the rule's daily cap of {daily_cap} was reached (a retry on another day sends it)")
     return Pace("send")

@@ -114,7 +114,7 @@ class DeliveryQueue(StoreBase):
             return list(s.scalars(query.order_by(Delivery.id.desc()).offset(offset).limit(limit))), total
 
     def retry(self, key_id: int, delivery_id: int, now: datetime) -> Delivery | None:
-        """Put key ``key_id``'s dead delivery back in the queue, due at ``now`` with a fresh retry
+        """Put key ``key_id``'s dead, capped or paused delivery back in the queue (pacing applies again), due at ``now`` with a fresh retry
         schedule (the last error stays until the next attempt). None when the key has no such
         delivery; :class:`RetryRefusedError` when it is not dead or its endpoint is disabled."""
         with self.session() as s:
@@ -127,8 +127,8 @@ class DeliveryQueue(StoreBase):
             if row is None:
                 return None
             delivery, endpoint = row
-            if delivery.status != "dead":
-                raise RetryRefusedError(f"only a dead delivery can be retried; this one is {delivery.status}")
+            if delivery.status not in ("dead", "capped", "paused"):
+                raise RetryRefusedError(f"only a dead, capped or paused delivery can be retried; this one is {delivery.status}")
             if endpoint.disabled_reason is not None:
                 raise RetryRefusedError(f"its endpoint is disabled ({endpoint.disabled_reason}); create a new endpoint")
             before = delivery.attempts

@@ -36,7 +36,7 @@ __all__ = [
 
 #: Ids are 32-bit on PostgreSQL: a larger one is refused as input, never sent to the database.
 MAX_ID = 2_147_483_647
-DeliveryStatus = Literal["pending", "held", "sending", "sent", "dead", "digest"]
+DeliveryStatus = Literal["pending", "held", "sending", "sent", "dead", "capped", "paused", "digest", "digested"]
 _CLOCK = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]")
 # A strict address check (email-validator is not installed): dot-atom local part, a host name of
 # letter-digit-hyphen labels with a letter TLD; nothing that could break a mail header.
@@ -261,17 +261,27 @@ class DeliveryOut(BaseModel):
     endpoint_id: int
     source: str
     item_id: str
-    status: str = Field(description="pending | held | sending | sent | dead | digest")
+    status: str = Field(
+        description="pending (due at next_attempt_at) | sending | held (quiet hours, until next_attempt_at) | sent | dead "
+        "(given up, see last_error; retryable) | capped (over the rule's daily cap) | paused (the rule was paused) | digest "
+        "(waiting for the daily digest) | digested (sent in a digest)"
+    )
     attempts: int
-    last_status: int | None = Field(description="The receiver's last HTTP status.")
-    last_error: str | None
-    next_attempt_at: datetime
+    last_status: int | None = Field(description="The receiver's last answer: HTTP status, or SMTP reply code for email.")
+    last_error: str | None = Field(description="Why the last attempt did not succeed, or why the delivery was not sent.")
+    next_attempt_at: datetime | None = Field(description="When it is tried next (null once it is no longer waiting).")
     created_at: datetime
     sent_at: datetime | None
 
     @classmethod
     def of(cls, delivery: Delivery) -> DeliveryOut:
-        return cls.model_validate({f: getattr(delivery, f) for f in cls.model_fields})
+        fields = {f: getattr(delivery, f) for f in cls.model_fields}
+        if delivery.status not in _WAITING:
+            fields["next_attempt_at"] = None
+        return cls.model_validate(fields)
+
+
+_WAITING = ("pending", "sending", "held")
 
 
 class DeliveriesOut(BaseModel):

@@ -36,7 +36,7 @@ def retry_delivery(
     key: KeyDep,
     alerts: AlertsDep,
 ) -> DeliveryOut:
-    """Queue a dead delivery again, due now, with a fresh retry schedule (409 unless it is dead)."""
+    """Queue a dead, capped or paused delivery again, due now, with a fresh retry schedule (409 otherwise)."""
     try:
         delivery = alerts.retry(key.id, delivery_id, datetime.now(UTC))
     except RetryRefusedError as err:
