@@ -6,16 +6,21 @@ address`` and the unit ids of every level (``tract``, ``neighborhood``, ``boroug
 unknown). ``rules`` is a list of ``(rule_id, spec, filters)``. The result lists each
 ``(rule_id, event_id)`` match once, in no particular order.
 
-* radius: an STRtree of the circles' bounding boxes finds candidate pairs in one bulk query, the
-  haversine distance of each pair decides;
-* polygon: an STRtree of the polygons, one bulk ``intersects`` query (GEOS, prepared);
+Each kind yields candidate pairs as two arrays (the rule's position in ``rules``, the event's row):
+
+* radius and polygon share one STRtree of the located events' points, built once per call: the
+  circles' bounding boxes query it in bulk and the haversine distance of each pair decides; the
+  polygons query it with ``intersects`` (GEOS prepares each polygon);
 * keyword and plate: one Aho-Corasick pass over all patterns (``str.extract_many``), then a join;
 * address and area: joins on the normalised address and on the unit id.
+
+The filters then keep or drop every pair in one pass (a table of rule x allowed value).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -38,6 +43,13 @@ __all__ = ["EARTH_RADIUS_M", "MATCH_SCHEMA", "match_events"]
 EARTH_RADIUS_M = 6_371_008.8
 MATCH_SCHEMA = {"rule_id": pl.Int64, "event_id": pl.String}
 Rules = Sequence[tuple[int, object, Filters]]
+#: Candidate pairs: positions in ``rules`` and rows of ``events``.
+_PAIRS = {"_r": pl.Int64, "_e": pl.UInt32}
+Pairs = tuple[np.ndarray, np.ndarray]
+_S = TypeVar("_S")
+_FILTERS = {"category": "categories", "kind": "kinds", "source": "sources"}
+#: Cells of a rule x value filter table above which the filter compares sorted keys instead.
+_MAX_TABLE = 1 << 25
 
 
 def match_events(rules: Rules, events: pl.DataFrame) -> pl.DataFrame:
@@ -45,65 +57,149 @@ def match_events(rules: Rules, events: pl.DataFrame) -> pl.DataFrame:
     if not rules or events.height == 0:
         return pl.DataFrame(schema=MATCH_SCHEMA)
     events = events.with_row_index("_e")
+
+    radius, polygon = _of(rules, RadiusRule), _of(rules, PolygonRule)
+    shapes = np.array([shape(s.geometry) for _, s in polygon], dtype=object)
+    circles, outlines = _circle_boxes(radius), shapely.bounds(shapes).reshape(-1, 4)
+    grid = _Grid(events, np.concatenate([circles, outlines])) if radius or polygon else None
     parts = [
-        _radius([(i, s) for i, s, _ in rules if isinstance(s, RadiusRule)], events),
-        _polygon([(i, s) for i, s, _ in rules if isinstance(s, PolygonRule)], events),
-        _patterns([(i, s.keyword.lower()) for i, s, _ in rules if isinstance(s, KeywordRule)], events, _keyword_text()),
-        _patterns([(i, s.plate) for i, s, _ in rules if isinstance(s, PlateRule)], events, _plate_text()),
-        _address([(i, s) for i, s, _ in rules if isinstance(s, AddressRule)], events),
-        _area([(i, s) for i, s, _ in rules if isinstance(s, AreaRule)], events),
+        _radius(radius, circles, grid),
+        _polygon([p for p, _ in polygon], shapes, outlines, grid),
+        _patterns([(p, s.keyword.lower()) for p, s in _of(rules, KeywordRule)], events, _keyword_text()),
+        _patterns([(p, s.plate) for p, s in _of(rules, PlateRule)], events, _plate_text()),
+        _address(_of(rules, AddressRule), events),
+        _area(_of(rules, AreaRule), events),
     ]
-    found = [p for p in parts if p.height]
-    if not found:
-        return pl.DataFrame(schema=MATCH_SCHEMA)
-    pairs = pl.concat(found, how="vertical")  # each kind yields a (rule, event) pair at most once
-    for column in ("category", "kind", "source"):
-        pairs = _filtered(pairs, rules, events, column)
-    return pairs.select("rule_id", event_id=events["event_id"].gather(pairs["_e"]))
+    pairs = pl.concat(parts)  # each kind yields a (rule, event) pair at most once
+    ids = pl.Series(np.fromiter((rule_id for rule_id, _, _ in rules), dtype=np.int64, count=len(rules)))
+    return (
+        pairs.lazy()
+        .filter(_allowed(rules, events))
+        .select(rule_id=pl.lit(ids).gather("_r"), event_id=pl.lit(events["event_id"]).gather("_e"))
+        .collect()
+    )
 
 
-def _filtered(pairs: pl.DataFrame, rules: Rules, events: pl.DataFrame, column: str) -> pl.DataFrame:
-    """``pairs`` whose event's ``column`` the rule allows (rules without that filter keep all)."""
-    field = {"category": "categories", "kind": "kinds", "source": "sources"}[column]
-    allowed = [(i, v) for i, _, f in rules for v in getattr(f, field)]
-    if not allowed:
-        return pairs
-    table = pl.DataFrame(allowed, schema={"rule_id": pl.Int64, "_v": pl.String}, orient="row")
-    narrowed = table["rule_id"].unique()
-    free = pairs.filter(~pl.col("rule_id").is_in(narrowed.implode()))
-    held = pairs.filter(pl.col("rule_id").is_in(narrowed.implode()))
-    held = held.with_columns(_v=events[column].gather(held["_e"])).join(table, on=["rule_id", "_v"], how="semi").drop("_v")
-    return pl.concat([free, held])
+def _of(rules: Rules, kind: type[_S]) -> list[tuple[int, _S]]:
+    """The rules of one kind, each with its position in ``rules``."""
+    return [(pos, spec) for pos, (_, spec, _) in enumerate(rules) if isinstance(spec, kind)]
 
 
-def _pairs(rule_ids: np.ndarray, rows: np.ndarray) -> pl.DataFrame:
-    return pl.DataFrame({"rule_id": rule_ids.astype(np.int64), "_e": rows.astype(np.uint32)})
+def _allowed(rules: Rules, events: pl.DataFrame) -> pl.Expr:
+    """Whether every filter of a pair's rule lets its event through. A rule with a filter on a
+    column keeps an event whose value is one it lists (a null value never): one lookup per pair in
+    a table of rule x value."""
+    keep = pl.lit(True)
+    for column, field in _FILTERS.items():
+        narrowed = [(pos, getattr(f, field)) for pos, (_, _, f) in enumerate(rules) if getattr(f, field)]
+        if not narrowed:
+            continue
+        present = set(events[column].drop_nulls().unique().to_list())
+        values = sorted({v for _, vs in narrowed for v in vs} & present)
+        index = {v: i for i, v in enumerate(values)}
+        # each event's value as a column of the table; "none of them" (or null) is the last column
+        width = len(values) + 1
+        code = events[column].replace_strict(values, range(len(values)), default=len(values), return_dtype=pl.Int64)
+        row_of = np.zeros(len(rules), dtype=np.int64)  # row 0: rules without this filter, all allowed
+        row_of[[pos for pos, _ in narrowed]] = np.arange(1, len(narrowed) + 1)
+        cells = np.array([(j + 1) * width + index[v] for j, (_, vs) in enumerate(narrowed) for v in vs if v in index], dtype=np.int64)
+        cell = pl.lit(pl.Series(row_of)).gather("_r") * width + pl.lit(code).gather("_e")
+        if (len(narrowed) + 1) * width <= _MAX_TABLE:
+            table = np.zeros((len(narrowed) + 1) * width, dtype=bool)
+            table[:width] = True
+            table[cells] = True
+            keep = keep & pl.lit(pl.Series(table)).gather(cell)
+        else:  # a huge filter set: the allowed cells as a set instead of a table
+            keep = keep & ((cell < width) | cell.is_in(pl.Series(cells).implode()))
+    return keep
 
 
-def _points(events: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows, longitudes, latitudes and points of the located events."""
-    located = events.filter(pl.col("lon").is_not_null() & pl.col("lat").is_not_null())
-    lon, lat = located["lon"].to_numpy(), located["lat"].to_numpy()
-    return located["_e"].to_numpy(), lon, lat, shapely.points(lon, lat)
+def _empty() -> pl.DataFrame:
+    return pl.DataFrame(schema=_PAIRS)
 
 
-def _radius(rules: list[tuple[int, RadiusRule]], events: pl.DataFrame) -> pl.DataFrame:
-    if not rules:
-        return _pairs(np.empty(0), np.empty(0))
-    ids = np.array([i for i, _ in rules])
+def _pairs(rpos: np.ndarray, rows: np.ndarray) -> pl.DataFrame:
+    return pl.DataFrame({"_r": rpos, "_e": rows}, schema=_PAIRS)
+
+
+class _Grid:
+    """The located events (longitude and latitude both known) sorted into a grid of narrow
+    longitude strips, each ordered by a fine latitude cell, so the events inside any box are a few
+    contiguous runs found by binary search. Shared by the radius and polygon rules of one call."""
+
+    #: Latitude cells per strip, and at most this many strips.
+    CELLS, STRIPS = 1 << 16, 4096
+
+    def __init__(self, events: pl.DataFrame, boxes: np.ndarray) -> None:
+        located = events.filter(pl.col("lon").is_not_null() & pl.col("lat").is_not_null())
+        self.rows = located["_e"].to_numpy().astype(np.int64)
+        self.lon, self.lat = located["lon"].to_numpy(), located["lat"].to_numpy()
+        if self.rows.size == 0:
+            return
+        self.x0, self.y0 = float(self.lon.min()), float(self.lat.min())
+        span_x, span_y = float(self.lon.max()) - self.x0, float(self.lat.max()) - self.y0
+        # strips about a quarter of a typical box wide: few runs per box, few strangers in each
+        self.dx = max(span_x / self.STRIPS, float(np.median(boxes[:, 2] - boxes[:, 0])) / 4, 1e-12)
+        self.dy = max(span_y / self.CELLS, 1e-12)
+        key = self._strip(self.lon) * self.CELLS + self._cell(self.lat)
+        self.order = np.argsort(key, kind="stable")
+        self.keys = key[self.order]
+
+    def _strip(self, lon: np.ndarray) -> np.ndarray:
+        # subtraction, division and floor never reverse an order, so a point inside a box falls
+        # in a strip and cell between the box's: the runs hold every point of the box
+        return np.clip(np.floor((lon - self.x0) / self.dx), 0, self.STRIPS).astype(np.int64)
+
+    def _cell(self, lat: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor((lat - self.y0) / self.dy), 0, self.CELLS - 1).astype(np.int64)
+
+    def within(self, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> Pairs:
+        """Every (box, located event) with the event in the closed box ``x0..x1`` x ``y0..y1``
+        (what an STRtree envelope query gives), as box indices and indices of the located events."""
+        if self.rows.size == 0 or x0.size == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        s0, s1 = self._strip(x0), self._strip(x1)
+        box, strip = _runs(s0, s1 - s0 + 1)
+        lo = np.searchsorted(self.keys, strip * self.CELLS + self._cell(y0)[box], "left")
+        hi = np.searchsorted(self.keys, strip * self.CELLS + self._cell(y1)[box], "right")
+        box, at = _runs(lo, hi - lo, box)
+        point = self.order[at]
+        lon, lat = self.lon[point], self.lat[point]
+        inside = (lon >= x0[box]) & (lon <= x1[box]) & (lat >= y0[box]) & (lat <= y1[box])
+        return box[inside], point[inside]
+
+
+def _runs(start: np.ndarray, length: np.ndarray, owner: np.ndarray | None = None) -> Pairs:
+    """Expand runs: for run ``i``, ``length[i]`` pairs ``(owner[i], start[i] + k)``, k = 0, 1, ..."""
+    length = np.maximum(length, 0)
+    ids = np.arange(start.size) if owner is None else owner
+    run = np.repeat(np.arange(start.size), length)
+    first = np.cumsum(length) - length
+    return ids[run], start[run] + (np.arange(run.size) - first[run])
+
+
+def _circle_boxes(rules: list[tuple[int, RadiusRule]]) -> np.ndarray:
+    """Each circle's bounding box ``(lon0, lat0, lon1, lat1)``, a little larger than the circle."""
     lat = np.array([r.lat for _, r in rules])
     lon = np.array([r.lon for _, r in rules])
     radius = np.array([r.radius_m for _, r in rules])
     dlat = np.degrees(radius / EARTH_RADIUS_M) * 1.001
     dlon = dlat / np.maximum(np.cos(np.radians(np.minimum(np.abs(lat) + dlat, 89.9))), 1e-6)
-    tree = shapely.STRtree(shapely.box(lon - dlon, lat - dlat, lon + dlon, lat + dlat))
-    rows, elon, elat, points = _points(events)
-    if rows.size == 0:
-        return _pairs(np.empty(0), np.empty(0))
-    p, r = tree.query(points)
-    d = _haversine(elat[p], elon[p], lat[r], lon[r])
+    return np.column_stack([lon - dlon, lat - dlat, lon + dlon, lat + dlat]).reshape(-1, 4)
+
+
+def _radius(rules: list[tuple[int, RadiusRule]], boxes: np.ndarray, grid: _Grid | None) -> pl.DataFrame:
+    """Events in a circle's bounding box (the prefilter) whose haversine distance is within it."""
+    if not rules or grid is None:
+        return _empty()
+    pos = np.array([p for p, _ in rules], dtype=np.int64)
+    lat = np.array([r.lat for _, r in rules])
+    lon = np.array([r.lon for _, r in rules])
+    radius = np.array([r.radius_m for _, r in rules])
+    r, p = grid.within(*boxes.T)
+    d = _haversine(grid.lat[p], grid.lon[p], lat[r], lon[r])
     keep = d <= radius[r]
-    return _pairs(ids[r[keep]], rows[p[keep]])
+    return _pairs(pos[r[keep]], grid.rows[p[keep]])
 
 
 def _haversine(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
@@ -113,17 +209,14 @@ def _haversine(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.nd
     return out
 
 
-def _polygon(rules: list[tuple[int, PolygonRule]], events: pl.DataFrame) -> pl.DataFrame:
-    if not rules:
-        return _pairs(np.empty(0), np.empty(0))
-    ids = np.array([i for i, _ in rules])
-    shapes = np.array([shape(r.geometry) for _, r in rules])
+def _polygon(positions: list[int], shapes: np.ndarray, bounds: np.ndarray, grid: _Grid | None) -> pl.DataFrame:
+    """Events in a polygon's bounding box (the prefilter) that the prepared polygon intersects."""
+    if not positions or grid is None:
+        return _empty()
+    r, p = grid.within(*bounds.T)
     shapely.prepare(shapes)
-    rows, _, _, points = _points(events)
-    if rows.size == 0:
-        return _pairs(np.empty(0), np.empty(0))
-    p, r = shapely.STRtree(shapes).query(points, predicate="intersects")
-    return _pairs(ids[r], rows[p])
+    hit = shapely.intersects_xy(shapes[r], grid.lon[p], grid.lat[p])
+    return _pairs(np.array(positions, dtype=np.int64)[r[hit]], grid.rows[p[hit]])
 
 
 def _keyword_text() -> pl.Expr:
@@ -137,34 +230,37 @@ def _plate_text() -> pl.Expr:
     return pl.concat_str(fields, separator="|")
 
 
+def _joined(found: pl.DataFrame, wanted: pl.DataFrame, on: str | list[str]) -> pl.DataFrame:
+    return found.join(wanted, on=on).select("_r", "_e")
+
+
 def _patterns(rules: list[tuple[int, str]], events: pl.DataFrame, text: pl.Expr) -> pl.DataFrame:
     """Rules whose pattern occurs in ``text``: all patterns in one Aho-Corasick pass."""
     if not rules:
-        return _pairs(np.empty(0), np.empty(0))
-    wanted = pl.DataFrame({"rule_id": [i for i, _ in rules], "_p": [p for _, p in rules]}, schema={"rule_id": pl.Int64, "_p": pl.String})
+        return _empty()
+    wanted = pl.DataFrame({"_r": [p for p, _ in rules], "_p": [s for _, s in rules]}, schema={"_r": pl.Int64, "_p": pl.String})
     patterns = wanted["_p"].unique()
     found = events.select("_e", _p=text.str.extract_many(patterns.implode(), overlapping=True)).explode("_p").drop_nulls("_p").unique()
-    return found.join(wanted, on="_p").select("rule_id", "_e")
+    return _joined(found, wanted, "_p")
 
 
 def _address(rules: list[tuple[int, AddressRule]], events: pl.DataFrame) -> pl.DataFrame:
     if not rules:
-        return _pairs(np.empty(0), np.empty(0))
+        return _empty()
     wanted = pl.DataFrame(
-        {"rule_id": [i for i, _ in rules], "_a": [normalize_address(r.address) for _, r in rules]},
-        schema={"rule_id": pl.Int64, "_a": pl.String},
+        {"_r": [p for p, _ in rules], "_a": [normalize_address(r.address) for _, r in rules]}, schema={"_r": pl.Int64, "_a": pl.String}
     )
     norm = pl.col("address").str.to_uppercase().str.replace_all(r"[^0-9A-Z]+", " ").str.strip_chars().str.replace_all(" +", " ")
-    return events.select("_e", _a=norm).drop_nulls("_a").join(wanted, on="_a").select("rule_id", "_e")
+    return _joined(events.select("_e", _a=norm).drop_nulls("_a"), wanted, "_a")
 
 
 def _area(rules: list[tuple[int, AreaRule]], events: pl.DataFrame) -> pl.DataFrame:
     if not rules:
-        return _pairs(np.empty(0), np.empty(0))
+        return _empty()
     wanted = pl.DataFrame(
-        {"rule_id": [i for i, _ in rules], "level": [r.level for _, r in rules], "unit_id": [r.unit_id for _, r in rules]},
-        schema={"rule_id": pl.Int64, "level": pl.String, "unit_id": pl.String},
+        {"_r": [p for p, _ in rules], "level": [r.level for _, r in rules], "unit_id": [r.unit_id for _, r in rules]},
+        schema={"_r": pl.Int64, "level": pl.String, "unit_id": pl.String},
     )
     levels = [lvl for lvl in ("tract", "neighborhood", "borough") if lvl in events.columns]
     units = events.unpivot(index="_e", on=levels, variable_name="level", value_name="unit_id").drop_nulls("unit_id")
-    return units.join(wanted, on=["level", "unit_id"]).select("rule_id", "_e")
+    return _joined(units, wanted, ["level", "unit_id"])
