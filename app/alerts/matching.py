@@ -62,22 +62,22 @@ def match_events(rules: Rules, events: pl.DataFrame) -> pl.DataFrame:
     shapes = np.array([shape(s.geometry) for _, s in polygon], dtype=object)
     circles, outlines = _circle_boxes(radius), shapely.bounds(shapes).reshape(-1, 4)
     grid = _Grid(events, np.concatenate([circles, outlines])) if radius or polygon else None
-    parts = [
-        _radius(radius, circles, grid),
-        _polygon([p for p, _ in polygon], shapes, outlines, grid),
+    located = [_radius(radius, circles, grid), _polygon([p for p, _ in polygon], shapes, outlines, grid)]
+    texts = [
         _patterns([(p, s.keyword.lower()) for p, s in _of(rules, KeywordRule)], events, _keyword_text()),
         _patterns([(p, s.plate) for p, s in _of(rules, PlateRule)], events, _plate_text()),
         _address(_of(rules, AddressRule), events),
         _area(_of(rules, AreaRule), events),
     ]
-    pairs = pl.concat(parts)  # each kind yields a (rule, event) pair at most once
+    # the text kinds run side by side; then every pair is filtered and named
+    pairs = pl.concat([*located, *pl.collect_all(texts)])  # each kind yields a (rule, event) pair at most once
     ids = pl.Series(np.fromiter((rule_id for rule_id, _, _ in rules), dtype=np.int64, count=len(rules)))
-    return (
+    named = (
         pairs.lazy()
         .filter(_allowed(rules, events))
         .select(rule_id=pl.lit(ids).gather("_r"), event_id=pl.lit(events["event_id"]).gather("_e"))
-        .collect()
     )
+    return named.collect()
 
 
 def _of(rules: Rules, kind: type[_S]) -> list[tuple[int, _S]]:
@@ -197,14 +197,17 @@ def _radius(rules: list[tuple[int, RadiusRule]], boxes: np.ndarray, grid: _Grid 
     lon = np.array([r.lon for _, r in rules])
     radius = np.array([r.radius_m for _, r in rules])
     r, p = grid.within(*boxes.T)
-    d = _haversine(grid.lat[p], grid.lon[p], lat[r], lon[r])
+    d = _haversine(grid.lat, grid.lon, p, lat, lon, r)
     keep = d <= radius[r]
     return _pairs(pos[r[keep]], grid.rows[p[keep]])
 
 
-def _haversine(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
+def _haversine(lat1: np.ndarray, lon1: np.ndarray, i: np.ndarray, lat2: np.ndarray, lon2: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Great-circle metres between points ``i`` of ``(lat1, lon1)`` and ``j`` of ``(lat2, lon2)``
+    (degrees); radians and cosines are taken once per point, not once per pair."""
     p1, p2 = np.radians(lat1), np.radians(lat2)
-    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
+    c1, c2 = np.cos(p1), np.cos(p2)
+    a = np.sin((p2[j] - p1[i]) / 2) ** 2 + c1[i] * c2[j] * np.sin(np.radians(lon2[j] - lon1[i]) / 2) ** 2
     out: np.ndarray = 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
     return out
 
@@ -230,37 +233,38 @@ def _plate_text() -> pl.Expr:
     return pl.concat_str(fields, separator="|")
 
 
-def _joined(found: pl.DataFrame, wanted: pl.DataFrame, on: str | list[str]) -> pl.DataFrame:
-    return found.join(wanted, on=on).select("_r", "_e")
+def _joined(found: pl.LazyFrame, wanted: pl.DataFrame, on: str | list[str]) -> pl.LazyFrame:
+    return found.join(wanted.lazy(), on=on).select("_r", "_e")
 
 
-def _patterns(rules: list[tuple[int, str]], events: pl.DataFrame, text: pl.Expr) -> pl.DataFrame:
+def _patterns(rules: list[tuple[int, str]], events: pl.DataFrame, text: pl.Expr) -> pl.LazyFrame:
     """Rules whose pattern occurs in ``text``: all patterns in one Aho-Corasick pass."""
     if not rules:
-        return _empty()
+        return _empty().lazy()
     wanted = pl.DataFrame({"_r": [p for p, _ in rules], "_p": [s for _, s in rules]}, schema={"_r": pl.Int64, "_p": pl.String})
     patterns = wanted["_p"].unique()
-    found = events.select("_e", _p=text.str.extract_many(patterns.implode(), overlapping=True)).explode("_p").drop_nulls("_p").unique()
+    found = events.lazy().select("_e", _p=text.str.extract_many(patterns.to_list(), overlapping=True).list.unique()).explode("_p")
     return _joined(found, wanted, "_p")
 
 
-def _address(rules: list[tuple[int, AddressRule]], events: pl.DataFrame) -> pl.DataFrame:
+def _address(rules: list[tuple[int, AddressRule]], events: pl.DataFrame) -> pl.LazyFrame:
+    """Events whose address equals the rule's, both as :func:`normalize_address` puts them."""
     if not rules:
-        return _empty()
+        return _empty().lazy()
     wanted = pl.DataFrame(
         {"_r": [p for p, _ in rules], "_a": [normalize_address(r.address) for _, r in rules]}, schema={"_r": pl.Int64, "_a": pl.String}
     )
-    norm = pl.col("address").str.to_uppercase().str.replace_all(r"[^0-9A-Z]+", " ").str.strip_chars().str.replace_all(" +", " ")
-    return _joined(events.select("_e", _a=norm).drop_nulls("_a"), wanted, "_a")
+    norm = pl.col("address").str.replace_all(r"[^0-9A-Za-z]+", " ").str.strip_chars(" ").str.to_uppercase()  # = normalize_address
+    return _joined(events.lazy().select("_e", _a=norm), wanted, "_a")
 
 
-def _area(rules: list[tuple[int, AreaRule]], events: pl.DataFrame) -> pl.DataFrame:
+def _area(rules: list[tuple[int, AreaRule]], events: pl.DataFrame) -> pl.LazyFrame:
     if not rules:
-        return _empty()
+        return _empty().lazy()
     wanted = pl.DataFrame(
         {"_r": [p for p, _ in rules], "level": [r.level for _, r in rules], "unit_id": [r.unit_id for _, r in rules]},
         schema={"_r": pl.Int64, "level": pl.String, "unit_id": pl.String},
     )
     levels = [lvl for lvl in ("tract", "neighborhood", "borough") if lvl in events.columns]
-    units = events.unpivot(index="_e", on=levels, variable_name="level", value_name="unit_id").drop_nulls("unit_id")
+    units = events.lazy().unpivot(index="_e", on=levels, variable_name="level", value_name="unit_id")
     return _joined(units, wanted, ["level", "unit_id"])
