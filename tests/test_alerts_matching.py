@@ -10,6 +10,8 @@ import time
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 from shapely.geometry import Point, shape
 
@@ -91,6 +93,8 @@ def _oracle(rules: list[tuple[int, object, Filters]], events: pl.DataFrame) -> s
         for rid, spec, f in rules:
             if (f.categories and ev["category"] not in f.categories) or (f.kinds and ev["kind"] not in f.kinds):
                 continue
+            if f.sources and ev["source"] not in f.sources:
+                continue
             if isinstance(spec, RadiusRule):
                 if not has_point:
                     continue
@@ -124,6 +128,98 @@ def test_vectorised_matching_equals_the_per_pair_oracle(seed: int) -> None:
     kinds = {type(spec).__name__ for rid, spec, _ in rules if any(r == rid for r, _ in want)}
     assert kinds == {"RadiusRule", "PolygonRule", "KeywordRule", "PlateRule", "AddressRule", "AreaRule"}
     assert pairs == want
+
+
+# -- a hypothesis sweep against the per-pair oracle ------------------------------------------------
+# Coordinates come from a small lattice (so events land on polygon corners and edges, on a circle's
+# centre and its box's edges) or anywhere near it; texts from an alphabet with case traps (ß, Σ, İ),
+# regex characters and separators; every kind, filter and null a store can hand over.
+
+_LAT = st.one_of(st.sampled_from([40.7, 40.701, 40.702, 40.7005]), st.floats(40.69, 40.712, allow_nan=False))
+_LON = st.one_of(st.sampled_from([-73.95, -73.949, -73.948, -73.9495]), st.floats(-73.96, -73.938, allow_nan=False))
+_TEXT = st.text(alphabet="aAbBsS 12-.[]*|\nß\u03a3\u03c3\u03c2\u0130i", max_size=14)  # sharp s, the three sigmas, dotted capital I
+_ADDRESS = st.one_of(st.none(), st.sampled_from(["12 W. Madison St", "12 w madison  st", "Straße 5", "..."]), _TEXT)
+_CAT, _SRC = st.sampled_from(["Noise", "Heat"]), st.sampled_from(["nyc_311", "chicago_311"])
+
+
+@st.composite
+def _sweep_events(draw: st.DrawFn) -> pl.DataFrame:
+    n = draw(st.integers(1, 12))
+    rows = []
+    for i in range(n):
+        located = draw(st.booleans()) or i == 0
+        rows.append(
+            {
+                "event_id": f"e{i}",
+                "source": draw(_SRC),
+                "kind": draw(st.sampled_from(["request", "incident"])),
+                "category": draw(st.one_of(st.none(), _CAT)),
+                "lon": draw(_LON) if located else None,
+                "lat": draw(_LAT) if located else None,
+                "text": draw(st.one_of(st.none(), _TEXT)),
+                "address": draw(_ADDRESS),
+                "tract": draw(st.sampled_from(["T1", "T2", None])),
+                "neighborhood": draw(st.sampled_from(["N1", None])),
+                "borough": draw(st.sampled_from(["B1", None])),
+            }
+        )
+    schema = {c: pl.Float64 if c in ("lon", "lat") else pl.String for c in rows[0]}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _spec(draw: st.DrawFn, texts: list[str]) -> object:
+    kind = draw(st.sampled_from(["radius", "polygon", "keyword", "plate", "address", "area"]))
+    if kind == "radius":
+        return RadiusRule(lat=draw(_LAT), lon=draw(_LON), radius_m=draw(st.sampled_from([1.0, 50.0, 111.0, 400.0, 2500.0])))
+    if kind == "polygon":
+        xs, ys = draw(st.lists(_LON, min_size=3, max_size=3)), draw(st.lists(_LAT, min_size=3, max_size=3))
+        ring = [[x, y] for x, y in zip(xs, ys, strict=True)] + [[xs[0], ys[0]]]
+        if draw(st.booleans()):  # an axis-aligned box: edges and corners on the lattice
+            ring = [[min(xs), min(ys)], [max(xs), min(ys)], [max(xs), max(ys)], [min(xs), max(ys)], [min(xs), min(ys)]]
+        try:
+            return PolygonRule(geometry={"type": "Polygon", "coordinates": [ring]})
+        except ValidationError:
+            assume(False)
+    if kind == "keyword":
+        pool = [t[i : i + k] for t in texts for i in range(len(t)) for k in (2, 4)]  # substrings that occur
+        word = draw(st.one_of(st.sampled_from(pool), _TEXT) if pool else _TEXT)
+        assume(len(word) >= 2 and word.strip())
+        return KeywordRule(keyword=word)
+    if kind == "plate":
+        plate = draw(st.text(alphabet="ABS12ß", min_size=2, max_size=4))
+        assume(2 <= len(normalize_plate(plate)) <= 10)
+        return PlateRule(plate=plate)
+    if kind == "address":
+        address = draw(_ADDRESS.filter(lambda a: a is not None and len(a) >= 3 and bool(normalize_address(a))))
+        return AddressRule(address=address)
+    level = draw(st.sampled_from(["tract", "neighborhood", "borough"]))
+    return AreaRule(level=level, unit_id=draw(st.sampled_from(["T1", "T2", "N1", "B1", "X"])))  # type: ignore[arg-type]  # drawn from the literal set
+
+
+@st.composite
+def _sweep_rules(draw: st.DrawFn, events: pl.DataFrame) -> list[tuple[int, object, Filters]]:
+    texts = [t for t in events["text"].to_list() + events["address"].to_list() if t]
+    out: list[tuple[int, object, Filters]] = []
+    for i in range(draw(st.integers(1, 10))):
+        filters = Filters(
+            categories=draw(st.lists(st.sampled_from(["Noise", "Heat", "Other"]), max_size=2, unique=True)),
+            kinds=draw(st.lists(st.sampled_from(["request", "incident", "closure"]), max_size=2, unique=True)),
+            sources=draw(st.lists(_SRC, max_size=1)),
+        )
+        out.append((100 + 7 * i, _spec(draw, texts), filters))
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_vectorised_matching_equals_the_oracle_on_any_draw(data: st.DataObject) -> None:
+    events = data.draw(_sweep_events())
+    rules = data.draw(_sweep_rules(events))
+    got = match_events(rules, events)
+    assert got.schema == pl.Schema({"rule_id": pl.Int64, "event_id": pl.String})
+    pairs = list(zip(got["rule_id"].to_list(), got["event_id"].to_list(), strict=True))
+    assert len(pairs) == len(set(pairs))  # each match once
+    assert set(pairs) == _oracle(rules, events)
 
 
 def test_keywords_are_literal_case_insensitive_and_may_overlap() -> None:
