@@ -34,7 +34,8 @@ grain, audits the suppression, fills and scores every cell and stores both table
 after one warm-up).
 
 Alerts (issue 11): ``alert_match_s`` (:mod:`bench.alerts`: 10,000 rules of every event kind against
-100,000 new events, median of 5).
+100,000 new events, median of 5) and ``alert_e2e_p95_ms`` (:mod:`bench.alerts_e2e`: a snapshot
+published -> its webhooks received by a local verifying receiver, 95th percentile of 25 rounds).
 """
 
 from __future__ import annotations
@@ -313,8 +314,10 @@ def main() -> None:
         figures.update(browser_figures(Path(tmp)))
         figures.update(release_figures(Path(tmp)))
         from bench.alerts import alert_figures
+        from bench.alerts_e2e import alert_e2e_figures
 
         figures.update(alert_figures())
+        figures.update(alert_e2e_figures())
         report(figures)
 
 
