@@ -6,15 +6,18 @@ address`` and the unit ids of every level (``tract``, ``neighborhood``, ``boroug
 unknown). ``rules`` is a list of ``(rule_id, spec, filters)``. The result lists each
 ``(rule_id, event_id)`` match once, in no particular order.
 
-Each kind yields candidate pairs as two arrays (the rule's position in ``rules``, the event's row):
+Each kind yields ``(rule, event)`` pairs, the rule by its position in ``rules``, the event by its row:
 
-* radius and polygon share one STRtree of the located events' points, built once per call: the
-  circles' bounding boxes query it in bulk and the haversine distance of each pair decides; the
-  polygons query it with ``intersects`` (GEOS prepares each polygon);
+* radius and polygon share one grid of the located events, built once per call (longitude strips,
+  each sorted by latitude, so the events in any box are a few runs found by binary search, no point
+  geometries made): a circle's bounding box gives its candidates and the haversine distance
+  decides; a polygon's bounding box gives its candidates and the prepared polygon decides
+  (``shapely.intersects_xy``);
 * keyword and plate: one Aho-Corasick pass over all patterns (``str.extract_many``), then a join;
 * address and area: joins on the normalised address and on the unit id.
 
-The filters then keep or drop every pair in one pass (a table of rule x allowed value).
+The text kinds run in one parallel ``collect_all``. The filters then keep or drop every pair by one
+lookup in a table of rule x allowed value, in the same lazy query that names the pairs.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ __all__ = ["EARTH_RADIUS_M", "MATCH_SCHEMA", "match_events"]
 EARTH_RADIUS_M = 6_371_008.8
 MATCH_SCHEMA = {"rule_id": pl.Int64, "event_id": pl.String}
 Rules = Sequence[tuple[int, object, Filters]]
-#: Candidate pairs: positions in ``rules`` and rows of ``events``.
+#: Pairs of one kind: positions in ``rules`` and rows of ``events``.
 _PAIRS = {"_r": pl.Int64, "_e": pl.UInt32}
 Pairs = tuple[np.ndarray, np.ndarray]
 _S = TypeVar("_S")
