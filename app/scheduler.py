@@ -31,9 +31,10 @@ DELIVERY_SECONDS = 10.0
 
 def refresh_and_warm(
     store: Store, live_sources: list[str] | None = None, alerts: AlertStore | None = None, now: datetime | None = None
-) -> None:
+) -> int:
     """One scheduler tick: refresh the store, load the new snapshot's frames before readers ask,
-    then queue the alerts it brings (a failing evaluation is logged; it never stops the poll)."""
+    then queue the alerts it brings (a failing evaluation is logged; it never stops the poll).
+    Returns how many deliveries it queued."""
     before = store.current()
     snap = refresh(store, now=now, live_sources=live_sources or [])
     if snap is not None:
@@ -42,14 +43,16 @@ def refresh_and_warm(
         log.info("scheduler.published", snapshot=snap.id)
         if alerts is not None and (before is None or snap.id != before.id):
             try:
-                evaluate_snapshot(alerts, snap)
+                return evaluate_snapshot(alerts, snap)
             except Exception:  # one bad rule or store hiccup must not stop publishing
                 log.exception("alerts.evaluation_failed", snapshot=snap.id)
+    return 0
 
 
 def create_scheduler(store: Store, settings: Settings, alerts: AlertStore | None = None) -> AsyncIOScheduler:
     """A scheduler with the poll-and-publish job every ``settings.poll_seconds`` and, with an
-    alerts store, the delivery job every :data:`DELIVERY_SECONDS` (not started)."""
+    alerts store, the delivery job every :data:`DELIVERY_SECONDS` and as soon as a publish has
+    queued deliveries (not started)."""
     scheduler = AsyncIOScheduler(timezone=UTC)
     if alerts is not None:
         scheduler.add_job(
@@ -62,10 +65,14 @@ def create_scheduler(store: Store, settings: Settings, alerts: AlertStore | None
             max_instances=1,
             coalesce=True,
         )
+
+    def tick() -> None:
+        if refresh_and_warm(store, settings.source_names, alerts) and alerts is not None:
+            scheduler.modify_job("deliver", next_run_time=datetime.now(UTC))  # new alerts go now, not at the next round
+
     scheduler.add_job(
-        refresh_and_warm,
+        tick,
         "interval",
-        args=[store, settings.source_names, alerts],
         seconds=settings.poll_seconds,
         id="refresh",
         max_instances=1,

@@ -183,3 +183,35 @@ def test_each_tick_brings_one_signed_delivery_per_new_row(tmp_path: Path, httpse
     deliver()
     assert sorted(seen) == sorted(want)
     assert {d.status for d in alerts.deliveries(key.id)} == {"sent"}
+
+
+def test_a_publish_that_queues_alerts_sends_them_without_waiting_for_the_delivery_round(
+    tmp_path: Path, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivery job runs as soon as a publish has queued deliveries: with its own round set to
+    an hour, the alerts of the first poll still arrive within seconds."""
+    import app.scheduler
+
+    monkeypatch.setattr(app.scheduler, "DELIVERY_SECONDS", 3600.0)
+    end = floor_hour(datetime.now(UTC)) - timedelta(hours=2)
+    store = Store(tmp_path)
+    built = build_demo(store, DemoSpec(seed=3, end=end, days=10, size=20_000), settings=Settings(data_dir=tmp_path))
+    alerts = AlertStore(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
+    key, _ = alerts.create_key("test")
+    rule = alerts.create_rule(key.id, "city", AreaRule(level="borough", unit_id="MN"), Filters(), city="nyc")
+    alerts.link(rule.id, alerts.create_endpoint(key.id, "webhook", httpserver.url_for("/hook").replace("127.0.0.1", "localhost")).id)
+    newest = built.newest_stored("nyc")
+    assert newest is not None
+    alerts.enqueue("nyc", STREAM, f"{newest.isoformat()} {newest.isoformat()}", [])  # the watch began with the built store
+    seen: list[str] = []
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(
+        lambda request: seen.append(json.loads(request.get_data(as_text=True))["item_id"]) or Response("ok", status=200)
+    )
+    alerts.close()
+    settings = Settings(data_dir=tmp_path, poll_seconds=1.0, scheduler_enabled=True, webhook_allow="localhost")
+    with TestClient(create_app(settings)):
+        deadline = time.monotonic() + 60
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.25)
+    assert seen, "no delivery arrived within 60 s although the delivery round is an hour"
+    assert len(seen) == len(set(seen))
