@@ -16,12 +16,16 @@ from app.alerts.models import AuditEntry, Delivery, Endpoint, EvaluationCursor, 
 from app.alerts.pacing import local_day_start
 from app.alerts.store_base import StoreBase
 
-__all__ = ["DeliveryQueue", "Match"]
+__all__ = ["DeliveryQueue", "Match", "RetryRefusedError"]
 
 log = structlog.get_logger(__name__)
 
 #: A match to enqueue: ``(rule_id, source, item_id, payload)``.
 Match = tuple[int, str, str, dict[str, Any]]
+
+
+class RetryRefusedError(Exception):
+    """A delivery that cannot be retried by hand (it is not dead, or its endpoint is disabled)."""
 
 
 class DeliveryQueue(StoreBase):
@@ -94,6 +98,44 @@ class DeliveryQueue(StoreBase):
             if status is not None:
                 query = query.where(Delivery.status == status)
             return list(s.scalars(query))
+
+    def delivery_page(
+        self, key_id: int, *, status: str | None = None, rule_id: int | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Delivery], int]:
+        """One page of key ``key_id``'s deliveries (of one status, of one rule), newest first, and
+        how many there are in all."""
+        with self.session() as s:
+            query = select(Delivery).join(Rule, Rule.id == Delivery.rule_id).where(Rule.key_id == key_id)
+            if status is not None:
+                query = query.where(Delivery.status == status)
+            if rule_id is not None:
+                query = query.where(Delivery.rule_id == rule_id)
+            total = int(s.scalar(select(func.count()).select_from(query.subquery())) or 0)
+            return list(s.scalars(query.order_by(Delivery.id.desc()).offset(offset).limit(limit))), total
+
+    def retry(self, key_id: int, delivery_id: int, now: datetime) -> Delivery | None:
+        """Put key ``key_id``'s dead delivery back in the queue, due at ``now`` with a fresh retry
+        schedule (the last error stays until the next attempt). None when the key has no such
+        delivery; :class:`RetryRefusedError` when it is not dead or its endpoint is disabled."""
+        with self.session() as s:
+            row = s.execute(
+                select(Delivery, Endpoint)
+                .join(Rule, Rule.id == Delivery.rule_id)
+                .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
+                .where(Delivery.id == delivery_id, Rule.key_id == key_id)
+            ).one_or_none()
+            if row is None:
+                return None
+            delivery, endpoint = row
+            if delivery.status != "dead":
+                raise RetryRefusedError(f"only a dead delivery can be retried; this one is {delivery.status}")
+            if endpoint.disabled_reason is not None:
+                raise RetryRefusedError(f"its endpoint is disabled ({endpoint.disabled_reason}); create a new endpoint")
+            before = delivery.attempts
+            delivery.status, delivery.attempts, delivery.next_attempt_at = "pending", 0, now
+            detail: dict[str, object] = {"attempts_before": before}
+            self._audit(s, now, key_id, "delivery.retry", f"delivery:{delivery_id}", detail)
+        return delivery
 
     def claim(
         self, now: datetime, *, kinds: tuple[str, ...], limit: int = 100, lease: timedelta = timedelta(minutes=5)
