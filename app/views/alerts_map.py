@@ -1,0 +1,203 @@
+"""The alerts page's map: the city's unit outlines from the served snapshot (Web Mercator, no tile
+server, as :mod:`app.views.heat` draws them), where a click sets a radius rule's centre or picks an
+area rule's unit, a polygon is drawn with Bokeh's ``PolyDrawTool``, and the preview's matches are
+drawn as points over the rule's circle, polygon or unit.
+
+Every place the map sets can also be typed in the form (centre, unit list), so the map is never
+the only way: a canvas is not reachable by keyboard.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import panel as pn
+import param
+import shapely
+from bokeh.events import Tap
+from bokeh.models import ColumnDataSource, HoverTool, PolyDrawTool, Range1d
+from bokeh.plotting import figure
+from holoviews.util.transform import easting_northing_to_lon_lat, lon_lat_to_easting_northing
+from shapely.geometry import shape
+
+from app.alerts.preview import circle
+from app.views.alerts_state import AlertsState
+from app.views.heat import outline_xy
+
+__all__ = ["MAP_HEIGHT", "AlertsMap", "rings_xy"]
+
+MAP_HEIGHT = 520
+_PAD = 0.04  # of the city's extent around its outlines
+
+
+def rings_xy(geometry: dict[str, Any] | None) -> tuple[list[list[float]], list[list[float]]]:
+    """The exterior rings of a GeoJSON (multi)polygon or collection of them, in Web Mercator, as
+    Bokeh ``patches`` columns."""
+    if not geometry:
+        return [], []
+    polygons = [g for g in shapely.get_parts(shape(geometry)) if g.geom_type in ("Polygon", "MultiPolygon")]
+    xs: list[list[float]] = []
+    ys: list[list[float]] = []
+    for polygon in polygons:
+        for part in shapely.get_parts(polygon):
+            ring = np.asarray(part.exterior.coords)
+            x, y = lon_lat_to_easting_northing(ring[:, 0], ring[:, 1])
+            xs.append(list(map(float, x)))
+            ys.append(list(map(float, y)))
+    return xs, ys
+
+
+class AlertsMap(pn.viewable.Viewer):
+    """The city map of one alerts session (a Bokeh figure; its sources follow the state)."""
+
+    state = param.ClassSelector(class_=AlertsState, doc="The session state this map shows and sets.")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._outlines = ColumnDataSource({"x": [], "y": []})
+        self._watched = ColumnDataSource({"xs": [], "ys": []})  # the rule's circle or unit
+        self._drawn = ColumnDataSource({"xs": [], "ys": []})  # the polygon being drawn
+        self._centre = ColumnDataSource({"x": [], "y": []})
+        self._matches = ColumnDataSource({"x": [], "y": [], "label": []})
+        self._figure = self._make_figure()
+        self._drawing = False
+        state = self.bound
+        state.param.watch(self._frame, ["city", "snapshot"])
+        state.draft.param.watch(self._outline, ["level", "kind"])
+        state.draft.param.watch(self._place, ["kind", "lat", "lon", "radius_m", "unit_id", "level", "polygon"])
+        state.param.watch(self._show_preview, "preview")
+        self._drawn.on_change("data", self._polygon_drawn)
+        self._frame()
+        self._place()
+
+    @property
+    def bound(self) -> AlertsState:
+        assert self.state is not None, "AlertsMap needs a state"
+        return self.state
+
+    def _make_figure(self) -> Any:
+        fig = figure(
+            height=MAP_HEIGHT,
+            sizing_mode="stretch_width",
+            match_aspect=True,
+            x_range=Range1d(0, 1),
+            y_range=Range1d(0, 1),
+            tools="pan,wheel_zoom,reset",
+            active_scroll="wheel_zoom",
+            toolbar_location="above",
+            background_fill_color="#f4f1ea",
+            output_backend="canvas",
+            title="Click to place a radius rule's centre or pick an area; draw a polygon with the polygon tool",
+        )
+        fig.axis.visible = False
+        fig.grid.visible = False
+        fig.line("x", "y", source=self._outlines, color="#6b7280", line_width=0.7, alpha=0.8)
+        fig.patches("xs", "ys", source=self._watched, fill_color="#b2401e", fill_alpha=0.12, line_color="#b2401e", line_width=2)
+        drawn = fig.patches("xs", "ys", source=self._drawn, fill_color="#1a56db", fill_alpha=0.12, line_color="#1a56db", line_width=2)
+        fig.scatter("x", "y", source=self._centre, marker="cross", size=14, line_width=2, color="#b2401e")
+        dots = fig.scatter("x", "y", source=self._matches, size=6, color="#1a1a1a", alpha=0.75)
+        fig.add_tools(PolyDrawTool(renderers=[drawn], description="Draw a polygon (click vertices, double-click to finish)"))
+        fig.add_tools(HoverTool(renderers=[dots], tooltips=[("match", "@label")]))
+        fig.on_event(Tap, self._tapped)
+        return fig
+
+    # -- following the state ----------------------------------------------------------------------
+
+    def _outline(self, *_: Any) -> None:
+        """The city's units at the draft's level (area rules) or its neighborhoods (tracts where it has none)."""
+        state = self.bound
+        if state.snapshot is None or state.city is None:
+            self._outlines.data = {"x": [], "y": []}
+            return
+        level = state.draft.level if state.draft.kind == "area" else "neighborhood"
+        xy = outline_xy(state.snapshot, state.city, level)
+        xy = xy if len(xy) else outline_xy(state.snapshot, state.city, "tract")
+        self._outlines.data = {"x": xy[:, 0], "y": xy[:, 1]} if len(xy) else {"x": [], "y": []}
+
+    def _frame(self, *_: Any) -> None:
+        """Frame the city (a new city or snapshot), then draw its outlines."""
+        self._outline()
+        state = self.bound
+        if state.snapshot is None or state.city is None:
+            return
+        xy = outline_xy(state.snapshot, state.city, "tract")
+        if not len(xy):
+            return
+        x0, y0 = np.nanmin(xy, axis=0)
+        x1, y1 = np.nanmax(xy, axis=0)
+        pad = max(x1 - x0, y1 - y0) * _PAD
+        self._figure.x_range.update(start=float(x0 - pad), end=float(x1 + pad))
+        self._figure.y_range.update(start=float(y0 - pad), end=float(y1 + pad))
+
+    def _place(self, *_: Any) -> None:
+        """Draw what the draft watches now: the radius circle and centre, or the area's unit."""
+        state, draft = self.bound, self.bound.draft
+        watched: dict[str, Any] | None = None
+        centre: dict[str, list[float]] = {"x": [], "y": []}
+        if draft.kind == "radius" and draft.lat is not None and draft.lon is not None and draft.radius_m:
+            watched = circle(draft.lat, draft.lon, draft.radius_m)
+            x, y = lon_lat_to_easting_northing(np.array([draft.lon]), np.array([draft.lat]))
+            centre = {"x": [float(x[0])], "y": [float(y[0])]}
+        elif draft.kind == "area" and draft.unit_id and state.snapshot is not None and state.city:
+            geoms = state.snapshot.unit_geometries(state.city, draft.level)
+            wkb = geoms.filter(geoms["unit_id"] == draft.unit_id)["geom_wkb"].to_list()
+            watched = shapely.geometry.mapping(shapely.from_wkb(wkb[0])) if wkb else None
+        xs, ys = rings_xy(watched)
+        self._watched.data = {"xs": xs, "ys": ys}
+        self._centre.data = centre
+        if draft.kind != "polygon" or not draft.polygon:
+            if self._drawn.data["xs"]:
+                self._set_drawn([], [])
+        elif not self._drawing:
+            ring = np.asarray(draft.polygon, dtype=float)
+            x, y = lon_lat_to_easting_northing(ring[:, 0], ring[:, 1])
+            self._set_drawn([list(map(float, x))], [list(map(float, y))])
+
+    def _set_drawn(self, xs: list[list[float]], ys: list[list[float]]) -> None:
+        self._drawing = True
+        try:
+            self._drawn.data = {"xs": xs, "ys": ys}
+        finally:
+            self._drawing = False
+
+    def _show_preview(self, *_: Any) -> None:
+        """The preview's located matches as points."""
+        frame = self.bound.matches_frame()
+        x, y = lon_lat_to_easting_northing(frame["lon"].to_numpy(), frame["lat"].to_numpy())
+        self._matches.data = {"x": list(map(float, x)), "y": list(map(float, y)), "label": frame["label"].to_list()}
+
+    # -- what the map sets ------------------------------------------------------------------------
+
+    def _tapped(self, event: Tap) -> None:
+        """A click: a radius rule's centre, or the area rule's unit under it (polygons draw themselves)."""
+        if event.x is None or event.y is None:
+            return
+        draft = self.bound.draft
+        lon, lat = (float(v) for v in easting_northing_to_lon_lat(event.x, event.y))
+        if draft.kind == "radius":
+            draft.param.update(lat=round(lat, 6), lon=round(lon, 6))
+        elif draft.kind == "area":
+            unit = self.bound.unit_at(draft.level, lon, lat)
+            if unit is not None:
+                draft.unit_id = unit
+
+    def _polygon_drawn(self, _attr: str, _old: Any, new: dict[str, Any]) -> None:
+        """The last polygon drawn becomes the draft's ring (one polygon per rule)."""
+        if self._drawing:
+            return
+        xs, ys = list(new.get("xs", [])), list(new.get("ys", []))
+        if not xs:
+            self.bound.draft.polygon = []
+            return
+        if len(xs) > 1:  # a new polygon replaces the previous one
+            self._set_drawn(xs[-1:], ys[-1:])
+        lon, lat = easting_northing_to_lon_lat(np.asarray(xs[-1], dtype=float), np.asarray(ys[-1], dtype=float))
+        self._drawing = True
+        try:
+            self.bound.draft.polygon = [[round(float(a), 6), round(float(b), 6)] for a, b in zip(lon, lat, strict=True)]
+        finally:
+            self._drawing = False
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.pane.Bokeh(self._figure, sizing_mode="stretch_width", height=MAP_HEIGHT + 40)
