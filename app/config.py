@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     smtp_security: Literal["none", "starttls", "tls"] = Field(
         "starttls", description="How the SMTP connection is protected: STARTTLS, implicit TLS or none (a local relay)."
     )
+    alerts_rate_per_minute: float = Field(
+        120.0, gt=0, description="Requests per minute each API key (or, unauthenticated, each client address) may make to the alert API."
+    )
+    alerts_rate_burst: int = Field(30, ge=1, description="Requests the alert API takes at once before its per-minute rate applies.")
+    alerts_max_rules: int = Field(1000, ge=1, description="Rules one API key may hold.")
+    alerts_max_endpoints: int = Field(50, ge=1, description="Delivery endpoints one API key may hold.")
     geo_dir: Path | None = Field(
         None,
         description="Directory holding boundary files (e.g. the Chicago tracts); files missing there are downloaded "

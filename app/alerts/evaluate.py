@@ -16,25 +16,31 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import structlog
 
 from app.alerts.matching import match_events
+from app.alerts.rules import AnomalyRule, Filters
 from app.alerts.store import AlertStore, Match
 from app.data.geography import tract_parents
 from app.data.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from app.engine.lens import Lens
 
 __all__ = [
     "ADDRESS_FIELDS",
     "OVERLAP",
     "STREAM",
     "alert_events",
+    "anomaly_matches",
     "anomaly_stream",
     "evaluate_anomalies",
     "evaluate_events",
     "evaluate_snapshot",
+    "released_anomalies",
 ]
 
 log = structlog.get_logger(__name__)
@@ -158,24 +164,40 @@ def evaluate_anomalies(store: AlertStore, snapshot: Snapshot, city: str, now: da
         if since >= until:
             store.enqueue(city, stream, until.isoformat(), [], now=now)
             continue
-        lens.param.update(since=since, until=until, time_bin=lens.grain_of(level), min_z=0.0, q=1.0)
-        found, _ = lens.anomalies(everywhere=True)
+        found = released_anomalies(lens, since, until)
         matches: list[Match] = []
         for rule_id, spec, filters in rules:
             if spec.level != level or found.height == 0:
                 continue
-            mine = found.filter((pl.col("zscore") >= spec.min_z) & (pl.col("q") <= spec.max_q))
-            if spec.unit_ids:
-                mine = mine.filter(pl.col("unit_id").is_in(spec.unit_ids))
-            if filters.categories:
-                mine = mine.filter(pl.col("category").is_in(filters.categories))
-            if spec.effects:
-                mine = mine.filter(pl.col("effect").is_in(spec.effects))
-            for row in mine.iter_rows(named=True):
+            for row in anomaly_matches(found, spec, filters).iter_rows(named=True):
                 item = f"{level}/{row['unit_id']}/{row['category']}/{row['bin_start'].isoformat()}"
                 matches.append((rule_id, "anomaly", item, _anomaly_payload(row, city, level, rule_id, snapshot.id)))
         added += store.enqueue(city, stream, until.isoformat(), matches, now=now)
     return added
+
+
+def released_anomalies(lens: Lens, since: datetime, until: datetime) -> pl.DataFrame:
+    """Every released, scored anomaly cell of the lens' city and level with a bin in
+    ``[since, until)`` at the level's published grain, with no z or q threshold (the rules apply
+    theirs: :func:`anomaly_matches`)."""
+    lens.param.update(since=since, until=until, time_bin=lens.grain_of(lens.level), min_z=0.0, q=1.0)
+    found, _ = lens.anomalies(everywhere=True)
+    return found
+
+
+def anomaly_matches(found: pl.DataFrame, spec: AnomalyRule, filters: Filters) -> pl.DataFrame:
+    """The anomalies of ``found`` (a lens' released anomalies at the rule's level, scored with no
+    threshold) that the rule fires on: its z and q thresholds, units, categories and effects."""
+    if found.height == 0:
+        return found
+    mine = found.filter((pl.col("zscore") >= spec.min_z) & (pl.col("q") <= spec.max_q))
+    if spec.unit_ids:
+        mine = mine.filter(pl.col("unit_id").is_in(spec.unit_ids))
+    if filters.categories:
+        mine = mine.filter(pl.col("category").is_in(filters.categories))
+    if spec.effects:
+        mine = mine.filter(pl.col("effect").is_in(spec.effects))
+    return mine
 
 
 def _anomaly_payload(row: dict[str, Any], city: str, level: str, rule_id: int, snapshot_id: str) -> dict[str, Any]:

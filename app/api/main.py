@@ -1,5 +1,5 @@
-"""The one server process: FastAPI routes, the Panel dashboard at ``/dashboard`` and the scheduler
-in the lifespan. ``uvicorn --factory app.api.main:create_app`` serves it (see ``panel_serve.py``)."""
+"""The one server process: FastAPI routes (the alert API among them, over the alerts store at
+``app.state.alerts``), the Panel dashboard at ``/dashboard`` and the scheduler in the lifespan. ``uvicorn --factory app.api.main:create_app`` serves it (see ``panel_serve.py``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from panel.io.fastapi import add_applications
 
-from app.alerts.store import AlertStore
+from app.api.alerts_deps import close_alerts, open_alerts
 from app.api.errors import install_error_handlers
+from app.api.ratelimit import TokenBuckets
 from app.api.routes import api_router
 from app.config import Settings, get_settings
 from app.data.store import Store
@@ -31,11 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        alerts = None
-        if settings.scheduler_enabled:  # the scheduler evaluates rules and sends deliveries
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            alerts = AlertStore(settings.alerts_database_url)
-        scheduler = create_scheduler(store, settings, alerts) if settings.scheduler_enabled else None
+        # The scheduler evaluates rules and sends deliveries, so with it the alerts store opens at
+        # start-up; without it, on the alert API's first request. Either way it closes here.
+        scheduler = create_scheduler(store, settings, open_alerts(app)) if settings.scheduler_enabled else None
         if scheduler is not None:
             scheduler.start()
         try:
@@ -43,8 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
-            if alerts is not None:
-                alerts.close()
+            close_alerts(app)
 
     app = FastAPI(
         title="City Service Heat",
@@ -54,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.alerts = None  # an AlertStore once opened (app.api.alerts_deps.open_alerts)
+    app.state.alert_buckets = TokenBuckets(settings.alerts_rate_per_minute, settings.alerts_rate_burst)
     install_error_handlers(app)
     app.include_router(api_router)
 

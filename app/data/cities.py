@@ -19,14 +19,16 @@ the snapshot's release facts (:meth:`app.data.snapshot.Snapshot.release_meta`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import polars as pl
 
 from app.data.geography import CITIES, LEVELS
 from app.data.h3grid import H3_RESOLUTIONS
-from app.data.registry import city_timezone
+from app.data.registry import REGISTRY_FILE, city_timezone, load_registry
 from app.data.snapshot import Snapshot
 from app.data.sources.base import CANONICAL_COLUMNS
 
@@ -39,6 +41,7 @@ __all__ = [
     "city_kinds",
     "city_name",
     "default_city",
+    "known_cities",
     "level_name",
     "level_names",
 ]
@@ -117,6 +120,21 @@ def default_city(snapshot: Snapshot, preferred: str | None = None) -> str | None
     if preferred in cities:
         return preferred
     return cities[0] if cities else None
+
+
+def known_cities(snapshot: Snapshot | None) -> list[str]:
+    """Cities a rule may watch: those of the snapshot, those with a boundary set and those the
+    source registry (``CSH_SOURCES_FILE``) feeds, sorted."""
+    path = os.environ.get("CSH_SOURCES_FILE", str(REGISTRY_FILE))
+    registry = snapshot.memo(("registry-cities", path), lambda: _registry_cities(path)) if snapshot else _registry_cities(path)
+    return sorted({*(snapshot.cities() if snapshot else []), *CITIES, *registry})
+
+
+def _registry_cities(path: str) -> set[str]:
+    try:
+        return {s.city for s in load_registry(Path(path)).values()}
+    except (OSError, ValueError, KeyError):  # an unreadable registry feeds no city
+        return set()
 
 
 def city_info(snapshot: Snapshot, city: str) -> CityInfo:

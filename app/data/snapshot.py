@@ -57,6 +57,19 @@ FROM closure WHERE city = $city AND valid_to IS NULL AND valid_from > $after
 ORDER BY valid_from, event_id
 """
 
+#: The same rows by event time (``ts``; a closure's start): what a rule preview matches.
+_ROWS_BETWEEN_SQL = """
+SELECT id AS event_id, source, 'request' AS kind, category, ts, descriptor AS text, lon, lat, tract_id, area_id, attrs, valid_from
+FROM request WHERE city = $city AND valid_to IS NULL AND ts > $since AND ts <= $until
+UNION ALL
+SELECT id, source, 'incident', type, ts, NULL, lon, lat, tract_id, area_id, attrs, valid_from
+FROM incident WHERE city = $city AND valid_to IS NULL AND ts > $since AND ts <= $until
+UNION ALL
+SELECT id, source, 'closure', kind, start_ts, description, lon, lat, tract_id, area_id, attrs, valid_from
+FROM closure WHERE city = $city AND valid_to IS NULL AND start_ts > $since AND start_ts <= $until
+ORDER BY ts, event_id
+"""
+
 
 def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB file with the session time zone pinned to UTC (ICU is built in)."""
@@ -185,6 +198,27 @@ class Snapshot:
         evaluation)."""
         frame = self._query(_NEW_ROWS_SQL, {"city": city, "after": after})
         return frame.with_columns(pl.col("attrs").cast(pl.String)) if frame.height else frame
+
+    def rows_between(self, city: str, since: datetime, until: datetime) -> pl.DataFrame:
+        """Current rows of ``city`` whose event time lies in ``(since, until]``, by time, with the
+        columns of :meth:`rows_stored_after` (what a rule preview matches; not memoised)."""
+        frame = self._query(_ROWS_BETWEEN_SQL, {"city": city, "since": since, "until": until})
+        return frame.with_columns(pl.col("attrs").cast(pl.String)) if frame.height else frame
+
+    def newest_event_time(self, city: str) -> datetime | None:
+        """Event time of the newest current row of ``city`` (memoised)."""
+
+        def read() -> datetime | None:
+            row = self._query(
+                "SELECT max(v) AS v FROM (SELECT max(ts) AS v FROM request WHERE city = $city AND valid_to IS NULL UNION ALL "
+                "SELECT max(ts) FROM incident WHERE city = $city AND valid_to IS NULL UNION ALL "
+                "SELECT max(start_ts) FROM closure WHERE city = $city AND valid_to IS NULL)",
+                {"city": city},
+            )
+            value = row["v"][0] if row.height else None
+            return value if isinstance(value, datetime) else None
+
+        return self.memo(("newest-event-time", city), read)
 
     def newest_stored(self, city: str) -> datetime | None:
         """When the newest current row of ``city`` was stored (the alerts' cursor starts there)."""

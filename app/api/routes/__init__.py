@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.routes import alert_links, anomalies, cities, health, heat, tracts
+from app.api.routes import alert_deliveries, alert_endpoints, alert_links, alert_rules, anomalies, cities, health, heat, tracts
 
 __all__ = ["api_router"]
 
 api_router = APIRouter()
-for _module in (health, cities, tracts, heat, anomalies, alert_links):
+for _module in (health, cities, tracts, heat, anomalies, alert_rules, alert_endpoints, alert_deliveries, alert_links):
     api_router.include_router(_module.router)
