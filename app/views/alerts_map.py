@@ -9,13 +9,13 @@ the only way: a canvas is not reachable by keyboard.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import panel as pn
 import param
 import shapely
-from bokeh.events import Tap
+from bokeh.events import Event, Tap
 from bokeh.models import ColumnDataSource, HoverTool, PolyDrawTool, Range1d
 from bokeh.plotting import figure
 from holoviews.util.transform import easting_northing_to_lon_lat, lon_lat_to_easting_northing
@@ -81,8 +81,8 @@ class AlertsMap(pn.viewable.Viewer):
             height=MAP_HEIGHT,
             sizing_mode="stretch_width",
             match_aspect=True,
-            x_range=Range1d(0, 1),
-            y_range=Range1d(0, 1),
+            x_range=Range1d(start=0, end=1),
+            y_range=Range1d(start=0, end=1),
             tools="pan,wheel_zoom,reset",
             active_scroll="wheel_zoom",
             toolbar_location="above",
@@ -97,7 +97,7 @@ class AlertsMap(pn.viewable.Viewer):
         drawn = fig.patches("xs", "ys", source=self._drawn, fill_color="#1a56db", fill_alpha=0.12, line_color="#1a56db", line_width=2)
         fig.scatter("x", "y", source=self._centre, marker="cross", size=14, line_width=2, color="#b2401e")
         dots = fig.scatter("x", "y", source=self._matches, size=6, color="#1a1a1a", alpha=0.75)
-        fig.add_tools(PolyDrawTool(renderers=[drawn], description="Draw a polygon (click vertices, double-click to finish)"))
+        fig.add_tools(PolyDrawTool(renderers=[cast(Any, drawn)], description="Draw a polygon (click vertices, double-click to finish)"))
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("match", "@label")]))
         fig.on_event(Tap, self._tapped)
         return fig
@@ -134,7 +134,7 @@ class AlertsMap(pn.viewable.Viewer):
         """Draw what the draft watches now: the radius circle and centre, or the area's unit."""
         state, draft = self.bound, self.bound.draft
         watched: dict[str, Any] | None = None
-        centre: dict[str, list[float]] = {"x": [], "y": []}
+        centre: dict[str, Any] = {"x": [], "y": []}
         if draft.kind == "radius" and draft.lat is not None and draft.lon is not None and draft.radius_m:
             watched = circle(draft.lat, draft.lon, draft.radius_m)
             x, y = lon_lat_to_easting_northing(np.array([draft.lon]), np.array([draft.lat]))
@@ -169,9 +169,9 @@ class AlertsMap(pn.viewable.Viewer):
 
     # -- what the map sets ------------------------------------------------------------------------
 
-    def _tapped(self, event: Tap) -> None:
+    def _tapped(self, event: Event) -> None:
         """A click: a radius rule's centre, or the area rule's unit under it (polygons draw themselves)."""
-        if event.x is None or event.y is None:
+        if not isinstance(event, Tap) or event.x is None or event.y is None:
             return
         draft = self.bound.draft
         lon, lat = (float(v) for v in easting_northing_to_lon_lat(event.x, event.y))

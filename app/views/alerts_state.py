@@ -60,13 +60,10 @@ def _problems(err: RequestValidationError) -> str:
 class AlertsState(param.Parameterized):
     """Everything one browser session of the alerts page shows and does."""
 
-    alerts = param.ClassSelector(class_=AlertStore, doc="The app's alerts store (shared by every session).")
     snapshot = param.ClassSelector(class_=Snapshot, allow_None=True, doc="The served snapshot the preview runs over.")
-    settings = param.ClassSelector(class_=Settings, doc="Quotas and trusted webhook hosts.")
     key_id = param.Integer(default=None, allow_None=True, doc="The signed-in key's id (the key itself is never kept).")
     key_name = param.String(default="", doc="The signed-in key's name and visible prefix.")
-    city = param.Selector(default=None, objects=[], allow_None=True, check_on_set=False, doc="The city rules are written for.")
-    draft = param.ClassSelector(class_=RuleDraft, doc="The rule being written.")
+    city = param.Selector[str | None](default=None, objects=[], allow_None=True, check_on_set=False, doc="The city rules are written for.")
     preview = param.ClassSelector(class_=Preview, allow_None=True, doc="The draft's 30-day preview, once asked for.")
     rules = param.List(default=[], doc="The key's rules as rows: id, name, kind, city, paused, endpoints.")
     endpoints = param.List(default=[], doc="The key's endpoints as rows: id, label.")
@@ -76,9 +73,10 @@ class AlertsState(param.Parameterized):
     sign_in_error = param.String(default="", doc="Why signing in failed, or blank.")
     secret = param.String(default="", doc="A new webhook's whsec_ secret, shown once (cleared by the next action).")
 
-    def __init__(self, **params: Any) -> None:
-        params.setdefault("draft", RuleDraft())
-        params.setdefault("settings", Settings())
+    def __init__(self, alerts: AlertStore, settings: Settings | None = None, **params: Any) -> None:
+        #: The app's alerts store (shared by every session), the quotas and trusted webhook hosts,
+        #: and the rule being written (its own parameters, which the form and map bind to).
+        self.alerts, self.settings, self.draft = alerts, settings or Settings(), RuleDraft()
         super().__init__(**params)
         self._failures: list[float] = []
         snap = self.snapshot
@@ -206,9 +204,10 @@ class AlertsState(param.Parameterized):
         if checked is None or self.snapshot is None:
             return None
         body, timezone = checked
-        self.preview = preview_rule(self.snapshot, body.city, body.spec, body.filters, timezone=timezone, daily_cap=body.daily_cap)
-        self.message = f"Preview: {self.preview.total} match{'es' if self.preview.total != 1 else ''} in the last 30 days."
-        return self.preview
+        found = preview_rule(self.snapshot, body.city, body.spec, body.filters, timezone=timezone, daily_cap=body.daily_cap)
+        self.preview = found
+        self.message = f"Preview: {found.total} match{'es' if found.total != 1 else ''} in the last 30 days."
+        return found
 
     def save(self) -> int | None:
         """Store the draft as a rule of the key (its id), or None with :attr:`error` saying why."""
@@ -245,7 +244,7 @@ class AlertsState(param.Parameterized):
         if key_id is None:
             return None
         try:
-            body = EndpointIn(kind=kind, target=target.strip())  # type: ignore[arg-type]
+            body = EndpointIn(kind=kind, target=target.strip())
             if body.kind in ("webhook", "discord"):
                 check_target(body.target, self.settings.webhook_allow_hosts)
             endpoint = self.alerts.create_endpoint(key_id, body.kind, body.target, most=self.settings.alerts_max_endpoints)
