@@ -28,15 +28,15 @@ def _clock(value: str) -> str | None:
 class RuleDraft(param.Parameterized):
     """The form's values; :meth:`rule_in` validates them as one rule.
 
-    >>> RuleDraft(name="Near the office", kind="radius", lat=40.75, lon=-73.99).rule_in("nyc").spec.radius_m
+    >>> RuleDraft(rule_name="Near the office", kind="radius", lat=40.75, lon=-73.99).rule_in("nyc").spec.radius_m
     500.0
     """
 
-    name = param.String(default="", doc="The rule's name, as its alerts and the rules list show it.")
+    rule_name = param.String(default="", doc="The rule's name, as its alerts and the rules list show it.")
     kind = param.Selector[str](default="radius", objects=list(RULE_KINDS), doc="What the rule watches.")
     lat = param.Number(default=None, allow_None=True, doc="Radius rules: the centre's latitude (a map click sets it).")
     lon = param.Number(default=None, allow_None=True, doc="Radius rules: the centre's longitude (a map click sets it).")
-    radius_m = param.Number(default=500.0, bounds=(0, MAX_RADIUS_M), inclusive_bounds=(False, True), doc="Radius rules: metres.")
+    radius_m = param.Number(default=500.0, allow_None=True, doc=f"Radius rules: metres (at most {MAX_RADIUS_M:.0f}).")
     polygon = param.List(default=[], doc="Polygon rules: the ring drawn on the map, as [lon, lat] pairs (not closed).")
     level = param.Selector[str](default="tract", objects=list(AREA_LEVELS), doc="Area rules: the level of the unit.")
     unit_id = param.String(default="", doc="Area rules: the unit's id (a map click inside it, or the unit list).")
@@ -76,7 +76,7 @@ class RuleDraft(param.Parameterized):
         A preview needs no name yet (one is made up from the kind)."""
         return RuleIn.model_validate(
             {
-                "name": self.name.strip() or (f"Preview of a {self.kind} rule" if preview else ""),
+                "name": self.rule_name.strip() or (f"Preview of a {self.kind} rule" if preview else ""),
                 "city": city,
                 "spec": self.spec(),
                 "filters": {"categories": list(self.categories)},
@@ -118,7 +118,8 @@ def error_text(err: ValidationError) -> str:
     kind tag, which pydantic puts in the location, is left out)."""
     lines = []
     for e in err.errors():
-        loc = [str(part) for part in e["loc"] if str(part) not in ("spec", "filters", *RULE_KINDS)]
+        loc = [str(part) for part in e["loc"]]
+        loc = loc[2:] if loc[:1] == ["spec"] else loc[1:] if loc[:1] == ["filters"] else loc  # "spec.<kind tag>." dropped
         field = next((_FIELD_NAMES[p] for p in reversed(loc) if p in _FIELD_NAMES), ".".join(loc) or "Rule")
         lines.append(f"{field}: {e['msg']}")
     return "\n".join(dict.fromkeys(lines))

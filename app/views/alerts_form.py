@@ -12,6 +12,7 @@ import panel as pn
 import param
 
 from app.alerts.rule_book import ENDPOINT_KINDS
+from app.data.cities import city_name
 from app.views.alerts_draft import AREA_LEVELS, RuleDraft
 from app.views.alerts_state import AlertsState
 from app.views.page import NUMBER_CSS
@@ -74,21 +75,21 @@ class RuleForm(pn.viewable.Viewer):
         d = self.draft.param
         num = {"stylesheets": [NUMBER_CSS]}
         radius = pn.Column(
-            pn.widgets.FloatInput.from_param(d.lat, name="Latitude of the centre", **num),
-            pn.widgets.FloatInput.from_param(d.lon, name="Longitude of the centre", **num),
-            pn.widgets.FloatInput.from_param(d.radius_m, name="Radius (m)", step=50, **num),
+            pn.widgets.FloatInput.from_param(d.lat, label="Latitude of the centre", **num),
+            pn.widgets.FloatInput.from_param(d.lon, label="Longitude of the centre", **num),
+            pn.widgets.FloatInput.from_param(d.radius_m, label="Radius (m)", step=50, **num),
             pn.pane.Markdown("Click the map to place the centre.", styles=_SMALL, margin=(0, 10)),
             visible=self._shown_for("radius"),
         )
-        clear = pn.widgets.Button(name="Clear the polygon", button_type="light")
+        clear = pn.widgets.Button(label="Clear the polygon", color="light")
         clear.on_click(lambda _: setattr(self.draft, "polygon", []))
         polygon = pn.Column(
             pn.pane.Markdown(pn.bind(self._polygon_note, d.polygon), styles=_SMALL, margin=(0, 10)),
             clear,
             visible=self._shown_for("polygon"),
         )
-        level = pn.widgets.Select.from_param(d.level, name="Area level", options=_LEVEL_NAMES)
-        unit = pn.widgets.Select(name="Unit")
+        level = pn.widgets.Select.from_param(d.level, label="Area level", options=_LEVEL_NAMES)
+        unit = pn.widgets.Select(label="Unit")
 
         def units(*_: Any) -> None:
             options = {"(pick one)": "", **self.bound.units(self.draft.level)}
@@ -106,16 +107,16 @@ class RuleForm(pn.viewable.Viewer):
             visible=self._shown_for("area"),
         )
         texts = [
-            pn.widgets.TextInput.from_param(d.address, name="Address (as the provider publishes it)", visible=self._shown_for("address")),
-            pn.widgets.TextInput.from_param(d.keyword, name="Keyword (plain text, any case)", visible=self._shown_for("keyword")),
-            pn.widgets.TextInput.from_param(d.plate, name="Licence plate", visible=self._shown_for("plate")),
+            pn.widgets.TextInput.from_param(d.address, label="Address (as the provider publishes it)", visible=self._shown_for("address")),
+            pn.widgets.TextInput.from_param(d.keyword, label="Keyword (plain text, any case)", visible=self._shown_for("keyword")),
+            pn.widgets.TextInput.from_param(d.plate, label="Licence plate", visible=self._shown_for("plate")),
         ]
         return [radius, polygon, area, *texts, self._anomaly_fields()]
 
     def _anomaly_fields(self) -> pn.viewable.Viewable:
         d = self.draft.param
-        level = pn.widgets.Select.from_param(d.anomaly_level, name="Anomaly level", options={**_LEVEL_NAMES, "Whole city": "city"})
-        units = pn.widgets.MultiSelect(name="Units watched (none picked: every unit)", size=6)
+        level = pn.widgets.Select.from_param(d.anomaly_level, label="Anomaly level", options={**_LEVEL_NAMES, "Whole city": "city"})
+        units = pn.widgets.MultiSelect(label="Units watched (none picked: every unit)", size=6)
 
         def fill(*_: Any) -> None:
             lvl = self.draft.anomaly_level
@@ -132,8 +133,8 @@ class RuleForm(pn.viewable.Viewer):
         return pn.Column(
             level,
             units,
-            pn.widgets.FloatInput.from_param(d.min_z, name="Minimum z-score", step=0.5, **num),
-            pn.widgets.FloatInput.from_param(d.max_q, name="Largest q-value", step=0.01, **num),
+            pn.widgets.FloatInput.from_param(d.min_z, label="Minimum z-score", step=0.5, **num),
+            pn.widgets.FloatInput.from_param(d.max_q, label="Largest q-value", step=0.01, **num),
             visible=self._shown_for("anomaly"),
         )
 
@@ -144,7 +145,7 @@ class RuleForm(pn.viewable.Viewer):
         return f"Polygon of {len(ring)} corners drawn."
 
     def _categories(self) -> pn.widgets.MultiSelect:
-        widget = pn.widgets.MultiSelect(name="Only these categories (none picked: all)", size=6)
+        widget = pn.widgets.MultiSelect(label="Only these categories (none picked: all)", size=6)
 
         def fill(*_: Any) -> None:
             options = self.bound.categories()
@@ -161,18 +162,18 @@ class RuleForm(pn.viewable.Viewer):
         d = self.draft.param
         clock: dict[str, Any] = {"placeholder": "HH:MM"}
         return [
-            pn.widgets.TextInput.from_param(d.timezone, name="Time zone (IANA, e.g. America/New_York)"),
-            pn.widgets.IntInput.from_param(d.daily_cap, name="Daily cap (blank: none)", start=1, stylesheets=[NUMBER_CSS]),
+            pn.widgets.TextInput.from_param(d.timezone, label="Time zone (IANA, e.g. America/New_York)"),
+            pn.widgets.IntInput.from_param(d.daily_cap, label="Daily cap (blank: none)", start=1, stylesheets=[NUMBER_CSS]),
             pn.Row(
-                pn.widgets.TextInput.from_param(d.quiet_start, name="Quiet from", **clock),
-                pn.widgets.TextInput.from_param(d.quiet_end, name="Quiet until", **clock),
+                pn.widgets.TextInput.from_param(d.quiet_start, label="Quiet from", **clock),
+                pn.widgets.TextInput.from_param(d.quiet_end, label="Quiet until", **clock),
             ),
-            pn.widgets.TextInput.from_param(d.digest_at, name="Daily digest at (blank: single alerts)", **clock),
+            pn.widgets.TextInput.from_param(d.digest_at, label="Daily digest at (blank: single alerts)", **clock),
         ]
 
     def _endpoints(self) -> list[pn.viewable.Viewable]:
         """Which of the key's endpoints the rule delivers to, and a form to add one."""
-        chosen = pn.widgets.CheckBoxGroup(name="Deliver to", inline=False)
+        chosen = pn.widgets.CheckBoxGroup(label="Deliver to", inline=False)
 
         def fill(*_: Any) -> None:
             options = {e["label"]: e["id"] for e in self.bound.endpoints}
@@ -183,9 +184,9 @@ class RuleForm(pn.viewable.Viewer):
         self.bound.param.watch(fill, "endpoints")
         self.draft.param.watch(fill, "endpoint_ids")
         fill()
-        kind = pn.widgets.Select(name="New endpoint kind", options=list(ENDPOINT_KINDS), value="webhook")
-        target = pn.widgets.TextInput(name="New endpoint target (URL or email address)", placeholder="https://… or name@example.org")
-        add = pn.widgets.Button(name="Add this endpoint", button_type="light")
+        kind = pn.widgets.Select(label="New endpoint kind", options=list(ENDPOINT_KINDS), value="webhook")
+        target = pn.widgets.TextInput(label="New endpoint target (URL or email address)", placeholder="https://… or name@example.org")
+        add = pn.widgets.Button(label="Add this endpoint", color="light")
 
         def added(_: Any) -> None:
             if self.bound.add_endpoint(str(kind.value), target.value or "") is not None:
@@ -207,11 +208,11 @@ class RuleForm(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.viewable.Viewable:
         state, d = self.bound, self.draft.param
-        city = pn.widgets.Select.from_param(state.param.city, name="City")
-        kind = pn.widgets.Select.from_param(d.kind, name="Rule kind", options=KIND_NAMES)
-        preview = pn.widgets.Button(name="Preview the last 30 days", button_type="primary")
+        city = pn.widgets.Select.from_param(state.param.city, label="City", options={city_name(c): c for c in state.param.city.objects})
+        kind = pn.widgets.Select.from_param(d.kind, label="Rule kind", options=KIND_NAMES)
+        preview = pn.widgets.Button(label="Preview the last 30 days", color="primary")
         preview.on_click(lambda _: _ignore(state.run_preview()))
-        save = pn.widgets.Button(name="Save the rule", button_type="success")
+        save = pn.widgets.Button(label="Save the rule", color="success")
         save.on_click(lambda _: _ignore(state.save()))
         error = pn.pane.Alert(
             pn.bind(_lines, state.param.error),
@@ -222,7 +223,7 @@ class RuleForm(pn.viewable.Viewer):
         return pn.Column(
             "## New rule",
             city,
-            pn.widgets.TextInput.from_param(d.name, name="Rule name"),
+            pn.widgets.TextInput.from_param(d.rule_name, label="Rule name"),
             kind,
             *self._kind_fields(),
             self._categories(),

@@ -62,8 +62,8 @@ class SignIn(pn.viewable.Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         assert self.state is not None
         state = self.state
-        key = pn.widgets.PasswordInput(name="API key", placeholder="csh_…", width=360)
-        button = pn.widgets.Button(name="Sign in", button_type="primary", align="end")
+        key = pn.widgets.PasswordInput(label="API key", placeholder="csh_…", width=360)
+        button = pn.widgets.Button(label="Sign in", color="primary", align="end")
 
         def submit(*_: Any) -> None:
             token = key.value_input or key.value or ""
@@ -76,7 +76,7 @@ class SignIn(pn.viewable.Viewer):
             pn.bind(_problem, state.param.sign_in_error),
             margin=(0, 10),
         )
-        out = pn.widgets.Button(name="Sign out", button_type="light")
+        out = pn.widgets.Button(label="Sign out", color="light")
         out.on_click(lambda _: state.sign_out())
         signed_out = pn.Column(
             "## Sign in",
