@@ -25,9 +25,11 @@ from app.alerts.preview import circle
 from app.views.alerts_state import AlertsState
 from app.views.heat import outline_xy
 
-__all__ = ["MAP_HEIGHT", "AlertsMap", "rings_xy"]
+__all__ = ["MAP_HEIGHT", "MAP_NAME", "AlertsMap", "rings_xy"]
 
 MAP_HEIGHT = 520
+#: The map figure's model name (browser tests find its view by it).
+MAP_NAME = "csh-alerts-map"
 _PAD = 0.04  # of the city's extent around its outlines
 
 
@@ -78,6 +80,7 @@ class AlertsMap(pn.viewable.Viewer):
 
     def _make_figure(self) -> Any:
         fig = figure(
+            name=MAP_NAME,
             height=MAP_HEIGHT,
             sizing_mode="stretch_width",
             match_aspect=True,

@@ -32,6 +32,7 @@ __all__ = ["TITLE", "SignIn", "alerts_page", "build_alerts"]
 TITLE = "City Service Heat · Alerts"
 _ACCENT = "#b2401e"
 _NOTE = {"font-size": "0.9em", "color": "#444"}
+_CODE_CSS = "code { color: #1a1a1a; background: #f0f0f0; padding: 0 3px; }"  # Bootstrap's pink code fails 4.5:1 here
 
 
 def _signed_in(key_id: int | None) -> bool:
@@ -76,7 +77,7 @@ class SignIn(pn.viewable.Viewer):
             pn.bind(_problem, state.param.sign_in_error),
             margin=(0, 10),
         )
-        out = pn.widgets.Button(label="Sign out", color="light")
+        out = pn.widgets.Button(label="Sign out", color="light", width=140)
         out.on_click(lambda _: state.sign_out())
         signed_out = pn.Column(
             "## Sign in",
@@ -84,6 +85,7 @@ class SignIn(pn.viewable.Viewer):
                 "Sign in with an API key of the alert API (`python -m app.alerts keys create NAME` prints one). "
                 "It is checked on the server and not kept by this page.",
                 styles=_NOTE,
+                stylesheets=[_CODE_CSS],
             ),
             pn.Row(key, button),
             problem,
@@ -122,7 +124,7 @@ def alerts_page(state: AlertsState) -> BasicTemplate:
         pn.Column(work, RulesList(state=state), DeliveryLog(state=state), visible=signed_in, sizing_mode="stretch_width"),
         sizing_mode="stretch_width",
     )
-    return template(TITLE, main=[body], sidebar=[], accent=_ACCENT)
+    return template(TITLE, main=[body], sidebar=[], accent=_ACCENT, skip_label="Skip to the alerts")
 
 
 def build_alerts(alerts: AlertStore, store: Store, settings: Settings) -> BasicTemplate:

@@ -16,7 +16,7 @@ from bokeh.plotting import figure
 
 from app.alerts.preview import Preview
 from app.views.alerts_state import AlertsState
-from app.views.tables import TABLE_CSS, html_table
+from app.views.tables import TABLE_CSS, html_table, table_card
 
 __all__ = ["PreviewView", "summary"]
 
@@ -86,6 +86,15 @@ class PreviewView(pn.viewable.Viewer):
             "alerts": [d.alerts for d in days],
         }
 
+    def _days_card(self) -> pn.viewable.Viewable:
+        """The bars' table twin, in a closed card (rendered while open)."""
+        assert self.state is not None
+        state = self.state
+        card, refresh = table_card("Table of the daily counts", lambda: self._days_table(state.preview))
+        state.param.watch(refresh, "preview")
+        card.visible = pn.bind(_is_set, state.param.preview)
+        return card
+
     @staticmethod
     def _days_table(preview: Preview | None) -> str:
         if preview is None or not preview.days:
@@ -129,8 +138,8 @@ class PreviewView(pn.viewable.Viewer):
                 sizing_mode="stretch_width",
                 margin=(0, 10),
             ),
-            pn.pane.Bokeh(self._chart, sizing_mode="stretch_width", visible=shown),
-            pn.pane.HTML(pn.bind(self._days_table, p.preview), stylesheets=[TABLE_CSS], sizing_mode="stretch_width", visible=shown),
+            pn.Column(pn.pane.Bokeh(self._chart, sizing_mode="stretch_width"), visible=shown, sizing_mode="stretch_width"),
+            self._days_card(),
             pn.pane.HTML(pn.bind(self._matches_table, p.preview), stylesheets=[TABLE_CSS], sizing_mode="stretch_width", visible=shown),
             sizing_mode="stretch_width",
         )

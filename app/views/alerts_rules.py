@@ -50,9 +50,9 @@ class RulesList(pn.viewable.Viewer):
                 f'<p class="csh-rule"><strong>{html.escape(name)}</strong> · {html.escape(str(rule["kind"]))} · '
                 f"{html.escape(city_name(str(rule['city'])))} · {status} · to {html.escape(str(rule['endpoints']))}</p>"
             )
-            toggle = pn.widgets.Button(label=f"{'Resume' if paused else 'Pause'} “{name}”", color="light")
+            toggle = pn.widgets.Button(label=f"{'Resume' if paused else 'Pause'} “{name}”", color="light", width=220)
             toggle.on_click(partial(_toggle, state, rule_id, not paused))
-            delete = pn.widgets.Button(label=f"Delete “{name}”", color="light")
+            delete = pn.widgets.Button(label=f"Delete “{name}”", color="light", width=220)
             delete.on_click(partial(_delete, state, rule_id))
             lines.append(
                 pn.Row(pn.pane.HTML(text, stylesheets=[_ROW_CSS], sizing_mode="stretch_width"), toggle, delete, sizing_mode="stretch_width")
@@ -86,8 +86,8 @@ class DeliveryLog(pn.viewable.Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         assert self.state is not None
         state = self.state
-        dead = pn.widgets.Select(label="Dead delivery to retry")
-        retry = pn.widgets.Button(label="Retry this delivery", color="light")
+        dead = pn.widgets.Select(label="Dead delivery to retry", width=360)
+        retry = pn.widgets.Button(label="Retry this delivery", color="light", width=180, align="end")
 
         def fill(*_: Any) -> None:
             options = {f"#{r['id']} ({r['rule']}: {r['last']})": int(r["id"]) for r in state.deliveries if r["status"] == "dead"}
@@ -101,7 +101,7 @@ class DeliveryLog(pn.viewable.Viewer):
         retry.on_click(again)
         state.param.watch(fill, "deliveries")
         fill()
-        refresh = pn.widgets.Button(label="Refresh the log", color="light")
+        refresh = pn.widgets.Button(label="Refresh the log", color="light", width=180, align="end")
         refresh.on_click(lambda _: state.refresh())
         return pn.Column(
             "## Delivery log",
