@@ -32,11 +32,11 @@ MAP_CENTRE = f"""() => {{
   const canvas = view.canvas_view.el.getBoundingClientRect();
   return {{x: canvas.left + view.frame.bbox.hcenter, y: canvas.top + view.frame.bbox.vcenter}};
 }}"""
-#: Glyph data lengths of the map: the rule's circle (patches) and the preview's match points.
+#: Rows of each named renderer of the map (the rule's circle, the preview's matches, ...), and its x range.
 MAP_DRAWN = f"""() => {{
   const fig = [...Bokeh.documents[0].all_models].find((m) => m.name === '{MAP_NAME}');
-  const sizes = fig.renderers.map((r) => [r.glyph.type, r.data_source.get_length()]);
-  return sizes;
+  const rows = Object.fromEntries(fig.renderers.map((r) => [r.name, r.data_source.get_length()]));
+  return {{rows: rows, width: fig.x_range.end - fig.x_range.start}};
 }}"""
 
 
@@ -102,6 +102,7 @@ def test_sign_in_place_preview_save_pause(alerts_page: tuple[Page, Problems], al
     radius.fill("1500")
     radius.press("Enter")
 
+    assert page.evaluate(MAP_DRAWN)["width"] > 30_000  # the whole city at first
     spot = page.evaluate(MAP_CENTRE)
     page.mouse.click(spot["x"], spot["y"])
     lat_field, lon_field = page.get_by_label("Latitude of the centre"), page.get_by_label("Longitude of the centre")
@@ -115,10 +116,12 @@ def test_sign_in_place_preview_save_pause(alerts_page: tuple[Page, Problems], al
     expected = preview_rule(tiny_snap, "nyc", RadiusRule(lat=lat, lon=lon, radius_m=1500), Filters(), timezone="America/New_York")
     assert expected.total > 0
     expect(page.locator(".csh-preview-count")).to_have_text(str(expected.total))
-    drawn = dict(page.evaluate(MAP_DRAWN)[1:2])
-    assert drawn == {"Patches": 1}, drawn  # the radius circle
-    points = page.evaluate(MAP_DRAWN)[-1]
-    assert points == ["Scatter", len([m for m in expected.matches if m.lon is not None])]
+    located = len([m for m in expected.matches if m.lon is not None])
+    page.wait_for_function(f"() => ({MAP_DRAWN})().rows.matches === {located}")
+    drawn = page.evaluate(MAP_DRAWN)
+    assert drawn["rows"]["watched"] == 1  # the radius circle
+    assert drawn["rows"]["centre"] == 1
+    assert drawn["width"] < 20_000, drawn  # framed around the 1.5 km circle, not the whole city
     page.locator("main").evaluate("m => m.scrollTo(0, 0)")
     page.screenshot(path=str(ARTIFACTS / "alerts_preview.png"))
 

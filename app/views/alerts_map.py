@@ -16,7 +16,7 @@ import panel as pn
 import param
 import shapely
 from bokeh.events import Event, Tap
-from bokeh.models import ColumnDataSource, HoverTool, PolyDrawTool, Range1d
+from bokeh.models import ColumnDataSource, DataRange1d, HoverTool, PolyDrawTool
 from bokeh.plotting import figure
 from holoviews.util.transform import easting_northing_to_lon_lat, lon_lat_to_easting_northing
 from shapely.geometry import shape
@@ -30,7 +30,6 @@ __all__ = ["MAP_HEIGHT", "MAP_NAME", "AlertsMap", "rings_xy"]
 MAP_HEIGHT = 520
 #: The map figure's model name (browser tests find its view by it).
 MAP_NAME = "csh-alerts-map"
-_PAD = 0.04  # of the city's extent around its outlines
 
 
 def rings_xy(geometry: dict[str, Any] | None) -> tuple[list[list[float]], list[list[float]]]:
@@ -62,6 +61,7 @@ class AlertsMap(pn.viewable.Viewer):
         self._drawn = ColumnDataSource({"xs": [], "ys": []})  # the polygon being drawn
         self._centre = ColumnDataSource({"x": [], "y": []})
         self._matches = ColumnDataSource({"x": [], "y": [], "label": []})
+        self._view = ColumnDataSource({"x": [], "y": []})  # two corners the map frames (with the frame's own aspect)
         self._figure = self._make_figure()
         self._drawing = False
         state = self.bound
@@ -84,8 +84,8 @@ class AlertsMap(pn.viewable.Viewer):
             height=MAP_HEIGHT,
             sizing_mode="stretch_width",
             match_aspect=True,
-            x_range=Range1d(start=0, end=1),
-            y_range=Range1d(start=0, end=1),
+            x_range=DataRange1d(range_padding=0.04),
+            y_range=DataRange1d(range_padding=0.04),
             tools="pan,wheel_zoom,reset",
             active_scroll="wheel_zoom",
             toolbar_location="above",
@@ -93,13 +93,20 @@ class AlertsMap(pn.viewable.Viewer):
             output_backend="canvas",
             title="Click to place a radius rule's centre or pick an area; draw a polygon with the polygon tool",
         )
+        corners = fig.scatter("x", "y", name="corners", source=self._view, size=0, alpha=0)
+        for span in (fig.x_range, fig.y_range):
+            cast(Any, span).renderers = [corners]
         fig.axis.visible = False
         fig.grid.visible = False
-        fig.line("x", "y", source=self._outlines, color="#6b7280", line_width=0.7, alpha=0.8)
-        fig.patches("xs", "ys", source=self._watched, fill_color="#b2401e", fill_alpha=0.12, line_color="#b2401e", line_width=2)
-        drawn = fig.patches("xs", "ys", source=self._drawn, fill_color="#1a56db", fill_alpha=0.12, line_color="#1a56db", line_width=2)
-        fig.scatter("x", "y", source=self._centre, marker="cross", size=14, line_width=2, color="#b2401e")
-        dots = fig.scatter("x", "y", source=self._matches, size=6, color="#1a1a1a", alpha=0.75)
+        fig.line("x", "y", name="outlines", source=self._outlines, color="#6b7280", line_width=0.7, alpha=0.8)
+        fig.patches(
+            "xs", "ys", name="watched", source=self._watched, fill_color="#b2401e", fill_alpha=0.1, line_color="#b2401e", line_width=2.5
+        )
+        drawn = fig.patches(
+            "xs", "ys", name="drawn", source=self._drawn, fill_color="#1a56db", fill_alpha=0.1, line_color="#1a56db", line_width=2.5
+        )
+        fig.scatter("x", "y", name="centre", source=self._centre, marker="cross", size=14, line_width=2, color="#b2401e")
+        dots = fig.scatter("x", "y", name="matches", source=self._matches, size=5, color="#1a1a1a", alpha=0.6)
         fig.add_tools(PolyDrawTool(renderers=[cast(Any, drawn)], description="Draw a polygon (click vertices, double-click to finish)"))
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("match", "@label")]))
         fig.on_event(Tap, self._tapped)
@@ -129,9 +136,7 @@ class AlertsMap(pn.viewable.Viewer):
             return
         x0, y0 = np.nanmin(xy, axis=0)
         x1, y1 = np.nanmax(xy, axis=0)
-        pad = max(x1 - x0, y1 - y0) * _PAD
-        self._figure.x_range.update(start=float(x0 - pad), end=float(x1 + pad))
-        self._figure.y_range.update(start=float(y0 - pad), end=float(y1 + pad))
+        self._view.data = {"x": [float(x0), float(x1)], "y": [float(y0), float(y1)]}
 
     def _place(self, *_: Any) -> None:
         """Draw what the draft watches now: the radius circle and centre, or the area's unit."""
@@ -165,10 +170,17 @@ class AlertsMap(pn.viewable.Viewer):
             self._drawing = False
 
     def _show_preview(self, *_: Any) -> None:
-        """The preview's located matches as points."""
+        """The preview's located matches as points, framed around what the rule watches."""
+        preview = self.bound.preview
         frame = self.bound.matches_frame()
         x, y = lon_lat_to_easting_northing(frame["lon"].to_numpy(), frame["lat"].to_numpy())
         self._matches.data = {"x": list(map(float, x)), "y": list(map(float, y)), "label": frame["label"].to_list()}
+        xs, ys = rings_xy(preview.geometry if preview is not None else None)
+        if xs:  # zoom to the circle, polygon or unit, with as much around it again
+            allx, ally = np.concatenate([np.asarray(v) for v in xs]), np.concatenate([np.asarray(v) for v in ys])
+            cx, cy = (allx.min() + allx.max()) / 2, (ally.min() + ally.max()) / 2
+            half = max(allx.max() - allx.min(), ally.max() - ally.min(), 500.0)
+            self._view.data = {"x": [float(cx - half), float(cx + half)], "y": [float(cy - half), float(cy + half)]}
 
     # -- what the map sets ------------------------------------------------------------------------
 

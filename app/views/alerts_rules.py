@@ -50,9 +50,9 @@ class RulesList(pn.viewable.Viewer):
                 f'<p class="csh-rule"><strong>{html.escape(name)}</strong> · {html.escape(str(rule["kind"]))} · '
                 f"{html.escape(city_name(str(rule['city'])))} · {status} · to {html.escape(str(rule['endpoints']))}</p>"
             )
-            toggle = pn.widgets.Button(label=f"{'Resume' if paused else 'Pause'} “{name}”", color="light", width=220)
+            toggle = pn.widgets.Button(label=f"{'Resume' if paused else 'Pause'} “{name}”", color="light", width=260)
             toggle.on_click(partial(_toggle, state, rule_id, not paused))
-            delete = pn.widgets.Button(label=f"Delete “{name}”", color="light", width=220)
+            delete = pn.widgets.Button(label=f"Delete “{name}”", color="light", width=260)
             delete.on_click(partial(_delete, state, rule_id))
             lines.append(
                 pn.Row(pn.pane.HTML(text, stylesheets=[_ROW_CSS], sizing_mode="stretch_width"), toggle, delete, sizing_mode="stretch_width")
