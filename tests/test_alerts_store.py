@@ -192,3 +192,60 @@ def test_a_failed_enqueue_leaves_cursor_and_queue_unchanged(store: AlertStore) -
         store.enqueue("nyc", "events", "p2", [(rule_id, "s", "A2", {"bad": object()})])  # not JSON: refused before anything is written
     assert store.cursor("nyc", "events") == "p1"
     assert [d.item_id for d in store.deliveries()] == ["A1"]
+
+
+def test_rules_endpoints_and_retries_are_changed_by_their_owner_only(store: AlertStore) -> None:
+    from datetime import UTC
+
+    from app.alerts.queue import RetryRefusedError
+    from app.alerts.rule_book import QuotaExceededError
+
+    key_id, rule_id, endpoints = _rule_with_endpoints(store)
+    other, _ = store.create_key("other")
+    assert store.get_rule(other.id, rule_id) is None
+    assert store.update_rule(other.id, rule_id, paused=True) is None
+    assert store.get_endpoint(other.id, endpoints[0]) is None
+    assert store.delete_endpoint(other.id, endpoints[0]) is False
+    assert store.unlink(other.id, rule_id, endpoints[0]) is False
+    with pytest.raises(LookupError):
+        store.rotate_secret(endpoints[0], key_id=other.id)
+    with pytest.raises(LookupError):  # another key's endpoint cannot be linked
+        store.update_rule(
+            other.id, store.create_rule(other.id, "o", KeywordRule(keyword="xy"), Filters(), city="nyc").id, endpoint_ids=endpoints
+        )
+
+    changed = store.update_rule(key_id, rule_id, paused=True, spec=KeywordRule(keyword="heat"), daily_cap=5, endpoint_ids=[endpoints[1]])
+    assert changed is not None
+    got = store.get_rule(key_id, rule_id)
+    assert got is not None
+    assert (got.paused, got.kind, got.params["keyword"], got.daily_cap) == (True, "keyword", "heat", 5)
+    assert store.rule_endpoint_ids([rule_id]) == {rule_id: [endpoints[1]]}
+    assert store.audit(key_id)[-1].detail == {"fields": ["daily_cap", "paused", "spec", "endpoint_ids"], "paused": True}
+    with pytest.raises(ValueError, match="no field"):
+        store.update_rule(key_id, rule_id, owner=other.id)
+    assert store.unlink(key_id, rule_id, endpoints[1]) is True
+    assert store.rule_endpoint_ids([rule_id]) == {rule_id: []}
+    with pytest.raises(QuotaExceededError):
+        store.create_rule(key_id, "more", KeywordRule(keyword="yz"), Filters(), city="nyc", most=store.count_rules(key_id))
+    with pytest.raises(QuotaExceededError):
+        store.create_endpoint(key_id, "email", "a@example.org", most=len(store.endpoints(key_id)))
+
+    store.update_rule(key_id, rule_id, endpoint_ids=endpoints)
+    now = datetime.now(UTC)
+    store.enqueue("nyc", "events", "p", [(rule_id, "s", f"E{i}", {}) for i in range(3)], now=now)
+    page, total = store.delivery_page(key_id, limit=2, offset=1)
+    assert total == 6
+    assert [d.id for d in page] == sorted((d.id for d in store.deliveries(key_id)), reverse=True)[1:3]
+    assert store.delivery_page(other.id) == ([], 0)
+    (delivery, _, lease), *_ = store.claim(now, kinds=("webhook",), limit=1)
+    with pytest.raises(RetryRefusedError, match="sending"):
+        store.retry(key_id, delivery.id, now)
+    store.settle(delivery.id, lease, "dead", None, "gave up", now)
+    assert store.delivery_page(key_id, status="dead")[1] == 1
+    assert store.retry(other.id, delivery.id, now) is None
+    retried = store.retry(key_id, delivery.id, now)
+    assert retried is not None
+    assert (retried.status, retried.attempts, retried.next_attempt_at) == ("pending", 0, now)
+    assert store.delete_endpoint(key_id, endpoints[0]) is True
+    assert store.endpoints(key_id)[0].id == endpoints[1]
+    assert {d.endpoint_id for d in store.deliveries(key_id)} == {endpoints[1]}

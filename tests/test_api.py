@@ -347,7 +347,8 @@ def test_every_route_and_parameter_is_documented(openapi: dict[str, Any]) -> Non
 
 def test_readme_lists_every_public_route(openapi: dict[str, Any]) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert all(f"`GET {path}" in readme for path in openapi["paths"]), "a route is missing from the README's API table"
+    missing = [f"{m.upper()} {path}" for path, ops in openapi["paths"].items() for m in ops if f"`{m.upper()} {path}" not in readme]
+    assert not missing, f"routes missing from the README's API tables: {missing}"
 
 
 # ---- differential privacy mode -------------------------------------------------------------------

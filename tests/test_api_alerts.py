@@ -17,6 +17,8 @@ import numpy as np
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
 from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook
@@ -512,3 +514,106 @@ def test_the_store_keeps_rules_made_through_the_api(api: Api) -> None:
     api.post("/rules", json={"name": "k", "city": "nyc", "spec": {"kind": "keyword", "keyword": "heat"}, "endpoint_ids": [mail["id"]]})
     [(_, spec, filters)] = api.store.event_rules("nyc")
     assert (spec, filters) == (KeywordRule(keyword="heat"), Filters())
+
+
+# ---- no input is a server error --------------------------------------------------------------------------
+_ODD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+    st.lists(st.integers(min_value=-3, max_value=3), max_size=3),
+    st.sampled_from(["nyc", "UTC", "22:00", "24:00", "tract", "borough", "MN", "QN1102", "request", "volume", ""]),
+)
+_SPECS = st.one_of(
+    st.fixed_dictionaries({"kind": st.just("radius"), "lat": _ODD, "lon": _ODD, "radius_m": _ODD}),
+    st.fixed_dictionaries({"kind": st.sampled_from(["keyword", "address", "plate"]), "keyword": _ODD, "address": _ODD, "plate": _ODD}).map(
+        lambda d: {k: v for k, v in d.items() if k == "kind" or k == d["kind"]}
+    ),
+    st.fixed_dictionaries({"kind": st.just("area"), "level": _ODD, "unit_id": _ODD}),
+    st.fixed_dictionaries(
+        {"kind": st.just("anomaly"), "level": _ODD, "unit_ids": st.lists(_ODD, max_size=2), "min_z": _ODD, "max_q": _ODD}
+    ),
+    st.fixed_dictionaries(
+        {
+            "kind": st.just("polygon"),
+            "geometry": st.fixed_dictionaries(
+                {"type": st.just("Polygon"), "coordinates": st.lists(st.lists(st.lists(_ODD, max_size=3), max_size=5), max_size=2)}
+            ),
+        }
+    ),
+    _ODD,
+)
+_BODIES = st.fixed_dictionaries(
+    {"name": st.just("r"), "city": st.one_of(st.just("nyc"), st.just("nyc"), _ODD), "spec": _SPECS},
+    optional={
+        "timezone": _ODD,
+        "daily_cap": _ODD,
+        "quiet_start": _ODD,
+        "quiet_end": _ODD,
+        "digest_at": _ODD,
+        "filters": st.fixed_dictionaries({}, optional={"categories": st.lists(_ODD, max_size=2), "kinds": st.lists(_ODD, max_size=2)}),
+        "endpoint_ids": st.lists(_ODD, max_size=2),
+        "paused": _ODD,
+    },
+)
+
+
+def test_no_rule_body_is_a_server_error(tiny_dir: Path, tmp_path: Path) -> None:
+    with TestClient(create_app(_settings(tiny_dir, tmp_path / "alerts.sqlite", alerts_rate_burst=10_000))) as c:
+        _fuzz(_key(c, "desk"))
+
+
+def _fuzz(api: Api) -> None:
+    rule = api.post("/rules", json={"name": "r", "city": "nyc", "spec": RADIUS}).json()
+
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(body=_BODIES)
+    def check(body: dict[str, Any]) -> None:
+        for method, url, ok in (("post", "/rules", 201), ("post", "/rules/preview", 200), ("patch", f"/rules/{rule['id']}", 200)):
+            r = getattr(api, method)(url, content=json.dumps(body), headers={"content-type": "application/json"})
+            assert r.status_code in (ok, 422), f"{method} {url} {body} -> {r.status_code}: {r.text[:300]}"
+            if r.status_code == 422:
+                assert r.json()["message"]
+
+    check()
+
+
+def test_a_bucket_refills_at_its_rate_and_forgets_the_least_recent_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.api import ratelimit
+    from app.api.ratelimit import TokenBuckets
+
+    now = [0.0]
+    buckets = TokenBuckets(rate_per_minute=6, burst=2, clock=lambda: now[0])  # a token every 10 s
+    assert [buckets.take("a").allowed for _ in range(3)] == [True, True, False]
+    refused = buckets.take("a")
+    assert (refused.retry_after_s, refused.reset_s, refused.remaining) == (10, 20, 0)
+    now[0] = 9.9
+    assert not buckets.take("a").allowed
+    now[0] = 10.0
+    assert buckets.take("a").allowed
+    assert not buckets.take("a").allowed
+    now[0] = 1000.0
+    assert buckets.take("a").remaining == 1  # refilled to the burst, never past it
+    monkeypatch.setattr(ratelimit, "MAX_BUCKETS", 2)
+    for client in ("b", "c"):
+        buckets.take(client)
+    assert set(buckets._buckets) == {"b", "c"}
+
+
+def test_ids_out_of_range_are_422s_and_the_store_closes_with_the_app(tiny_dir: Path, tmp_path: Path) -> None:
+    app = create_app(_settings(tiny_dir, tmp_path / "alerts.sqlite"))
+    with TestClient(app) as c:
+        api = _key(c, "desk")
+        for method, url in (
+            ("get", "/rules/0"),
+            ("get", f"/rules/{2**40}"),
+            ("delete", "/endpoints/-1"),
+            ("post", f"/deliveries/{2**63}/retry"),
+        ):
+            r = getattr(api, method)(url)
+            assert r.status_code == 422, (url, r.text)
+        assert api.get("/deliveries", params={"rule_id": 2**40}).status_code == 422
+        assert app.state.alerts is not None
+    assert app.state.alerts is None  # closed at shutdown

@@ -22,9 +22,15 @@ from app.data.cities import known_cities
 from app.data.registry import city_timezone
 from app.data.snapshot import Snapshot
 
-__all__ = ["AlertsDep", "KeyDep", "body_errors", "check_rule", "close_alerts", "current_snapshot", "get_alerts", "open_alerts"]
+__all__ = ["RESPONSES", "AlertsDep", "KeyDep", "body_errors", "check_rule", "close_alerts", "current_snapshot", "get_alerts", "open_alerts"]
 
 _OPENING = threading.Lock()
+#: Answers every alert route may give besides its own, for the OpenAPI text.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No live API key: send `Authorization: Bearer csh_...` (the answer carries `WWW-Authenticate: Bearer`)."},
+    404: {"description": "No such object of this key (another key's objects are not found either)."},
+    429: {"description": "Too many requests for this key: wait `Retry-After` seconds (see the `RateLimit-*` headers)."},
+}
 _BEARER = HTTPBearer(auto_error=False, description="An API key: `python -m app.alerts keys create NAME` prints one (csh_...).")
 
 

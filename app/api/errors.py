@@ -4,6 +4,7 @@ release the privacy budget cannot pay for is a 403 saying so."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,8 +28,10 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     errors = []
     for err in exc.errors():
         item = {k: err[k] for k in ("type", "loc", "msg") if k in err}
-        if "input" in err:
-            item["input"] = err["input"] if isinstance(err["input"], str | int | float | bool | None) else str(err["input"])
+        if "input" in err:  # echoed when JSON can carry it (NaN and infinities cannot)
+            value = err["input"]
+            plain = isinstance(value, str | int | bool | None) or (isinstance(value, float) and math.isfinite(value))
+            item["input"] = value if plain else str(value)
         errors.append(item)
     summary = "; ".join(f"{err['loc'][-1]}: {err['msg']}" for err in errors)
     return JSONResponse(status_code=422, content={"detail": errors, "message": summary})

@@ -9,11 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from app.alerts.queue import RetryRefusedError
-from app.api.alerts_deps import AlertsDep, KeyDep
+from app.api.alerts_deps import RESPONSES, AlertsDep, KeyDep
 from app.api.deps import PageDep
 from app.api.schemas_alerts import MAX_ID, DeliveriesOut, DeliveryOut, DeliveryStatus
 
-router = APIRouter(tags=["alerts"])
+router = APIRouter(tags=["alerts"], responses=RESPONSES)
 
 
 @router.get("/deliveries", response_model=DeliveriesOut)

@@ -13,12 +13,12 @@ from app.alerts.delivery import send_test
 from app.alerts.models import Endpoint
 from app.alerts.rule_book import QuotaExceededError
 from app.alerts.ssrf import TargetRefusedError, check_target
-from app.api.alerts_deps import AlertsDep, KeyDep
+from app.api.alerts_deps import RESPONSES, AlertsDep, KeyDep
 from app.api.errors import unprocessable
 from app.api.schemas_alerts import MAX_ID, EndpointCreated, EndpointIn, EndpointOut, EndpointsOut, RotateOut, TestOut
 from app.config import Settings
 
-router = APIRouter(tags=["alerts"])
+router = APIRouter(tags=["alerts"], responses=RESPONSES)
 
 EndpointId = Annotated[int, Path(ge=1, le=MAX_ID, description="Id of one of this key's endpoints.")]
 

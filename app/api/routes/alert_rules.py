@@ -10,13 +10,13 @@ from pydantic import ValidationError
 
 from app.alerts.preview import Preview, preview_rule
 from app.alerts.rule_book import QuotaExceededError
-from app.api.alerts_deps import AlertsDep, KeyDep, body_errors, check_rule, current_snapshot
+from app.api.alerts_deps import RESPONSES, AlertsDep, KeyDep, body_errors, check_rule, current_snapshot
 from app.api.deps import PageDep
 from app.api.errors import NoSnapshotError, unprocessable
 from app.api.schemas_alerts import MAX_ID, PreviewIn, RuleIn, RuleOut, RulePatch, RulesOut
 from app.config import Settings
 
-router = APIRouter(tags=["alerts"])
+router = APIRouter(tags=["alerts"], responses=RESPONSES)
 
 RuleId = Annotated[int, Path(ge=1, le=MAX_ID, description="Id of one of this key's rules.")]
 _OPTIONS = ("daily_cap", "quiet_start", "quiet_end", "digest_at", "paused")
