@@ -5,6 +5,7 @@ snapshot: sign in, write a rule, preview it, save, pause, delete; plus the views
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,32 @@ def test_page_renders_headless(state: AlertsState, alerts: AlertStore) -> None:
     _, token = alerts.create_key("page")
     state.sign_in(token)
     alerts_page(state).server_doc(Document())
+
+
+def _dead_delivery(alerts: AlertStore, rule_id: int) -> int:
+    """Queue one match of the rule and let its first attempt fail for good (as the sender would)."""
+    now = datetime.now(UTC)
+    alerts.enqueue("nyc", "events", now.isoformat(), [(rule_id, "demo", "item-1", {"id": "item-1"})], now=now)
+    [(delivery, _, lease)] = alerts.claim(now, kinds=("email",))
+    assert alerts.settle(delivery.id, lease, "dead", None, "500 Internal Server Error: not retried", now, code=500)
+    return delivery.id
+
+
+def test_delivery_log_shows_a_dead_delivery_and_retries_it(state: AlertsState, alerts: AlertStore) -> None:
+    _, token = alerts.create_key("page")
+    state.sign_in(token)
+    endpoint_id = state.add_endpoint("email", "ops@example.org")
+    state.draft.param.update(rule_name="Noise", kind="keyword", keyword="noise")
+    rule_id = state.save()
+    assert rule_id is not None
+    assert endpoint_id is not None
+    delivery_id = _dead_delivery(alerts, rule_id)
+    state.refresh()
+    [row] = state.deliveries
+    assert row == {"id": delivery_id, "rule": "Noise", "status": "dead", "attempts": 1, "last": "HTTP 500", "next": "—"}
+    assert state.retry(delivery_id)
+    [row] = state.deliveries
+    assert row["status"] == "pending"
+    assert row["attempts"] == 0
+    assert not state.retry(delivery_id)  # only a dead one is retried
+    assert "only a dead delivery" in state.error

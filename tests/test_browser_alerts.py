@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
+import shapely
+from holoviews.util.transform import easting_northing_to_lon_lat, lon_lat_to_easting_northing
 from playwright.sync_api import Browser, Page, expect
 
 from app.alerts.preview import preview_rule
-from app.alerts.rules import Filters, RadiusRule
+from app.alerts.rules import AreaRule, Filters, PolygonRule, RadiusRule
 from app.alerts.store import AlertStore
 from app.data.snapshot import Snapshot
 from app.views.alerts_map import MAP_NAME
@@ -31,6 +35,12 @@ MAP_CENTRE = f"""() => {{
   const view = [...Bokeh.index.query((v) => v.model != null && v.model.name === '{MAP_NAME}')][0];
   const canvas = view.canvas_view.el.getBoundingClientRect();
   return {{x: canvas.left + view.frame.bbox.hcenter, y: canvas.top + view.frame.bbox.vcenter}};
+}}"""
+#: Page position of a Web Mercator point on the map.
+MAP_AT = f"""([x, y]) => {{
+  const view = [...Bokeh.index.query((v) => v.model != null && v.model.name === '{MAP_NAME}')][0];
+  const canvas = view.canvas_view.el.getBoundingClientRect();
+  return {{x: canvas.left + view.frame.x_scale.compute(x), y: canvas.top + view.frame.y_scale.compute(y)}};
 }}"""
 #: Rows of each named renderer of the map (the rule's circle, the preview's matches, ...), and its x range.
 MAP_DRAWN = f"""() => {{
@@ -151,6 +161,99 @@ def test_sign_in_place_preview_save_pause(alerts_page: tuple[Page, Problems], al
     violations = axe_violations(page)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "axe_alerts.json").write_text(json.dumps(violations, indent=1))
+    assert violations == [], "axe-core found:\n" + _describe(violations)
+    assert problems.errors == []
+    alerts.close()
+
+
+#: The polygon drawn on the map (Web Mercator rings of the "drawn" renderer).
+DRAWN_RING = f"""() => {{
+  const fig = [...Bokeh.documents[0].all_models].find((m) => m.name === '{MAP_NAME}');
+  const data = fig.renderers.find((r) => r.name === 'drawn').data_source.data;
+  return {{xs: Array.from(data.xs[0] ?? []), ys: Array.from(data.ys[0] ?? [])}};
+}}"""
+
+
+def _hold(page: Page, x: float, y: float) -> None:
+    """A long press (past Bokeh's press threshold) at a page position."""
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.wait_for_timeout(700)
+    page.mouse.up()
+
+
+def test_keyboard_polygon_area_and_retry(alerts_page: tuple[Page, Problems], alerts_server: tuple[str, str], tiny_snap: Snapshot) -> None:
+    """Sign in and walk the form by keyboard (every stop named, with a focus ring), draw a polygon
+    with the polygon tool, pick an area by clicking the map, preview both (the counts
+    ``preview_rule`` gives), save the area rule and retry its dead delivery from the log."""
+    page, problems = alerts_page
+    alerts = AlertStore(alerts_server[1])
+    key, token = alerts.create_key("keyboard test")
+    tab_to(page, "API key")
+    page.keyboard.type(token)
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("Signed in with the key")).to_be_visible()
+    page.get_by_label("Rule name").focus()
+    tab_to(page, "Save the rule")  # the whole form, in order
+
+    page.get_by_label("Rule kind").select_option(label="Polygon drawn on the map")
+    page.locator('[title^="Draw a polygon"]').click()
+    spot = page.evaluate(MAP_CENTRE)
+    x, y = spot["x"], spot["y"]
+    _hold(page, x - 80, y - 50)  # Bokeh's polygon tool: press and hold to start, tap each corner, hold to finish
+    page.mouse.click(x + 80, y - 50)
+    page.mouse.click(x + 10, y + 70)
+    _hold(page, x - 60, y + 40)
+    expect(page.get_by_text(re.compile(r"Polygon of \d+ corners drawn"))).to_be_visible()
+    ring = page.evaluate(DRAWN_RING)
+    lon, lat = easting_northing_to_lon_lat(np.array(ring["xs"]), np.array(ring["ys"]))
+    corners = [[round(float(a), 6), round(float(b), 6)] for a, b in zip(lon, lat, strict=True)]
+    geometry = {"type": "Polygon", "coordinates": [[*corners, corners[0]]]}
+    page.get_by_role("button", name="Preview the last 30 days").click()
+    expected = preview_rule(tiny_snap, "nyc", PolygonRule(geometry=geometry), Filters(), timezone="America/New_York")
+    expect(page.locator(".csh-preview-count")).to_have_text(str(expected.total))
+    page.locator("main").evaluate("m => m.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / "alerts_polygon.png"))
+
+    page.get_by_label("Rule kind").select_option(label="Area (a unit of the city)")
+    page.get_by_label("Area level").select_option(label="Neighborhood")
+    page.locator('[title^="Pan"]').first.click()  # the polygon tool off again
+    hoods = tiny_snap.unit_geometries("nyc", "neighborhood").sort("unit_id")
+    inside = shapely.point_on_surface(shapely.from_wkb(hoods["geom_wkb"][0]))
+    (mx,), (my,) = lon_lat_to_easting_northing(np.array([inside.x]), np.array([inside.y]))
+    page.wait_for_function(f"() => ({MAP_DRAWN})().width > 30000")  # the whole city again for a new kind
+    spot = page.evaluate(MAP_AT, [float(mx), float(my)])
+    page.mouse.click(spot["x"], spot["y"])
+    unit = page.get_by_label("Area unit", exact=True)
+    expect(unit).to_have_value(re.compile(re.escape(f"({hoods['unit_id'][0]})") + "$"))
+    unit_id = re.fullmatch(r".* \((.+)\)", unit.input_value())
+    assert unit_id is not None, unit.input_value()
+    assert unit_id[1] == hoods["unit_id"][0]
+    page.get_by_role("button", name="Preview the last 30 days").click()
+    expected = preview_rule(tiny_snap, "nyc", AreaRule(level="neighborhood", unit_id=unit_id[1]), Filters(), timezone="America/New_York")
+    expect(page.locator(".csh-preview-count")).to_have_text(str(expected.total))
+
+    page.get_by_label("Rule name").fill("One neighborhood")
+    page.get_by_label("New endpoint kind").select_option("email")
+    page.get_by_label("New endpoint target (URL or email address)").fill("area@example.org")
+    page.get_by_role("button", name="Add this endpoint").click()
+    expect(page.get_by_role("checkbox", name="email area@example.org")).to_be_checked()
+    page.get_by_role("button", name="Save the rule").click()
+    expect(page.get_by_role("status").filter(has_text="Saved the rule")).to_be_visible()
+    [rule] = alerts.rules(key.id)
+    assert rule.params == {"kind": "area", "level": "neighborhood", "unit_id": unit_id[1]}
+
+    now = datetime.now(UTC)
+    alerts.enqueue("nyc", "page-test", now.isoformat(), [(rule.id, "demo", "item-1", {"id": "item-1"})], now=now)
+    [(delivery, _, lease)] = alerts.claim(now, kinds=("email",))
+    alerts.settle(delivery.id, lease, "dead", None, "500 Internal Server Error: not retried", now, code=500)
+    page.get_by_role("button", name="Refresh the log").click()
+    log_table = page.locator("table.csh-deliveries")
+    expect(log_table).to_contain_text("dead")
+    page.get_by_role("button", name="Retry this delivery").click()
+    expect(log_table).to_contain_text("pending")
+    assert alerts.deliveries(key.id)[0].status == "pending"
+    violations = axe_violations(page)
     assert violations == [], "axe-core found:\n" + _describe(violations)
     assert problems.errors == []
     alerts.close()

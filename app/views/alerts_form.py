@@ -89,7 +89,7 @@ class RuleForm(pn.viewable.Viewer):
             visible=self._shown_for("polygon"),
         )
         level = pn.widgets.Select.from_param(d.level, label="Area level", options=_LEVEL_NAMES)
-        unit = pn.widgets.Select(label="Unit")
+        unit = pn.widgets.Select(label="Area unit")
 
         def units(*_: Any) -> None:
             options = {"(pick one)": "", **self.bound.units(self.draft.level)}
@@ -141,7 +141,7 @@ class RuleForm(pn.viewable.Viewer):
     @staticmethod
     def _polygon_note(ring: list[Any]) -> str:
         if not ring:
-            return "Pick the polygon tool above the map, click its corners and double-click the last one."
+            return "Pick the polygon tool above the map, press and hold where the polygon starts, click each corner, press and hold on the last one."
         return f"Polygon of {len(ring)} corners drawn."
 
     def _categories(self) -> pn.widgets.MultiSelect:

@@ -66,7 +66,8 @@ class AlertsMap(pn.viewable.Viewer):
         self._drawing = False
         state = self.bound
         state.param.watch(self._frame, ["city", "snapshot"])
-        state.draft.param.watch(self._outline, ["level", "kind"])
+        state.draft.param.watch(self._outline, "level")
+        state.draft.param.watch(self._frame, "kind")  # a new kind of rule starts from the whole city
         state.draft.param.watch(self._place, ["kind", "lat", "lon", "radius_m", "unit_id", "level", "polygon"])
         state.param.watch(self._show_preview, "preview")
         self._drawn.on_change("data", self._polygon_drawn)
@@ -107,7 +108,12 @@ class AlertsMap(pn.viewable.Viewer):
         )
         fig.scatter("x", "y", name="centre", source=self._centre, marker="cross", size=14, line_width=2, color="#b2401e")
         dots = fig.scatter("x", "y", name="matches", source=self._matches, size=5, color="#1a1a1a", alpha=0.6)
-        fig.add_tools(PolyDrawTool(renderers=[cast(Any, drawn)], description="Draw a polygon (click vertices, double-click to finish)"))
+        fig.add_tools(
+            PolyDrawTool(
+                renderers=[cast(Any, drawn)],
+                description="Draw a polygon (press and hold to start, click each corner, press and hold to finish)",
+            )
+        )
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("match", "@label")]))
         fig.on_event(Tap, self._tapped)
         return fig

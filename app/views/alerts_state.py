@@ -324,9 +324,10 @@ def _endpoint_label(endpoint: Endpoint) -> str:
 
 
 def _delivery_row(d: Delivery, rule_names: dict[int, str]) -> dict[str, Any]:
-    last = f"HTTP {d.last_status}" if d.last_status is not None else ""
-    if d.last_error:
-        last = f"{last} {d.last_error}".strip()
+    parts = [f"HTTP {d.last_status}"] if d.last_status is not None else []
+    if d.last_error and (d.last_status is None or str(d.last_status) not in d.last_error):
+        parts.append(d.last_error)
+    last = " · ".join(parts)
     waiting = d.status in ("pending", "held", "sending")
     return {
         "id": d.id,
