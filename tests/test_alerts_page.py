@@ -216,3 +216,23 @@ def test_delivery_log_shows_a_dead_delivery_and_retries_it(state: AlertsState, a
     assert row["attempts"] == 0
     assert not state.retry(delivery_id)  # only a dead one is retried
     assert "only a dead delivery" in state.error
+
+
+def test_following_a_newer_snapshot_keeps_the_city(state: AlertsState, alerts: AlertStore, open_snap: Snapshot) -> None:
+    _, token = alerts.create_key("page")
+    state.sign_in(token)
+    assert not state.follow(state.snapshot)
+    assert state.follow(open_snap)
+    assert state.snapshot is open_snap
+    assert state.city == "nyc"
+
+
+def test_the_page_is_not_in_the_openapi_schema(tiny_settings: Settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.api.main import create_app
+
+    with TestClient(create_app(tiny_settings)) as client:
+        paths = client.get("/openapi.json").json()["paths"]
+        assert not [p for p in paths if p.startswith(("/alerts", "/dashboard"))]
+        assert client.get("/alerts").status_code == 200

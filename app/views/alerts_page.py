@@ -25,6 +25,7 @@ from app.views.alerts_map import AlertsMap
 from app.views.alerts_preview import PreviewView
 from app.views.alerts_rules import DeliveryLog, RulesList
 from app.views.alerts_state import AlertsState
+from app.views.page import FOLLOW_MS
 from app.views.template import template
 
 __all__ = ["TITLE", "SignIn", "alerts_page", "build_alerts"]
@@ -128,5 +129,13 @@ def alerts_page(state: AlertsState) -> BasicTemplate:
 
 
 def build_alerts(alerts: AlertStore, store: Store, settings: Settings) -> BasicTemplate:
-    """A fresh state and page for one browser session."""
-    return alerts_page(AlertsState(alerts=alerts, snapshot=store.current(), settings=settings))
+    """A fresh state and page for one browser session; a live session follows the newest snapshot
+    and re-reads its delivery log every :data:`~app.views.page.FOLLOW_MS`."""
+    state = AlertsState(alerts, settings=settings, snapshot=store.current())
+    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        pn.state.add_periodic_callback(lambda: _ignore(state.follow(store.current())), period=FOLLOW_MS)
+    return alerts_page(state)
+
+
+def _ignore(_: object) -> None:
+    """A periodic callback returns nothing."""

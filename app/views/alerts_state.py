@@ -79,10 +79,27 @@ class AlertsState(param.Parameterized):
         self.alerts, self.settings, self.draft = alerts, settings or Settings(), RuleDraft()
         super().__init__(**params)
         self._failures: list[float] = []
+        self._cities()
+
+    @param.depends("snapshot", watch=True)
+    def _cities(self) -> None:
+        """Offer the snapshot's cities (keeping the chosen one while the snapshot still has it)."""
         snap = self.snapshot
-        if snap is not None:
-            self.param.city.objects = snap.cities()
-            self.city = self.city or default_city(snap, "nyc")
+        if snap is None:
+            return
+        self.param.city.objects = snap.cities()
+        if self.city not in self.param.city.objects:
+            self.city = default_city(snap, "nyc")
+
+    def follow(self, newest: Snapshot | None) -> bool:
+        """Preview over ``newest`` from now on when it is a newer snapshot, and re-read the key's
+        deliveries (True if the snapshot moved): the page calls this every :data:`FOLLOW_MS`."""
+        moved = newest is not None and (self.snapshot is None or newest.id != self.snapshot.id)
+        if moved:
+            self.snapshot = newest
+        if self.key_id is not None:
+            self.refresh()
+        return moved
 
     # -- signing in -------------------------------------------------------------------------------
 
