@@ -14,7 +14,7 @@ from bokeh.events import Tap
 from holoviews.util.transform import lon_lat_to_easting_northing
 
 from app.alerts.preview import preview_rule
-from app.alerts.rules import Filters, RadiusRule
+from app.alerts.rules import AnomalyRule, AreaRule, Filters, KeywordRule, PlateRule, RadiusRule
 from app.alerts.store import AlertStore
 from app.config import Settings
 from app.data.snapshot import Snapshot
@@ -236,3 +236,23 @@ def test_the_page_is_not_in_the_openapi_schema(tiny_settings: Settings) -> None:
         paths = client.get("/openapi.json").json()["paths"]
         assert not [p for p in paths if p.startswith(("/alerts", "/dashboard"))]
         assert client.get("/alerts").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("changes", "spec"),
+    [
+        ({"kind": "keyword", "keyword": "noise"}, KeywordRule(keyword="noise")),
+        ({"kind": "plate", "plate": "ab-12"}, PlateRule(plate="ab-12")),
+        ({"kind": "area", "level": "borough", "unit_id": "BK"}, AreaRule(level="borough", unit_id="BK")),
+        ({"kind": "anomaly", "anomaly_level": "city", "min_z": 2.0}, AnomalyRule(level="city", min_z=2.0)),
+        ({"kind": "anomaly", "anomaly_level": "borough", "anomaly_units": ["BK"]}, AnomalyRule(level="borough", unit_ids=["BK"])),
+    ],
+)
+def test_every_kind_previews_as_preview_rule_does(
+    state: AlertsState, tiny_snap: Snapshot, changes: dict[str, object], spec: object
+) -> None:
+    state.draft.param.update(categories=["Noise - Residential"] if changes["kind"] == "keyword" else [], **changes)
+    preview = state.run_preview()
+    assert preview is not None, state.error
+    filters = Filters(categories=list(state.draft.categories))
+    assert preview == preview_rule(tiny_snap, "nyc", spec, filters, timezone="America/New_York")

@@ -15,6 +15,7 @@ from typing import Any
 
 import panel as pn
 import param
+from bokeh.models import CustomJS
 from panel.template.base import BasicTemplate
 
 from app.alerts.store import AlertStore
@@ -26,6 +27,7 @@ from app.views.alerts_preview import PreviewView
 from app.views.alerts_rules import DeliveryLog, RulesList
 from app.views.alerts_state import AlertsState
 from app.views.page import FOLLOW_MS
+from app.views.scripts import script
 from app.views.template import template
 
 __all__ = ["TITLE", "SignIn", "alerts_page", "build_alerts"]
@@ -134,6 +136,7 @@ def build_alerts(alerts: AlertStore, store: Store, settings: Settings) -> BasicT
     state = AlertsState(alerts, settings=settings, snapshot=store.current())
     if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
         pn.state.add_periodic_callback(lambda: _ignore(state.follow(store.current())), period=FOLLOW_MS)
+        pn.state.curdoc.js_on_event("document_ready", CustomJS(code=script("alerts_canvas.js")))  # the canvases named
     return alerts_page(state)
 
 

@@ -18,9 +18,11 @@ from app.alerts.preview import Preview
 from app.views.alerts_state import AlertsState
 from app.views.tables import TABLE_CSS, html_table, table_card
 
-__all__ = ["PreviewView", "summary"]
+__all__ = ["DAYS_NAME", "PreviewView", "summary"]
 
 _LISTED = 20
+#: The bar chart's model name (its canvas is named by ``js/alerts_canvas.js``).
+DAYS_NAME = "csh-alerts-days"
 
 
 def summary(preview: Preview | None) -> str:
@@ -61,6 +63,7 @@ class PreviewView(pn.viewable.Viewer):
         super().__init__(**params)
         self._days = ColumnDataSource({"day": [], "matches": [], "alerts": []})
         self._chart = figure(
+            name=DAYS_NAME,
             height=160,
             sizing_mode="stretch_width",
             x_axis_type="datetime",
