@@ -96,6 +96,9 @@ def test_create_preview_save_pause_delete(state: AlertsState, alerts: AlertStore
         "paused": False,
         "endpoints": "email ops@example.org",
     }
+    assert state.draft.rule_name == ""  # saving again needs a new name
+    assert state.save() is None
+    assert "Rule name" in state.error
     stored = alerts.get_rule(key.id, rule_id)
     assert stored is not None
     assert stored.daily_cap == 3

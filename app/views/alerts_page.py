@@ -70,7 +70,9 @@ class SignIn(pn.viewable.Viewer):
         button = pn.widgets.Button(label="Sign in", color="primary", align="end")
 
         def submit(*_: Any) -> None:
-            token = key.value_input or key.value or ""
+            token = (key.value_input or key.value or "").strip()
+            if not token:  # the field was just cleared (Enter, then the button's blur), or nothing typed
+                return
             key.param.update(value="", value_input="")  # the field never holds a key after use
             state.sign_in(token)
 

@@ -123,7 +123,8 @@ class AlertsState(param.Parameterized):
         return True
 
     def sign_out(self, reason: str = "") -> None:
-        """Forget the key and everything shown of it."""
+        """Forget the key and everything shown of it (the draft's endpoints were the key's)."""
+        self.draft.endpoint_ids = []
         self.param.update(
             key_id=None, key_name="", rules=[], endpoints=[], deliveries=[], preview=None, secret="", message="", sign_in_error=reason
         )
@@ -251,6 +252,7 @@ class AlertsState(param.Parameterized):
             self.error = str(err)
             return None
         self.message = f"Saved the rule “{rule.name}”."
+        self.draft.rule_name = ""  # the next rule needs a name of its own (saving twice would copy this one)
         self.refresh()
         return rule.id
 
