@@ -81,7 +81,12 @@ def test_create_preview_save_pause_delete(state: AlertsState, alerts: AlertStore
     assert all(d.alerts <= 3 for d in preview.days)
     assert state.matches_frame().height == len([m for m in expected.matches if m.lon is not None])
 
+    state.draft.radius_m = 1600
+    assert state.preview is None  # a changed rule drops the old preview
+    state.draft.radius_m = 1500
+    state.run_preview()
     endpoint_id = state.add_endpoint("email", "ops@example.org")
+    assert state.preview is not None  # where it delivers does not change what it matches
     assert endpoint_id is not None
     assert state.draft.endpoint_ids == [endpoint_id]
     assert state.secret == ""  # an email endpoint has no signing secret

@@ -45,6 +45,8 @@ BAD_KEY = "This key is not valid or has been revoked."
 #: Failed sign-ins a session may make before it must wait (guessing keys is throttled).
 MAX_FAILURES = 5
 _WAIT_S = 60.0
+#: Draft fields a preview does not depend on (every other change makes the shown preview stale).
+_NOT_PREVIEWED = ("name", "rule_name", "endpoint_ids")
 
 
 def city_categories(snapshot: Snapshot, city: str) -> list[str]:
@@ -80,6 +82,11 @@ class AlertsState(param.Parameterized):
         super().__init__(**params)
         self._failures: list[float] = []
         self._cities()
+        self.draft.param.watch(self._stale, [p for p in self.draft.param if p not in _NOT_PREVIEWED])
+
+    def _stale(self, *_: Any) -> None:
+        """A changed rule drops its old preview: the count shown is always the draft's."""
+        self.preview = None
 
     @param.depends("snapshot", watch=True)
     def _cities(self) -> None:
