@@ -85,6 +85,12 @@ class AlertStore(RuleBook, DeliveryQueue):
             key = s.scalars(select(ApiKey).where(ApiKey.sha256 == hash_token(token))).one_or_none()
             return key if key is not None and key.revoked_at is None else None
 
+    def live_key(self, key_id: int) -> ApiKey | None:
+        """Key ``key_id`` while it is not revoked, else None (a signed-in page checks before each change)."""
+        with self.session() as s:
+            key = s.get(ApiKey, key_id)
+            return key if key is not None and key.revoked_at is None else None
+
     def audit(self, key_id: int | None = None) -> list[AuditEntry]:
         """The audit log (of one key, or all), oldest first."""
         with self.session() as s:

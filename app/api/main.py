@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
@@ -65,10 +66,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def favicon() -> FileResponse:
         return FileResponse(_FAVICON, media_type="image/x-icon")
 
-    from app.views.page import build_dashboard  # Panel/Bokeh import cost only where the page is served
+    from app.views.alerts_page import build_alerts  # Panel/Bokeh import cost only where the pages are served
+    from app.views.page import build_dashboard
 
-    add_applications({"/dashboard": lambda: build_dashboard(store, settings)}, app=app, title="City Service Heat")
-    for route in app.routes:  # the page is not part of the JSON API's contract
-        if isinstance(route, APIRoute) and route.path.startswith("/dashboard"):
+    pages: dict[str, Any] = {
+        "/dashboard": lambda: build_dashboard(store, settings),
+        "/alerts": lambda: build_alerts(open_alerts(app), store, settings),
+    }
+    add_applications(pages, app=app, title="City Service Heat")
+    for route in app.routes:  # the pages are not part of the JSON API's contract
+        if isinstance(route, APIRoute) and route.path.startswith(("/dashboard", "/alerts")):
             route.include_in_schema = False
     return app

@@ -78,6 +78,11 @@ class DashboardTemplate(BootstrapTemplate):
         self.config.raw_css.append(TEMPLATE_CSS)
 
 
-def template(title: str, main: list[Any], sidebar: list[Any], accent: str, sidebar_width: int = 260) -> DashboardTemplate:
-    """The page (Bootstrap rather than Fast: the Fast design links Google Fonts, which fails offline)."""
-    return DashboardTemplate(title=title, header_background=accent, sidebar_width=sidebar_width, main=main, sidebar=sidebar)
+def template(
+    title: str, main: list[Any], sidebar: list[Any], accent: str, sidebar_width: int = 260, skip_label: str = "Skip to the dashboard"
+) -> DashboardTemplate:
+    """The page (Bootstrap rather than Fast: the Fast design links Google Fonts, which fails offline);
+    ``skip_label`` is the text of the skip link to the main content."""
+    page = DashboardTemplate(title=title, header_background=accent, sidebar_width=sidebar_width, main=main, sidebar=sidebar)
+    page._render_variables["skip_label"] = skip_label
+    return page
