@@ -4,6 +4,7 @@ snapshot: sign in, write a rule, preview it, save, pause, delete; plus the views
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,7 +85,11 @@ def test_create_preview_save_pause_delete(state: AlertsState, alerts: AlertStore
     state.draft.radius_m = 1600
     assert state.preview is None  # a changed rule drops the old preview
     state.draft.radius_m = 1500
-    state.run_preview()
+    shown: list[str] = []
+    asyncio.run(state.run_preview_async(lambda step: (shown.append("applied"), step())[1]))  # the page's path: matching in a thread
+    assert shown == ["applied"]
+    assert state.preview is not None
+    assert state.preview.total == expected.total
     endpoint_id = state.add_endpoint("email", "ops@example.org")
     assert state.preview is not None  # where it delivers does not change what it matches
     assert endpoint_id is not None
@@ -223,7 +228,7 @@ def test_delivery_log_shows_a_dead_delivery_and_retries_it(state: AlertsState, a
     assert row["status"] == "pending"
     assert row["attempts"] == 0
     assert not state.retry(delivery_id)  # only a dead one is retried
-    assert "only a dead delivery" in state.error
+    assert "only a dead, capped or paused delivery" in state.error
 
 
 def test_following_a_newer_snapshot_keeps_the_city(state: AlertsState, alerts: AlertStore, open_snap: Snapshot) -> None:

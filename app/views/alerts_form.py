@@ -211,7 +211,11 @@ class RuleForm(pn.viewable.Viewer):
         city = pn.widgets.Select.from_param(state.param.city, label="City", options={city_name(c): c for c in state.param.city.objects})
         kind = pn.widgets.Select.from_param(d.kind, label="Rule kind", options=KIND_NAMES)
         preview = pn.widgets.Button(label="Preview the last 30 days", color="primary")
-        preview.on_click(lambda _: _ignore(state.run_preview()))
+
+        async def _preview(_: object) -> None:  # the result is shown under the document's lock: the map's sources change too
+            await state.run_preview_async(lambda step: pn.state.execute(step, schedule=True))
+
+        preview.on_click(_preview)
         save = pn.widgets.Button(label="Save the rule", color="success")
         save.on_click(lambda _: _ignore(state.save()))
         error = pn.pane.Alert(

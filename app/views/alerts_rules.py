@@ -1,5 +1,5 @@
 """The signed-in key's rules (name, kind, city, paused, endpoints; pause or resume, delete) and its
-delivery log (status, attempts, last response, next attempt; retry a dead one)."""
+delivery log (status, attempts, last response, next attempt; retry a dead, capped or paused one)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from app.views.alerts_state import AlertsState
 from app.views.tables import TABLE_CSS, html_table
 
 __all__ = ["DeliveryLog", "RulesList"]
+#: Statuses a delivery can be retried from (see :meth:`app.alerts.queue.DeliveryQueue.retry`).
+_RETRYABLE = ("dead", "capped", "paused")
 
 _ROW_CSS = """
 .csh-rule { font-size: 14px; color: #1a1a1a; margin: 0; }
@@ -65,7 +67,7 @@ class RulesList(pn.viewable.Viewer):
 
 
 class DeliveryLog(pn.viewable.Viewer):
-    """The key's newest deliveries as a table, a picker of the dead ones and a Retry button."""
+    """The key's newest deliveries as a table, a picker of the retryable ones and a Retry button."""
 
     state = param.ClassSelector(class_=AlertsState, doc="The session state whose deliveries this lists.")
 
@@ -86,11 +88,11 @@ class DeliveryLog(pn.viewable.Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         assert self.state is not None
         state = self.state
-        dead = pn.widgets.Select(label="Dead delivery to retry", width=360)
+        dead = pn.widgets.Select(label="Delivery to retry (dead, capped or paused)", width=360)
         retry = pn.widgets.Button(label="Retry this delivery", color="light", width=180, align="end")
 
         def fill(*_: Any) -> None:
-            options = {f"#{r['id']} ({r['rule']}: {r['last']})": int(r["id"]) for r in state.deliveries if r["status"] == "dead"}
+            options = {f"#{r['id']} ({r['rule']}: {r['last']})": int(r["id"]) for r in state.deliveries if r["status"] in _RETRYABLE}
             dead.options = options
             dead.disabled = retry.disabled = not options
 

@@ -13,8 +13,11 @@ that the key is still live (a key revoked meanwhile signs the page out).
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import param
@@ -222,17 +225,40 @@ class AlertsState(param.Parameterized):
         self.error = ""
         return body, timezone
 
-    def run_preview(self) -> Preview | None:
-        """What the draft would have matched in the last 30 days (nothing is saved)."""
+    def _preview_job(self) -> Callable[[], Preview] | None:
+        """The preview of the checked draft, ready to run (None, with :attr:`error`, when it does not check)."""
         self.secret = ""
         checked = self._checked(preview=True)
-        if checked is None or self.snapshot is None:
+        snapshot = self.snapshot
+        if checked is None or snapshot is None:
             return None
         body, timezone = checked
-        found = preview_rule(self.snapshot, body.city, body.spec, body.filters, timezone=timezone, daily_cap=body.daily_cap)
+        return partial(preview_rule, snapshot, body.city, body.spec, body.filters, timezone=timezone, daily_cap=body.daily_cap)
+
+    def _show_preview(self, found: Preview) -> Preview:
         self.preview = found
         self.message = f"Preview: {found.total} match{'es' if found.total != 1 else ''} in the last 30 days."
         return found
+
+    def run_preview(self) -> Preview | None:
+        """What the draft would have matched in the last 30 days (nothing is saved)."""
+        job = self._preview_job()
+        return None if job is None else self._show_preview(job())
+
+    async def run_preview_async(self, apply: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """:meth:`run_preview` with the matching in a worker thread, so a month of a big city does
+        not hold up the other sessions of the server; ``apply`` runs the step that shows the result
+        (a page passes one that holds its document's lock, e.g. ``pn.state.execute``)."""
+        job = self._preview_job()
+        if job is None:
+            return
+        self.message = "Previewing the last 30 days..."
+        found = await asyncio.to_thread(job)
+
+        def show() -> None:
+            self._show_preview(found)
+
+        (apply or (lambda step: step()))(show)
 
     def save(self) -> int | None:
         """Store the draft as a rule of the key (its id), or None with :attr:`error` saying why."""
