@@ -26,7 +26,7 @@ from app.engine.privacy import Policy
 from app.engine.scores import DEFAULT_Q
 from app.engine.scoring import BASELINE_DAYS
 
-__all__ = ["ALL", "EARLIEST", "KINDS", "LATEST", "Lens"]
+__all__ = ["ALL", "EARLIEST", "KINDS", "LATEST", "Lens", "city_categories"]
 
 #: Earliest and latest instants a window may name (outside them no city has data, and date
 #: arithmetic near year 1 or 9999 overflows): the API, the dashboard and links share them.
@@ -35,6 +35,13 @@ LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 ALL = "All"
 KINDS = ("request", "incident", "closure")
+
+
+def city_categories(snapshot: Snapshot, city: str) -> list[str]:
+    """The categories of the city's events in the snapshot (the names, not counts; memoised)."""
+    return snapshot.memo(("categories", city), lambda: sorted(snapshot.events(city)["category"].unique().drop_nulls().to_list()))
+
+
 _STEP = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
 _SERIES_SCHEMA = pl.Schema(
     {
@@ -115,9 +122,7 @@ class Lens(param.Parameterized):
         meta = self.snapshot.release_meta(self.city)
         if meta:
             self.param.update(privacy_mode=meta["mode"], privacy_k=int(meta["k"]), epsilon=float(meta["epsilon"] or self.epsilon))
-        snap, city = self.snapshot, self.city
-        cats = snap.memo(("categories", city), lambda: sorted(snap.events(city)["category"].unique().drop_nulls().to_list()))
-        self.param.category.objects = [ALL, *cats]
+        self.param.category.objects = [ALL, *city_categories(self.snapshot, self.city)]
         if self.category not in self.param.category.objects:
             self.category = ALL
         if self._window_city not in (None, self.city):

@@ -39,9 +39,10 @@ from app.config import Settings
 from app.data.cities import default_city
 from app.data.registry import city_timezone
 from app.data.snapshot import Snapshot
+from app.engine.lens import city_categories
 from app.views.alerts_draft import RuleDraft, error_text
 
-__all__ = ["BAD_KEY", "MAX_FAILURES", "AlertsState", "city_categories"]
+__all__ = ["BAD_KEY", "MAX_FAILURES", "AlertsState"]
 
 log = structlog.get_logger(__name__)
 BAD_KEY = "This key is not valid or has been revoked."
@@ -50,11 +51,6 @@ MAX_FAILURES = 5
 _WAIT_S = 60.0
 #: Draft fields a preview does not depend on (every other change makes the shown preview stale).
 _NOT_PREVIEWED = ("name", "rule_name", "endpoint_ids")
-
-
-def city_categories(snapshot: Snapshot, city: str) -> list[str]:
-    """The categories of the city's events in the snapshot (memoised under the lens' own key)."""
-    return snapshot.memo(("categories", city), lambda: sorted(snapshot.events(city)["category"].unique().drop_nulls().to_list()))
 
 
 def _problems(err: RequestValidationError) -> str:
