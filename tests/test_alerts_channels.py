@@ -14,8 +14,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from app.alerts.delivery import Channels, deliver_due
-from app.alerts.links import LinkSigner
+from app.alerts.delivery import Channels, deliver_due, message_id
+from app.alerts.links import LinkSigner, rule_stamp
 from app.alerts.mail import MailSettings
 from app.alerts.rules import Filters, KeywordRule
 from app.alerts.store import AlertStore
@@ -73,6 +73,7 @@ def test_an_email_has_text_html_and_one_click_unsubscribe(store: AlertStore, smt
     unsubscribe = message["List-Unsubscribe"].strip("<>")
     link = LinkSigner(SECRET, "http://heat.example.org").read(unsubscribe.rsplit("/", 1)[1])
     assert (link.action, link.rule_id, link.endpoint_id) == ("unsubscribe", rule_id, endpoint_id)
+    assert link.stamp == rule_stamp(store.rules()[0].created_at)
     text = message.get_body(("plain",))
     html = message.get_body(("html",))
     assert text is not None
@@ -85,7 +86,7 @@ def test_an_email_has_text_html_and_one_click_unsubscribe(store: AlertStore, smt
     assert unsubscribe in markup
     (sent,) = store.deliveries(status="sent")
     assert sent.last_status == 250
-    assert message["Message-ID"] == f"<msg_{sent.id}@heat.example.org>"  # stable per delivery: a repeat is recognisable
+    assert message["Message-ID"] == f"<{message_id(sent)}@heat.example.org>"  # stable per delivery: a repeat is recognisable
 
 
 def test_provider_text_is_escaped_in_html_and_kept_out_of_headers(store: AlertStore, smtp: tuple[Inbox, int]) -> None:

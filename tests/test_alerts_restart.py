@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from app.alerts.delivery import message_id
 from app.alerts.rules import Filters, KeywordRule
 from app.alerts.store import AlertStore
 
@@ -153,7 +154,7 @@ def test_a_process_killed_mid_delivery_loses_nothing_and_repeats_only_with_the_s
     deliveries = store.deliveries()
     assert sorted((d.rule_id, d.endpoint_id, d.item_id) for d in deliveries) == sorted((rule.id, endpoint.id, i) for i in ITEMS)
     assert all(d.status == "sent" and d.sent_at is not None for d in deliveries)  # one `sent` per (rule, endpoint, item)
-    ids = {d.item_id: f"msg_{d.id}" for d in deliveries}
+    ids = {d.item_id: message_id(d) for d in deliveries}
     assert {item for _, item in state.seen} == set(ITEMS)  # the receiver saw every item
     assert all(webhook_id == ids[item] for webhook_id, item in state.seen)  # each item under its one webhook-id
     repeats = [w for w in set(ids.values()) if [s[0] for s in state.seen].count(w) > 1]

@@ -17,6 +17,7 @@ import asyncio
 import json
 import random
 import re
+import secrets
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -26,7 +27,7 @@ import httpx
 import structlog
 
 from app.alerts.discord import discord_body
-from app.alerts.links import LinkSigner, signer_from_settings
+from app.alerts.links import LinkSigner, rule_stamp, signer_from_settings
 from app.alerts.mail import MailSettings, compose, send_mail
 from app.alerts.messages import Message, digest_message, item_message
 from app.alerts.models import Delivery, Endpoint, Rule
@@ -36,7 +37,7 @@ from app.alerts.store import AlertStore
 from app.alerts.webhook import post_pinned, send_signed
 from app.config import Settings
 
-__all__ = ["RETRY_SCHEDULE_S", "Channels", "Decision", "decide", "deliver_due", "gather_digests", "message_body", "send_test"]
+__all__ = ["RETRY_SCHEDULE_S", "Channels", "Decision", "decide", "deliver_due", "gather_digests", "message_body", "message_id", "send_test"]
 
 log = structlog.get_logger(__name__)
 #: Seconds before attempt 2, 3, ...: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 24 h.
@@ -118,6 +119,13 @@ def _decide(status: int | None, attempts: int, now: datetime, retry_after: str |
     return Decision("pending", next_attempt_at=now + timedelta(seconds=wait), reason=error or f"{status}: will retry")
 
 
+def message_id(delivery: Delivery) -> str:
+    """The delivery's ``webhook-id`` (and email ``Message-ID`` part): the same over all its attempts,
+    never the same for two deliveries (its creation instant is part of it, so an id the store
+    hands out again after a deletion still makes a new message id)."""
+    return f"msg_{delivery.id}_{int(delivery.created_at.timestamp() * 1_000_000):x}"
+
+
 def message_body(delivery: Delivery) -> str:
     """The JSON a webhook receiver gets: the rule, the item and the provider's own record (a
     digest: ``type`` ``alert.digest`` and its items in ``data.items``)."""
@@ -158,16 +166,24 @@ async def send_test(
         payload={"type": "test", "message": "a test from City Service Heat: this endpoint is reachable"},
         attempts=0,
     )
-    return await _send(test, endpoint, "a test rule", f"msg_test_{endpoint.id}_{int(now.timestamp())}", now, channels)
+    return await _send(test, endpoint, _RuleRef("a test rule", 0), f"msg_test_{endpoint.id}_{secrets.token_hex(8)}", now, channels)
 
 
-async def _send(delivery: Delivery, endpoint: Endpoint, rule_name: str, msg_id: str, now: datetime, channels: Channels) -> Decision:
+@dataclass(frozen=True)
+class _RuleRef:
+    """What a message needs of its rule: the name it shows and the stamp its links carry."""
+
+    name: str
+    stamp: int
+
+
+async def _send(delivery: Delivery, endpoint: Endpoint, rule: _RuleRef, msg_id: str, now: datetime, channels: Channels) -> Decision:
     """One attempt through the endpoint's channel. Whatever a target or receiver does, the answer
     is a decision, never an exception: one bad endpoint must not stop the queue for everyone else."""
     attempt = delivery.attempts + 1
     try:
         if endpoint.kind == "email":
-            return await _send_email(delivery, endpoint, rule_name, msg_id, attempt, now, channels)
+            return await _send_email(delivery, endpoint, rule, msg_id, attempt, now, channels)
         target = await asyncio.to_thread(check_target, endpoint.target, channels.allow)
     except TargetRefusedError as err:
         return Decision("dead", reason=f"target refused: {err}")
@@ -177,14 +193,16 @@ async def _send(delivery: Delivery, endpoint: Endpoint, rule_name: str, msg_id: 
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(channels.timeout), limits=limits, trust_env=False) as client:
             if endpoint.kind == "discord":
-                message, items = _messages(delivery, rule_name)
-                pause = channels.links.url("pause", delivery.rule_id, endpoint.id) if channels.links and delivery.rule_id else None
+                message, items = _messages(delivery, rule.name)
+                pause = (
+                    channels.links.url("pause", delivery.rule_id, endpoint.id, rule.stamp) if channels.links and delivery.rule_id else None
+                )
                 async with asyncio.timeout(channels.timeout * 1.5):
                     reply = await post_pinned(client, target, discord_body(message, items, pause), {})
             else:
-                secrets = [s for s in (endpoint.secret, endpoint.previous_secret if (endpoint.previous_until or now) > now else None) if s]
+                signing = [s for s in (endpoint.secret, endpoint.previous_secret if (endpoint.previous_until or now) > now else None) if s]
                 reply = await send_signed(
-                    client, target, secrets, msg_id, datetime.now(UTC), message_body(delivery), channels.timeout * 1.5
+                    client, target, signing, msg_id, datetime.now(UTC), message_body(delivery), channels.timeout * 1.5
                 )
     except (TimeoutError, httpx.TimeoutException):
         return decide(None, attempt, now, error="timed out")
@@ -196,14 +214,14 @@ async def _send(delivery: Delivery, endpoint: Endpoint, rule_name: str, msg_id: 
 
 
 async def _send_email(
-    delivery: Delivery, endpoint: Endpoint, rule_name: str, msg_id: str, attempt: int, now: datetime, channels: Channels
+    delivery: Delivery, endpoint: Endpoint, rule: _RuleRef, msg_id: str, attempt: int, now: datetime, channels: Channels
 ) -> Decision:
     if channels.mail is None:
         return Decision("dead", reason="email is not configured on this server (set CSH_SMTP_HOST and CSH_SMTP_FROM)")
     if channels.links is None:
         return Decision("dead", reason="email needs unsubscribe links: the server has no link signer")
-    message, items = _messages(delivery, rule_name)
-    links = {a: channels.links.url(a, delivery.rule_id, endpoint.id) for a in ("pause", "unsubscribe")}
+    message, items = _messages(delivery, rule.name)
+    links = {a: channels.links.url(a, delivery.rule_id, endpoint.id, rule.stamp) for a in ("pause", "unsubscribe")}
     domain = channels.mail.sender.rpartition("@")[2] or "localhost"
     email = compose(endpoint.target, channels.mail.sender, message, items, links, f"<{msg_id}@{domain}>")
     try:
@@ -282,7 +300,7 @@ async def deliver_due(
             log.info("alerts.delivery_paced", delivery=delivery.id, status=held.status, reason=held.reason)
             continue
         assert rule is not None
-        decision = await _send(delivery, endpoint, rule.name, f"msg_{delivery.id}", now, channels)
+        decision = await _send(delivery, endpoint, _RuleRef(rule.name, rule_stamp(rule.created_at)), message_id(delivery), now, channels)
         store.settle(
             delivery.id,
             lease,

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from app.alerts.links import Link
-from app.alerts.models import ApiKey, AuditEntry, Rule, RuleEndpoint
+from app.alerts.links import Link, rule_stamp
+from app.alerts.models import ApiKey, AuditEntry, Endpoint, Rule, RuleEndpoint
 from app.alerts.queue import DeliveryQueue, Match
 from app.alerts.rule_book import ENDPOINT_KINDS, RuleBook
 
@@ -106,7 +107,7 @@ class AlertStore(RuleBook, DeliveryQueue):
         the rule) and say what was done; doing it again changes nothing more."""
         now = now or datetime.now(UTC)
         with self.session() as s:
-            rule = s.get(Rule, link.rule_id)
+            rule = self._linked_rule(s, link)
             if rule is None:
                 return "This rule no longer exists: nothing more will be sent for it."
             subject = f"rule:{rule.id}"
@@ -125,5 +126,15 @@ class AlertStore(RuleBook, DeliveryQueue):
     def link_subject(self, link: Link) -> str | None:
         """The name of the rule a link is about (None when it no longer exists)."""
         with self.session() as s:
-            rule = s.get(Rule, link.rule_id)
+            rule = self._linked_rule(s, link)
             return None if rule is None else rule.name
+
+    @staticmethod
+    def _linked_rule(s: Session, link: Link) -> Rule | None:
+        """The rule a link was made for: the same id and creation instant, with the link's
+        endpoint belonging to the rule's key (else None: the rule is gone)."""
+        rule = s.get(Rule, link.rule_id)
+        endpoint = s.get(Endpoint, link.endpoint_id)
+        if rule is None or rule_stamp(rule.created_at) != link.stamp or endpoint is None or endpoint.key_id != rule.key_id:
+            return None
+        return rule
