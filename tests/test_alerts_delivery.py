@@ -305,3 +305,43 @@ def test_a_slow_drip_reply_hits_the_deadline(store: AlertStore) -> None:
     (pending,) = store.deliveries(status="pending")
     assert "timed out" in (pending.last_error or "")
     server.close()
+
+
+def test_a_slow_receiver_holds_up_only_its_own_queue(store: AlertStore, httpserver: HTTPServer) -> None:
+    """Sends run side by side, one at a time per endpoint: a receiver that takes 2 s per request
+    delays its own deliveries, not another endpoint's."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # http.server's hook name
+            self.rfile.read(int(self.headers["content-length"]))
+            time.sleep(2)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    fast_seen: list[float] = []
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(lambda r: fast_seen.append(time.monotonic()) or Response("ok"))
+    key, _ = store.create_key("k")
+    rule = store.create_rule(key.id, "r", KeywordRule(keyword="heat"), Filters(), city="nyc")
+    slow_ep = store.create_endpoint(key.id, "webhook", f"http://localhost:{slow.server_address[1]}/hook")
+    fast_ep = store.create_endpoint(key.id, "webhook", httpserver.url_for("/hook").replace("127.0.0.1", "localhost"))
+    store.link(rule.id, slow_ep.id)
+    store.link(rule.id, fast_ep.id)
+    store.enqueue("nyc", "events", "p", [(rule.id, "nyc_311", f"A{i}", {"i": i}) for i in range(3)], now=NOW)
+    started = time.monotonic()
+    try:
+        assert _run(store, NOW) == 6
+    finally:
+        slow.shutdown()
+        slow.server_close()
+    assert len(fast_seen) == 3
+    assert max(fast_seen) - started < 1.5  # the fast endpoint did not wait behind the slow one's 2 s sends
+    assert time.monotonic() - started >= 6  # the slow endpoint got its three one after another
+    assert {d.status for d in store.deliveries()} == {"sent"}

@@ -21,6 +21,7 @@ import secrets
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from functools import partial
 
 import aiosmtplib
 import httpx
@@ -43,6 +44,9 @@ log = structlog.get_logger(__name__)
 #: Seconds before attempt 2, 3, ...: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 24 h.
 RETRY_SCHEDULE_S = (5, 300, 1800, 7200, 18000, 36000, 86400)
 _MAX_RETRY_AFTER_S = 86400
+#: Sends a delivery round runs at once (at most one per endpoint).
+CONCURRENCY = 8
+_KINDS = ("webhook", "email", "discord")
 
 
 @dataclass(frozen=True)
@@ -278,30 +282,57 @@ async def deliver_due(
     limit: int = 100,
     timeout: float = 10.0,
     channels: Channels | None = None,
+    concurrency: int = CONCURRENCY,
 ) -> int:
-    """Gather due digests, then send deliveries that are due (at most ``limit``), claiming one at
-    a time (so a claim's lease covers only its own send), and record each outcome; returns how
-    many were claimed. ``now`` is the queue's clock (tests move it); signatures carry the real
-    time. ``channels`` (default: webhooks and Discord to public hosts and ``allow``)."""
+    """Gather due digests, then send deliveries that are due (at most ``limit``) and record each
+    outcome; returns how many were claimed. ``concurrency`` sends run at once, at most one per
+    endpoint (so a slow receiver holds up only its own queue, and each endpoint gets its
+    deliveries in order); each is claimed alone, so a claim's lease covers only its own send.
+    The store is used from worker threads, never on the event loop. ``now`` is the queue's clock
+    (tests move it); signatures carry the real time."""
     channels = channels or Channels(allow=allow, timeout=timeout)
     now = now or datetime.now(UTC)
     await asyncio.to_thread(gather_digests, store, now)
-    tried = 0
-    for _ in range(limit):
-        claimed = store.claim(now, kinds=("webhook", "email", "discord"), limit=1)
-        if not claimed:
-            break
-        (delivery, endpoint, lease) = claimed[0]
-        tried += 1
-        rule, linked, sent_today = store.pacing(delivery.rule_id, endpoint.id, now)
-        held = _paced(rule, linked, sent_today, now)
-        if held is not None:
-            store.settle(delivery.id, lease, held.status, held.next_attempt_at, held.reason, now, attempted=False)
-            log.info("alerts.delivery_paced", delivery=delivery.id, status=held.status, reason=held.reason)
-            continue
-        assert rule is not None
-        decision = await _send(delivery, endpoint, _RuleRef(rule.name, rule_stamp(rule.created_at)), message_id(delivery), now, channels)
-        store.settle(
+    busy: set[int] = set()
+    claiming = asyncio.Lock()
+    left = [limit]
+
+    async def worker() -> int:
+        done = 0
+        while True:
+            async with claiming:  # one claim at a time, so two workers never take one endpoint
+                if left[0] <= 0:
+                    return done
+                claimed = await asyncio.to_thread(store.claim, now, kinds=_KINDS, limit=1, exclude_endpoints=frozenset(busy))
+                if not claimed:
+                    return done
+                left[0] -= 1
+                delivery, endpoint, lease = claimed[0]
+                busy.add(endpoint.id)
+            try:
+                await _deliver_one(store, delivery, endpoint, lease, now, channels)
+            finally:
+                busy.discard(endpoint.id)
+            done += 1
+
+    return sum(await asyncio.gather(*(worker() for _ in range(max(1, concurrency)))))
+
+
+async def _deliver_one(
+    store: AlertStore, delivery: Delivery, endpoint: Endpoint, lease: datetime, now: datetime, channels: Channels
+) -> None:
+    """Pace, send and settle one claimed delivery."""
+    rule, linked, sent_today = await asyncio.to_thread(store.pacing, delivery.rule_id, endpoint.id, now)
+    held = _paced(rule, linked, sent_today, now)
+    if held is not None:
+        await asyncio.to_thread(store.settle, delivery.id, lease, held.status, held.next_attempt_at, held.reason, now, attempted=False)
+        log.info("alerts.delivery_paced", delivery=delivery.id, status=held.status, reason=held.reason)
+        return
+    assert rule is not None
+    decision = await _send(delivery, endpoint, _RuleRef(rule.name, rule_stamp(rule.created_at)), message_id(delivery), now, channels)
+    await asyncio.to_thread(
+        partial(
+            store.settle,
             delivery.id,
             lease,
             decision.status,
@@ -311,5 +342,5 @@ async def deliver_due(
             disable_endpoint=decision.disable_endpoint,
             code=decision.code,
         )
-        log.info("alerts.delivery", delivery=delivery.id, endpoint=endpoint.id, status=decision.status, reason=decision.reason)
-    return tried
+    )
+    log.info("alerts.delivery", delivery=delivery.id, endpoint=endpoint.id, status=decision.status, reason=decision.reason)

@@ -5,6 +5,7 @@ are claimed under a lease and settled by the claimant only."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -138,7 +139,13 @@ class DeliveryQueue(StoreBase):
         return delivery
 
     def claim(
-        self, now: datetime, *, kinds: tuple[str, ...], limit: int = 100, lease: timedelta = timedelta(minutes=5)
+        self,
+        now: datetime,
+        *,
+        kinds: tuple[str, ...],
+        limit: int = 100,
+        lease: timedelta = timedelta(minutes=5),
+        exclude_endpoints: Collection[int] = (),
     ) -> list[tuple[Delivery, Endpoint, datetime]]:
         """Take the deliveries that are due (pending, or ``sending`` whose lease ran out: a
         process died while sending) to live endpoints of ``kinds``, oldest first, each marked
@@ -151,7 +158,7 @@ class DeliveryQueue(StoreBase):
                 select(Delivery, Endpoint)
                 .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
                 .where(Delivery.status.in_(("pending", "held", "sending")), Delivery.next_attempt_at <= now)
-                .where(Endpoint.kind.in_(kinds), Endpoint.disabled_reason.is_(None))
+                .where(Endpoint.kind.in_(kinds), Endpoint.disabled_reason.is_(None), Endpoint.id.not_in(list(exclude_endpoints)))
                 .order_by(Delivery.next_attempt_at, Delivery.id)
                 .limit(limit)
             ).all()
