@@ -71,6 +71,7 @@ def test_an_email_has_text_html_and_one_click_unsubscribe(store: AlertStore, smt
     assert message["Subject"] == "Heat on my block: HEAT/HOT WATER at 12 W 4 ST"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     unsubscribe = message["List-Unsubscribe"].strip("<>")
+    assert f"\r\nList-Unsubscribe: <{unsubscribe}>\r\n".encode() in inbox.raw[0]  # raw, as mail clients look for it
     link = LinkSigner(SECRET, "http://heat.example.org").read(unsubscribe.rsplit("/", 1)[1])
     assert (link.action, link.rule_id, link.endpoint_id) == ("unsubscribe", rule_id, endpoint_id)
     assert link.stamp == rule_stamp(store.rules()[0].created_at)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Literal
@@ -52,6 +53,12 @@ class SmtpOutcome:
     text: str
 
 
+#: SMTP line endings, and header lines up to RFC 5322's 998 characters, so the long signed URL in
+#: ``List-Unsubscribe`` stays one raw ``<https://...>`` (folded into encoded words, mail clients
+#: would not find the one-click link).
+_POLICY = policy.SMTP.clone(max_line_length=998)
+
+
 def _header(text: str) -> str:
     return " ".join(text.split())[:200]  # no line breaks reach a header, whatever a provider wrote
 
@@ -59,7 +66,7 @@ def _header(text: str) -> str:
 def compose(to: str, sender: str, message: Message, items: list[Message], links: dict[str, str], message_id: str) -> EmailMessage:
     """The email of one delivery (``links``: the signed ``pause`` and ``unsubscribe`` URLs)."""
     text, html = render_email(message, items, links)
-    email = EmailMessage()
+    email = EmailMessage(policy=_POLICY)
     email["From"] = sender
     email["To"] = to
     email["Subject"] = _header(message.title)
@@ -78,7 +85,9 @@ async def send_mail(settings: MailSettings, email: EmailMessage) -> SmtpOutcome:
     ``OSError``, ``TimeoutError``) for the caller to retry."""
     try:
         replies, text = await aiosmtplib.send(
-            email,
+            email.as_bytes(policy=_POLICY),  # flattened here: aiosmtplib would fold with its own policy
+            sender=settings.sender,
+            recipients=[str(email["To"])],
             hostname=settings.host,
             port=settings.port,
             username=settings.username,
