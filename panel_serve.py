@@ -70,7 +70,11 @@ def main() -> None:
     base = f"http://{settings.host}:{settings.port}"
     print(f"City Service Heat dashboard: {base}/dashboard", flush=True)
     print(f"City Service Heat API:       {base}/docs  ({base}/openapi.json)", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")  # configures logging
+    from app.alerts.log_redact import install
+
+    install()  # no signed link token in the access log
+    uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

@@ -73,6 +73,11 @@ def test_keys_are_hashed_shown_once_and_revocable(store: AlertStore) -> None:
         store.create_key("   ")
 
 
+def test_the_sqlite_file_is_private(tmp_path: Path) -> None:
+    AlertStore(f"sqlite:///{tmp_path / 'a.sqlite'}").close()
+    assert (tmp_path / "a.sqlite").stat().st_mode & 0o077 == 0  # it holds the webhook secrets
+
+
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
     s = AlertStore(f"sqlite:///{tmp_path / 'a.sqlite'}")
     with s.engine.connect() as con:

@@ -4,10 +4,12 @@ PostgreSQL by URL)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -29,12 +31,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _private_sqlite_file(database: str | None) -> None:
+    """The SQLite file (it holds webhook secrets) readable by its owner only; SQLite gives its WAL
+    and shared-memory files the same mode."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.parent.is_dir():
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        path.chmod(0o600)
+
+
 class StoreBase:
     """One SQLAlchemy engine and its sessions; the schema is brought to the newest Alembic
     revision when the store opens (``migrate=False`` to leave it as it is)."""
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = make_url(url)
+        _private_sqlite_file(self.url.database if self.url.get_backend_name() == "sqlite" else None)
         self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
         if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
