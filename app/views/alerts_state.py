@@ -280,7 +280,8 @@ class AlertsState(param.Parameterized):
         except (QuotaExceededError, LookupError) as err:
             self.error = str(err)
             return None
-        self.message = f"Saved the rule “{rule.name}”."
+        nowhere = "" if body.endpoint_ids else f" It delivers nowhere yet: give it an endpoint (PATCH /rules/{rule.id} with endpoint_ids)."
+        self.message = f"Saved the rule “{rule.name}”.{nowhere}"
         self.draft.rule_name = ""  # the next rule needs a name of its own (saving twice would copy this one)
         self.refresh()
         return rule.id
