@@ -57,7 +57,9 @@ def item_message(payload: dict[str, Any], rule_name: str) -> Message:
     assert isinstance(record, dict)
     keys = [k for k in _FIRST if k in record] + [k for k in record if k not in _FIRST]
     facts = [(str(k), _text(record[k])) for k in keys[:_MAX_FIELDS] if record[k] not in (None, "")]
-    where = payload.get("address") or (f"{payload.get('lat')}, {payload.get('lon')}" if payload.get("lat") is not None else "")
+    lat, lon = payload.get("lat"), payload.get("lon")
+    located = isinstance(lat, int | float) and isinstance(lon, int | float)
+    where = payload.get("address") or (f"{lat:.5f}, {lon:.5f}" if located else "")  # ~1 m: as precise as a place needs
     title = f"{rule_name}: {payload.get('category') or 'a new report'}" + (f" at {where}" if where else "")
     lead = f"{payload.get('source')} published {payload.get('kind') or 'a record'} {payload.get('id')}" + (
         f" at {payload.get('time')}" if payload.get("time") else ""
