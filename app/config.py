@@ -80,6 +80,9 @@ class Settings(BaseSettings):
         120.0, gt=0, description="Requests per minute each API key (or, unauthenticated, each client address) may make to the alert API."
     )
     alerts_rate_burst: int = Field(30, ge=1, description="Requests the alert API takes at once before its per-minute rate applies.")
+    max_body_bytes: int = Field(
+        2_000_000, ge=1, description="Largest request body (bytes) a POST, PUT or PATCH may send; larger ones are a 413."
+    )
     alerts_max_rules: int = Field(1000, ge=1, description="Rules one API key may hold.")
     alerts_max_endpoints: int = Field(50, ge=1, description="Delivery endpoints one API key may hold.")
     geo_dir: Path | None = Field(

@@ -4,11 +4,13 @@ the rule it breaks, before anything is stored."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
 import shapely
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from shapely.errors import GEOSException
 from shapely.geometry import shape
 
 __all__ = [
@@ -109,18 +111,56 @@ class PolygonRule(_Spec):
     def _valid_polygon(cls, value: dict[str, Any]) -> dict[str, Any]:
         if value.get("type") not in ("Polygon", "MultiPolygon"):
             raise ValueError("geometry must be a GeoJSON Polygon or MultiPolygon")
+        extra = sorted(map(str, set(value) - {"type", "coordinates"}))
+        if extra:
+            raise ValueError(f"geometry holds only type and coordinates, not {', '.join(extra)[:200]}")
+        # The raw coordinates are checked (shape, count, finiteness) before shapely builds anything,
+        # so a huge or malformed polygon is refused without the cost of building and validating it.
+        _check_coordinates(value.get("coordinates"), 3 if value["type"] == "Polygon" else 4)
         try:
             geom = shape(value)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, GEOSException) as err:
             raise ValueError(f"geometry is not valid GeoJSON: {err}") from err
-        if geom.is_empty or not geom.is_valid:
-            raise ValueError(f"geometry is not a valid polygon ({shapely.is_valid_reason(geom)})")
-        if shapely.get_num_coordinates(geom) > MAX_VERTICES:
-            raise ValueError(f"geometry has more than {MAX_VERTICES} vertices")
+        try:
+            valid = not geom.is_empty and geom.is_valid
+            reason = "" if valid else shapely.is_valid_reason(geom)
+        except GEOSException as err:
+            raise ValueError(f"geometry is not a valid polygon ({err})") from err
+        if not valid:
+            raise ValueError(f"geometry is not a valid polygon ({reason})")
         lon0, lat0, lon1, lat1 = geom.bounds
         if not (-180 <= lon0 <= lon1 <= 180 and -90 <= lat0 <= lat1 <= 90):
             raise ValueError("geometry coordinates must be longitude, latitude in degrees")
         return value
+
+
+def _check_coordinates(coordinates: Any, depth: int) -> None:
+    """Refuse GeoJSON ``coordinates`` that are not nested ``depth`` lists deep down to positions
+    of 2 or 3 finite numbers, or that hold more than :data:`MAX_VERTICES` positions (counted as
+    they are walked, so a million-vertex polygon stops at the first vertex too many)."""
+    count = 0
+
+    def walk(node: Any, level: int) -> None:
+        nonlocal count
+        if not isinstance(node, list | tuple):
+            raise ValueError("geometry coordinates must be nested lists of [longitude, latitude] positions")
+        if level == 1:  # a position
+            if not 2 <= len(node) <= 3 or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in node):
+                raise ValueError("a geometry position must be [longitude, latitude] numbers")
+            try:
+                finite = all(math.isfinite(x) for x in node)
+            except OverflowError:  # an integer too large for a float
+                finite = False
+            if not finite:
+                raise ValueError("geometry coordinates must be finite numbers (no NaN or Infinity)")
+            count += 1
+            if count > MAX_VERTICES:
+                raise ValueError(f"geometry has more than {MAX_VERTICES} vertices")
+            return
+        for child in node:
+            walk(child, level - 1)
+
+    walk(coordinates, depth)
 
 
 class AreaRule(_Spec):

@@ -5,6 +5,7 @@ release the privacy budget cannot pay for is a 403 saying so."""
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,17 +24,44 @@ def unprocessable(param: str, rule: str, value: Any = None, where: str = "query"
     return RequestValidationError([{"type": "value_error", "loc": (where, param), "msg": rule, "input": value}])
 
 
+#: Characters of an echoed input string; a longer one is cut and ends in "…".
+MAX_ECHO = 200
+# A bounded repr for echoed containers: a huge body (a polygon of a million vertices) is never
+# turned into one huge string only to be cut.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 4, 20, 20, 20
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = MAX_ECHO
+
+
+def _encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot carry (a lone surrogate such as ``"\\ud800"``) replaced."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _echo(value: Any) -> Any:
+    """An input as the 422 shows it: plain JSON values as they are, strings cut to
+    :data:`MAX_ECHO` characters, anything else (containers, NaN) as a short text."""
+    if isinstance(value, bool | int | None) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    text = value if isinstance(value, str) else _REPR.repr(value)
+    if len(text) > MAX_ECHO:
+        text = text[:MAX_ECHO] + "…"
+    return _encodable(text)
+
+
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = []
     for err in exc.errors():
-        item = {k: err[k] for k in ("type", "loc", "msg") if k in err}
+        item: dict[str, Any] = {
+            "type": _encodable(str(err.get("type", "value_error"))),
+            "loc": [_echo(part) for part in err.get("loc", ())],  # an unknown field's name is the client's text
+            "msg": _encodable(str(err.get("msg", ""))),
+        }
         if "input" in err:  # echoed when JSON can carry it (NaN and infinities cannot)
-            value = err["input"]
-            plain = isinstance(value, str | int | bool | None) or (isinstance(value, float) and math.isfinite(value))
-            item["input"] = value if plain else str(value)
+            item["input"] = _echo(err["input"])
         errors.append(item)
-    summary = "; ".join(f"{err['loc'][-1]}: {err['msg']}" for err in errors)
+    summary = "; ".join(f"{err['loc'][-1] if err['loc'] else 'body'}: {err['msg']}" for err in errors)
     return JSONResponse(status_code=422, content={"detail": errors, "message": summary})
 
 

@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 from panel.io.fastapi import add_applications
 
 from app.api.alerts_deps import close_alerts, open_alerts
+from app.api.body_limit import BodyLimitMiddleware
 from app.api.errors import install_error_handlers
 from app.api.ratelimit import TokenBuckets
 from app.api.routes import api_router
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.alerts = None  # an AlertStore once opened (app.api.alerts_deps.open_alerts)
     app.state.alert_buckets = TokenBuckets(settings.alerts_rate_per_minute, settings.alerts_rate_burst)
     install_error_handlers(app)
+    # Outermost but for Starlette's error middleware: before routing, auth and JSON parsing.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(api_router)
 
     @app.get("/", include_in_schema=False)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from collections import Counter
 from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+import polars as pl
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
 from app.alerts.models import Delivery, Endpoint, Rule
 from app.alerts.rules import Filters, RuleSpec
@@ -52,8 +54,19 @@ def _zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones()) | {"UTC"}
 
 
+@lru_cache(maxsize=1024)
+def _polars_knows(zone: str) -> bool:
+    """Matching and previews localise with polars, whose zone database is not the system's:
+    ``localtime`` and ``Factory`` are files of the system's but zones polars refuses."""
+    try:
+        pl.Series([datetime(2020, 1, 1)]).dt.replace_time_zone(zone)
+    except Exception:  # polars raises its ComputeError (or another error) for a zone it lacks
+        return False
+    return True
+
+
 def _iana(value: str) -> str:
-    if value not in _zones():
+    if value not in _zones() or not _polars_knows(value):
         raise ValueError(f"{value!r} is not an IANA time zone (e.g. America/New_York, Europe/London, UTC)")
     return value
 
@@ -70,7 +83,21 @@ Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
 City = Annotated[str, Field(min_length=1, max_length=64, description="City id (see /cities).")]
 DailyCap = Annotated[int, Field(ge=1, le=10_000, description="Alerts sent per local day at most (1..10000); the rest are dropped.")]
-EndpointIds = Annotated[list[Id], Field(max_length=50, description="Endpoints of this key the rule delivers to.")]
+
+
+def _distinct(ids: list[int]) -> list[int]:
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise ValueError(f"endpoint_ids must not repeat an id: {', '.join(map(str, repeated))}")
+    return ids
+
+
+# Strict: JSON true is no endpoint 1, nor 1.0 or "1" an id.
+EndpointIds = Annotated[
+    list[Annotated[StrictInt, Field(ge=1, le=MAX_ID)]],
+    Field(max_length=50, description="Endpoints of this key the rule delivers to (distinct ids)."),
+    AfterValidator(_distinct),
+]
 
 
 class _Body(BaseModel):
