@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 from standardwebhooks.webhooks import Webhook
 
-from app.alerts.delivery import deliver_due
+from app.alerts.delivery import deliver_due, message_id
 from app.alerts.evaluate import evaluate_snapshot
 from app.alerts.models import Delivery
 from app.alerts.rules import AddressRule, AreaRule, Filters, KeywordRule, PolygonRule, RadiusRule
@@ -184,7 +184,7 @@ def e2e_latencies_ms(data_dir: Path, rounds: int = 25, seed: int = 0) -> tuple[l
                 if not new or any(d.status != "sent" for d in new) or receiver.refused:
                     raise RuntimeError(f"round {round_no}: deliveries {[(d.id, d.status) for d in new]}, refused {receiver.refused}")
                 last_id = max(d.id for d in new)
-                arrived = [receiver.arrived[f"msg_{d.id}"] for d in new]
+                arrived = [receiver.arrived[message_id(d)] for d in new]
                 latencies.append((max(arrived) - swapped) / 1e6)
                 sent += len(new)
     finally:

@@ -147,3 +147,13 @@ def test_planted_ratio_is_refused_when_the_reference_found_nothing() -> None:
     engine = Evaluation(detections=10, true_detections=8, planted=20, found=12)
     with pytest.raises(ValueError, match="rolling z reference"):
         planted_figures(engine, Evaluation(detections=5, true_detections=0, planted=20, found=0))
+
+
+def test_the_alert_e2e_bench_runs_rounds_to_a_verifying_receiver(tmp_path: Path) -> None:
+    """A short run of ``alert_e2e_p95_ms``'s harness: each round's webhooks arrive, so the
+    figure ``make bench`` prints is measured, not lost to a mismatch of message ids."""
+    from bench.alerts_e2e import e2e_latencies_ms
+
+    latencies, _ = e2e_latencies_ms(tmp_path, 2)
+    assert latencies
+    assert all(0 < ms < 60_000 for ms in latencies)
