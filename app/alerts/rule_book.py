@@ -133,15 +133,7 @@ class RuleBook(StoreBase):
 
     def delete_rule(self, key_id: int, rule_id: int) -> bool:
         """Delete a rule of ``key_id`` with its links and queued deliveries; False when it has none."""
-        with self.session() as s:
-            rule = s.get(Rule, rule_id)
-            if rule is None or rule.key_id != key_id:
-                return False
-            s.execute(delete(Delivery).where(Delivery.rule_id == rule_id))
-            s.execute(delete(RuleEndpoint).where(RuleEndpoint.rule_id == rule_id))
-            s.delete(rule)
-            self._audit(s, datetime.now(UTC), key_id, "rule.delete", f"rule:{rule_id}")
-        return True
+        return self._delete_owned(Rule, key_id, rule_id)
 
     def rule_endpoint_ids(self, rule_ids: Sequence[int]) -> dict[int, list[int]]:
         """The endpoints each rule delivers to (every asked rule has an entry, maybe empty)."""
@@ -185,14 +177,20 @@ class RuleBook(StoreBase):
 
     def delete_endpoint(self, key_id: int, endpoint_id: int) -> bool:
         """Delete an endpoint of ``key_id`` with its links and deliveries; False when it has none."""
+        return self._delete_owned(Endpoint, key_id, endpoint_id)
+
+    def _delete_owned(self, table: type[Rule] | type[Endpoint], key_id: int, ident: int) -> bool:
+        """Delete a rule or endpoint of ``key_id`` with its links and deliveries, audited; False
+        when the key has no such row."""
+        own = "rule" if table is Rule else "endpoint"
         with self.session() as s:
-            endpoint = s.get(Endpoint, endpoint_id)
-            if endpoint is None or endpoint.key_id != key_id:
+            row = s.get(Rule, ident) if table is Rule else s.get(Endpoint, ident)
+            if row is None or row.key_id != key_id:
                 return False
-            s.execute(delete(Delivery).where(Delivery.endpoint_id == endpoint_id))
-            s.execute(delete(RuleEndpoint).where(RuleEndpoint.endpoint_id == endpoint_id))
-            s.delete(endpoint)
-            self._audit(s, datetime.now(UTC), key_id, "endpoint.delete", f"endpoint:{endpoint_id}")
+            s.execute(delete(Delivery).where(getattr(Delivery, f"{own}_id") == ident))
+            s.execute(delete(RuleEndpoint).where(getattr(RuleEndpoint, f"{own}_id") == ident))
+            s.delete(row)
+            self._audit(s, datetime.now(UTC), key_id, f"{own}.delete", f"{own}:{ident}")
         return True
 
     def link(self, rule_id: int, endpoint_id: int) -> None:
