@@ -23,6 +23,7 @@ from shapely.geometry import shape
 
 from app.alerts.preview import circle
 from app.views.alerts_state import AlertsState
+from app.views.base import edits_models
 from app.views.heat import outline_xy
 
 __all__ = ["MAP_HEIGHT", "MAP_NAME", "AlertsMap", "rings_xy"]
@@ -120,6 +121,7 @@ class AlertsMap(pn.viewable.Viewer):
 
     # -- following the state ----------------------------------------------------------------------
 
+    @edits_models
     def _outline(self, *_: Any) -> None:
         """The city's units at the draft's level (area rules) or its neighborhoods (tracts where it has none)."""
         state = self.bound
@@ -131,6 +133,7 @@ class AlertsMap(pn.viewable.Viewer):
         xy = xy if len(xy) else outline_xy(state.snapshot, state.city, "tract")
         self._outlines.data = {"x": xy[:, 0], "y": xy[:, 1]} if len(xy) else {"x": [], "y": []}
 
+    @edits_models
     def _frame(self, *_: Any) -> None:
         """Frame the city (a new city or snapshot), then draw its outlines."""
         self._outline()
@@ -144,6 +147,7 @@ class AlertsMap(pn.viewable.Viewer):
         x1, y1 = np.nanmax(xy, axis=0)
         self._view.data = {"x": [float(x0), float(x1)], "y": [float(y0), float(y1)]}
 
+    @edits_models
     def _place(self, *_: Any) -> None:
         """Draw what the draft watches now: the radius circle and centre, or the area's unit."""
         state, draft = self.bound, self.bound.draft
@@ -175,6 +179,7 @@ class AlertsMap(pn.viewable.Viewer):
         finally:
             self._drawing = False
 
+    @edits_models
     def _show_preview(self, *_: Any) -> None:
         """The preview's located matches as points, framed around what the rule watches."""
         preview = self.bound.preview

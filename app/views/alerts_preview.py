@@ -16,6 +16,7 @@ from bokeh.plotting import figure
 
 from app.alerts.preview import Preview
 from app.views.alerts_state import AlertsState
+from app.views.base import edits_models
 from app.views.tables import TABLE_CSS, html_table, table_card
 
 __all__ = ["DAYS_NAME", "PreviewView", "summary"]
@@ -80,6 +81,7 @@ class PreviewView(pn.viewable.Viewer):
         self.state.param.watch(self._bars, "preview")
         self._bars()
 
+    @edits_models
     def _bars(self, *_: Any) -> None:
         preview = self.state.preview if self.state is not None else None
         days = preview.days if preview is not None else []

@@ -21,7 +21,7 @@ from holoviews.util.transform import lon_lat_to_easting_northing
 
 from app.data.snapshot import Snapshot
 from app.engine.lens import Lens
-from app.views.base import LENS_STATE
+from app.views.base import LENS_STATE, edits_models
 
 __all__ = ["COUNT_STATE", "HeatHover", "count_texts", "unit_patches"]
 
@@ -88,6 +88,7 @@ class HeatHover:
         hover = HoverTool(renderers=[patches], tooltips=[("unit", "@name"), ("in the window", "@events")], point_policy="follow_mouse")
         fig.add_tools(hover)
 
+    @edits_models
     def update(self, *_: Any) -> None:
         """New polygons when the level or city changed, else only the count text."""
         lens = self.lens

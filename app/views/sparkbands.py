@@ -26,7 +26,7 @@ from bokeh.models.annotations import BoxAnnotation
 from bokeh.plotting import figure
 
 from app.engine.grains import floor_bin, next_bin
-from app.views.base import LENS_STATE, LensView
+from app.views.base import LENS_STATE, LensView, edits_models
 
 __all__ = ["NCOLS", "Sparkbands", "brush_window", "multiples_data", "pick_units"]
 
@@ -231,6 +231,7 @@ class SparkbandFigures:
         if event.final and geometry.get("type") == "rect":
             self.view._brushed(boundsx=(geometry.get("x0"), geometry.get("x1")))
 
+    @edits_models
     def update(self, *_: Any) -> None:
         """Redraw for the current lens: the overview's series and window, then the multiples."""
         lens = self.view.bound

@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 from app.data.cities import city_name
 from app.data.geography import LEVELS, level_column
 from app.engine.lens import Lens
-from app.views.base import LENS_STATE, LensView, level_words
+from app.views.base import LENS_STATE, LensView, edits_models, level_words
 from app.views.scripts import script
 from app.views.tilegram_layout import Shape, TileLayout, cached_layout, footprint_area, geography_key, parent_positions
 
@@ -338,6 +338,7 @@ class _TileFigure:
         ids = self.tiles.data.get("unit_id", [])
         self.view.bound.selection = sorted({str(ids[i]) for i in new if 0 <= i < len(ids)})
 
+    @edits_models
     def update(self, *_: Any) -> None:
         """Redraw for the current lens and shape.
 
