@@ -4,7 +4,8 @@
 on screen: heat raster, table rows, tiles, sparkbands and the render stamp after them, then two
 frames), ``linked_update_p95_ms`` (a control change until every linked view has taken it and
 painted, 95th percentile of alternating changes; see :func:`_linked_updates`), ``frame_p95_ms``
-(requestAnimationFrame intervals while the heat map is dragged, 95th percentile) and
+(requestAnimationFrame intervals while the heat map is dragged, 95th percentile), ``bokeh_doc_kb``
+(the page's Bokeh document as JSON, where first-load time goes besides the runtime) and
 ``own_js_css_gzip_kb`` / ``runtime_js_gzip_kb`` (gzip size of our own JS/CSS versus the
 Bokeh/Panel runtime the page loads).
 
@@ -62,6 +63,11 @@ _FRAMES_START = """(ms) => {
 }"""
 
 
+#: Size of the rendered page's Bokeh document as JSON (what the server sent to build it, near enough:
+#: every model with its non-default properties and the data sources' columns).
+_DOC_BYTES = "() => new TextEncoder().encode(JSON.stringify(Bokeh.documents[0].to_json(false))).length"
+
+
 def own_assets_gzip_bytes(root: Path = ROOT / "app") -> int:
     """Gzip size of our own JS and CSS (see the module docstring)."""
     chunks: list[str] = []
@@ -104,6 +110,7 @@ def browser_figures(data_dir: Path, changes: int = 20) -> dict[str, tuple[float,
         page.evaluate(_PAINTED)
         rendered = float(page.evaluate("() => performance.now()"))
         fcp = float(page.evaluate("() => (performance.getEntriesByName('first-contentful-paint')[0] || {startTime: NaN}).startTime"))
+        doc_bytes = float(page.evaluate(_DOC_BYTES))
         updates = _linked_updates(page, changes)
         frames = _frames_while_dragging(page)
         browser.close()
@@ -117,6 +124,7 @@ def browser_figures(data_dir: Path, changes: int = 20) -> dict[str, tuple[float,
         "views_rendered_ms": (round(rendered, 1), "ms"),
         "linked_update_p95_ms": (_p95(updates), "ms"),
         "frame_p95_ms": (_p95(frames), "ms"),
+        "bokeh_doc_kb": (round(doc_bytes / 1024, 1), "kB"),
         "own_js_css_gzip_kb": (round(own_assets_gzip_bytes() / 1024, 2), "kB"),
         "runtime_js_gzip_kb": (round(runtime / 1024, 1), "kB"),
     }
